@@ -1,1 +1,185 @@
-fn main() {}
+//! The `telehub` command: `serve` (production entry), `token` (mint a token),
+//! `demo` (hub + simulated fleet + dashboard URL in one command).
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use telehub::{
+    auth::{parse_tag, Role, TokenKey},
+    config::Config,
+    server::Server,
+};
+
+#[derive(Parser)]
+#[command(name = "telehub", version, about = "IoT telemetry and notification hub")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "TELEHUB_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Print a signed token for a device, viewer or operator.
+    Token(TokenArgs),
+    /// Run the hub with a simulated fleet and print the dashboard URL.
+    Demo(DemoArgs),
+}
+
+/// Flags override the config file, which overrides the defaults.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (see README, "Configuration").
+    #[arg(long, env = "TELEHUB_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "TELEHUB_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[arg(long, env = "TELEHUB_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "TELEHUB_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Serve ws:// and http:// without TLS (behind a TLS-terminating proxy, benchmarks).
+    #[arg(long)]
+    plaintext: bool,
+    /// Telemetry messages per second allowed per device connection.
+    #[arg(long, env = "TELEHUB_RATE")]
+    rate: Option<u32>,
+    /// Messages a device may send at once above the rate.
+    #[arg(long, env = "TELEHUB_BURST")]
+    burst: Option<u32>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Data directory holding the signing secret (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, value_enum)]
+    role: Role,
+    /// Device id, or user name for viewers and operators.
+    #[arg(long)]
+    subject: String,
+    /// Tag carried by the token, e.g. --tag fleet=north (repeatable).
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Validity, e.g. 24h, 30d.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 20)]
+    devices: usize,
+    /// Telemetry messages per second per device.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "certs")]
+    certs_dir: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Token(args) => token(args),
+        Command::Demo(args) => runtime.block_on(demo(args)),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.certs_dir {
+        config.certs_dir = v;
+    }
+    if args.plaintext {
+        config.plaintext = true;
+    }
+    if let Some(v) = args.rate {
+        config.rate.per_second = v;
+    }
+    if let Some(v) = args.burst {
+        config.rate.burst = v;
+    }
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr()?;
+    let scheme = if server.app().config.plaintext { "http" } else { "https" };
+    tracing::info!(%addr, "telehub listening: {scheme}://{addr}/ (devices: /v1/device, dashboards: /v1/dashboard)");
+    server.run(shutdown_signal()).await
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let key = TokenKey::load_or_create(&args.data_dir)?;
+    let tags: BTreeMap<String, String> = args.tags.into_iter().collect();
+    println!("{}", key.issue(&args.subject, args.role, tags, args.ttl));
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let _ = args;
+    anyhow::bail!("demo is not wired yet")
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,27 @@
+//! What every connection shares: configuration, the hub, metrics, the token key,
+//! and the shutdown signal.
+
+use std::sync::Arc;
+
+use crate::{auth::TokenKey, config::Config, hub::Hub, metrics::Metrics, shutdown::Shutdown, ws};
+
+pub struct App {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub tokens: TokenKey,
+    /// Cloned into every session so it can notice shutdown and so the server can
+    /// wait for it to finish.
+    pub shutdown: Shutdown,
+}
+
+impl App {
+    /// Transport limits for one connection, from the configuration.
+    pub fn ws_config(&self) -> ws::Config {
+        ws::Config {
+            max_frame_size: self.config.limits.max_frame_bytes,
+            max_message_size: self.config.limits.max_message_bytes,
+            compress_threshold: self.config.compression.threshold,
+        }
+    }
+}

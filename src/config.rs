@@ -1,0 +1,224 @@
+//! Hub configuration: a TOML file (`--config`), overridden by `TELEHUB_*`
+//! environment variables and command-line flags (see `main.rs`), with defaults
+//! that run a development hub on loopback.
+//!
+//! Invariant: a [`Config`] that passed [`Config::validate`] has non-zero limits, so
+//! the rest of the hub never has to re-check them.
+
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the one listener (HTTP, REST, WebSockets).
+    pub listen: SocketAddr,
+    /// Token secret and (later) the embedded store.
+    pub data_dir: PathBuf,
+    /// `server.pem` + `server.key`; development ones are generated when missing.
+    pub certs_dir: PathBuf,
+    /// Serve ws:// and http:// without TLS (behind a TLS-terminating proxy, benchmarks).
+    pub plaintext: bool,
+    pub limits: Limits,
+    pub rate: RateLimit,
+    pub dashboard: Dashboard,
+    pub compression: Compression,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("data"),
+            certs_dir: PathBuf::from("certs"),
+            plaintext: false,
+            limits: Limits::default(),
+            rate: RateLimit::default(),
+            dashboard: Dashboard::default(),
+            compression: Compression::default(),
+        }
+    }
+}
+
+/// Connection hygiene and size limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Open connections (all kinds) at once; further TCP connections are closed at accept.
+    pub max_connections: usize,
+    /// Open connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// TLS handshake plus the HTTP request head must complete within this.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// The hub pings every WebSocket this often.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A WebSocket from which nothing (not even a pong) arrives for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest WebSocket message accepted, after inflation (close 1009 above it).
+    pub max_message_bytes: usize,
+    /// Largest single frame accepted, after inflation.
+    pub max_frame_bytes: usize,
+    /// Malformed envelopes in a row before the connection is closed with 1007.
+    pub max_malformed: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+            max_connections_per_ip: 20_000,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 64 * 1024,
+            max_malformed: 5,
+        }
+    }
+}
+
+/// Per-device telemetry rate limit (a token bucket per connection).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained telemetry messages per second.
+    pub per_second: u32,
+    /// Messages that may arrive at once above the sustained rate.
+    pub burst: u32,
+    /// A device refused in this many consecutive seconds is closed with 1008.
+    pub abuse_seconds: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 100,
+            burst: 200,
+            abuse_seconds: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dashboard {
+    /// Telemetry messages queued per dashboard; when full the oldest is dropped.
+    pub queue_len: usize,
+    /// Category patterns one dashboard may hold.
+    pub max_subscriptions: usize,
+    /// Origins allowed on `/v1/dashboard` besides same-origin and localhost
+    /// (e.g. "https://ops.example.com"); "*" allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Self {
+            queue_len: 4096,
+            max_subscriptions: 256,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// permessage-deflate (RFC 7692).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Compression {
+    /// Accept clients' permessage-deflate offers.
+    pub enabled: bool,
+    /// Messages smaller than this are sent uncompressed.
+    pub threshold: usize,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys take their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str| Err(ConfigError::Invalid(what.to_owned()));
+        if self.rate.per_second == 0 || self.rate.burst == 0 {
+            return bad("rate.per_second and rate.burst must be > 0");
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
+            return bad("limits.max_connections and max_connections_per_ip must be > 0");
+        }
+        if self.limits.max_message_bytes < 1024 || self.limits.max_frame_bytes < 1024 {
+            return bad("limits.max_message_bytes and max_frame_bytes must be >= 1024");
+        }
+        if self.dashboard.queue_len == 0 || self.dashboard.max_subscriptions == 0 {
+            return bad("dashboard.queue_len and max_subscriptions must be > 0");
+        }
+        if self.limits.ping_interval.is_zero() || self.limits.idle_timeout.is_zero() {
+            return bad("limits.ping_interval and idle_timeout must be > 0");
+        }
+        Ok(())
+    }
+
+    pub fn rate_quota(&self) -> governor::Quota {
+        // validate() guarantees both are non-zero; fall back to 1 rather than panic.
+        let rate = NonZeroU32::new(self.rate.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.rate.burst).unwrap_or(NonZeroU32::MIN);
+        governor::Quota::per_second(rate).allow_burst(burst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_are_errors() {
+        let cfg: Config = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\n[rate]\nper_second = 5\n[limits]\nidle_timeout = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.rate.per_second, 5);
+        assert_eq!(cfg.rate.burst, RateLimit::default().burst);
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(120));
+        cfg.validate().unwrap();
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        let mut zero = Config::default();
+        zero.rate.burst = 0;
+        assert!(zero.validate().is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! HTTP routes on the one listener: the dashboard page, `/healthz`, `/metrics` and
+//! the two WebSocket endpoints (see [`upgrade`]).
+//!
+//! Every refusal is a plain-text body with a status that says what went wrong:
+//! 400 malformed upgrade, 401 missing/invalid/expired token, 403 wrong role or
+//! origin, 426 unsupported WebSocket version.
+
+pub mod upgrade;
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+
+use crate::app::App;
+
+/// The dashboard page, built into the binary so the hub serves it with no files around.
+const INDEX_HTML: &str = include_str!("../../dashboards/index.html");
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/device", get(upgrade::device))
+        .route("/v1/dashboard", get(upgrade::dashboard))
+        .with_state(app)
+}
+
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; connect-src 'self' wss: ws:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
+            ),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let body = serde_json::json!({
+        "status": if app.shutdown.is_shutdown() { "shutting_down" } else { "ok" },
+        "devices_online": app.hub.online_devices(),
+        "dashboards": app.hub.dashboards(),
+    });
+    let status = if app.shutdown.is_shutdown() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// A refusal: status plus a one-line explanation.
+pub fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}

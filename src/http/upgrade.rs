@@ -1,0 +1,206 @@
+//! WebSocket upgrades for `/v1/device` and `/v1/dashboard`.
+//!
+//! Everything is checked before the `101 Switching Protocols`: the handshake
+//! (RFC 6455 §4.2.1), the token and role, the subprotocol and, for dashboards, the
+//! Origin. Only then is the connection handed to the transport and a session.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderMap, StatusCode},
+    response::Response,
+};
+use hyper_util::rt::TokioIo;
+
+use super::refuse;
+use crate::{
+    app::App,
+    auth::{token_from_headers, Claims, Role},
+    hub::WireFormat,
+    metrics::RoleMeters,
+    server::ConnInfo,
+    session::{self, metered::Metered},
+    ws,
+};
+
+pub const PROTOCOL: &str = "telehub.v1";
+pub const PROTOCOL_JSON: &str = "telehub.v1.json";
+
+pub async fn device(State(app): State<Arc<App>>, req: Request) -> Response {
+    upgrade(app, req, Endpoint::Device).await
+}
+
+pub async fn dashboard(State(app): State<Arc<App>>, req: Request) -> Response {
+    upgrade(app, req, Endpoint::Dashboard).await
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Device,
+    Dashboard,
+}
+
+async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let (roles, protocols): (&[Role], &[&str]) = match endpoint {
+        Endpoint::Device => (&[Role::Device], &[PROTOCOL]),
+        Endpoint::Dashboard => (&[Role::Viewer, Role::Operator], &[PROTOCOL, PROTOCOL_JSON]),
+    };
+    let policy = ws::handshake::ServerDeflatePolicy {
+        enabled: app.config.compression.enabled,
+        ..Default::default()
+    };
+    let accept = match ws::handshake::accept(&parts.method, parts.version, &parts.headers, protocols, &policy) {
+        Ok(a) => a,
+        Err(e) => {
+            app.metrics.refused("bad_handshake");
+            let mut resp = refuse(e.status(), &e);
+            if e.status() == StatusCode::UPGRADE_REQUIRED {
+                resp.headers_mut()
+                    .insert(header::SEC_WEBSOCKET_VERSION, header::HeaderValue::from_static("13"));
+            }
+            return resp;
+        }
+    };
+    let claims = match app.tokens.authorize(token_from_headers(&parts.headers), roles) {
+        Ok(c) => c,
+        Err(e) => {
+            app.metrics.refused(match e.status() {
+                StatusCode::FORBIDDEN => "forbidden",
+                _ => "unauthorized",
+            });
+            return refuse(e.status(), &e);
+        }
+    };
+    if let Endpoint::Dashboard = endpoint {
+        if let Err(msg) = check_origin(&parts.headers, &app.config.dashboard.allowed_origins) {
+            app.metrics.refused("origin");
+            return refuse(StatusCode::FORBIDDEN, msg);
+        }
+    }
+    if accept.protocol.is_none() && offered_protocols(&parts.headers) {
+        app.metrics.refused("bad_handshake");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("unsupported subprotocol; this endpoint speaks {}", protocols.join(", ")),
+        );
+    }
+    let format = match accept.protocol.as_deref() {
+        Some(PROTOCOL_JSON) => WireFormat::Json,
+        _ => WireFormat::Protobuf,
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+    };
+    // Holds this connection's place under the connection caps for the session's life.
+    let conn = parts.extensions.remove::<ConnInfo>();
+    let role = claims.role;
+    let meters = app.metrics.role(role);
+    let ws_config = app.ws_config();
+    let deflate = accept.deflate;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let io = Metered::new(TokioIo::new(upgraded), meters.wire_in.clone(), meters.wire_out.clone());
+        let conn_ws = ws::Connection::new(io, ws::Role::Server, ws_config, deflate);
+        app.metrics.connections_accepted.get_or_create(&crate::metrics::RoleLabel { role: role.as_str() }).inc();
+        run_session(conn_ws, claims, endpoint, format, app, meters).await;
+        drop(conn);
+    });
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = accept.response_headers();
+    resp
+}
+
+async fn run_session<S>(
+    conn: ws::Connection<S>,
+    claims: Claims,
+    endpoint: Endpoint,
+    format: WireFormat,
+    app: Arc<App>,
+    meters: RoleMeters,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    meters.connections.inc();
+    let subject = claims.sub.clone();
+    tracing::debug!(%subject, role = %claims.role, "session start");
+    match endpoint {
+        Endpoint::Device => session::device::run(conn, claims, app, meters.clone()).await,
+        Endpoint::Dashboard => session::dashboard::run(conn, claims, format, app, meters.clone()).await,
+    }
+    meters.connections.dec();
+    tracing::debug!(%subject, "session end");
+}
+
+fn offered_protocols(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        // `bearer.<token>` entries carry the browser's token, not a protocol choice.
+        .any(|p| !p.trim().is_empty() && !p.trim().starts_with("bearer."))
+}
+
+/// Browsers send `Origin`; tools usually don't (and are not subject to CSRF-style
+/// abuse through a victim's browser), so a missing Origin is allowed. A present one
+/// must be same-origin with `Host`, on localhost, or in the configured allow-list.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().map_err(|_| "unreadable Origin header".to_string())?;
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return Ok(());
+    }
+    let Some((_, host)) = origin.split_once("://") else {
+        return Err(format!("origin {origin} is not allowed"));
+    };
+    if let Some(req_host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        if req_host.eq_ignore_ascii_case(host) {
+            return Ok(());
+        }
+    }
+    let hostname = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    if matches!(hostname, "localhost" | "127.0.0.1" | "::1") {
+        return Ok(());
+    }
+    Err(format!("origin {origin} is not allowed on /v1/dashboard"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: &str, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, origin.parse().unwrap());
+        h.insert(header::HOST, host.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn origin_policy() {
+        assert!(check_origin(&HeaderMap::new(), &[]).is_ok());
+        assert!(check_origin(&headers("https://hub.example:8443", "hub.example:8443"), &[]).is_ok());
+        assert!(check_origin(&headers("http://localhost:3000", "hub.example"), &[]).is_ok());
+        assert!(check_origin(&headers("http://[::1]:3000", "hub.example"), &[]).is_ok());
+        assert!(check_origin(&headers("https://evil.example", "hub.example"), &[]).is_err());
+        assert!(check_origin(
+            &headers("https://ops.example", "hub.example"),
+            &["https://ops.example".into()]
+        )
+        .is_ok());
+    }
+}

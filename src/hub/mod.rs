@@ -1,0 +1,301 @@
+//! The router: subscriptions, fan-out, presence.
+//!
+//! Design choice: shared state behind short locks, not a router task. A device
+//! session publishes by looking up the subscription [`index::Index`] (read lock) and
+//! pushing one `Arc<Encoded>` into each matching dashboard's [`outbox::Outbox`]
+//! (a short mutex each). No message crosses a channel to a router task and back, so
+//! fan-out costs one pointer copy per subscriber and the two cores both route.
+//! Locks are never held across `.await`; the hub does no I/O. Dashboards drain
+//! their own outboxes and write to their sockets (see `session::dashboard`).
+//!
+//! Every message is encoded once ([`Encoded`]): the protobuf bytes and, lazily, the
+//! JSON text and the compressed and framed variants inside `ws::SharedMessage`
+//! are computed once and shared by every subscriber.
+
+pub mod category;
+pub mod index;
+pub mod outbox;
+pub mod presence;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, RwLock,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::{
+    metrics::Metrics,
+    proto::{envelope::Body, Envelope, Presence},
+    ws::SharedMessage,
+};
+
+pub use category::Pattern;
+pub use index::Filter;
+pub use outbox::{Drained, Outbox, Pushed};
+pub use presence::DeviceInfo;
+
+/// How a dashboard wants its envelopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireFormat {
+    /// Binary frames, one protobuf `Envelope` each (`telehub.v1`).
+    Protobuf,
+    /// Text frames, the proto3 JSON mapping (`telehub.v1.json`).
+    Json,
+}
+
+/// One envelope, encoded at most once per wire format.
+pub struct Encoded {
+    envelope: Envelope,
+    binary: SharedMessage,
+    json: OnceLock<SharedMessage>,
+}
+
+impl Encoded {
+    pub fn new(envelope: Envelope) -> Arc<Self> {
+        let binary = SharedMessage::binary(Bytes::from(prost::Message::encode_to_vec(&envelope)));
+        Arc::new(Self {
+            envelope,
+            binary,
+            json: OnceLock::new(),
+        })
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The message for `format`; the JSON text is produced on first use only.
+    pub fn message(&self, format: WireFormat) -> &SharedMessage {
+        match format {
+            WireFormat::Protobuf => &self.binary,
+            WireFormat::Json => self.json.get_or_init(|| {
+                // Generated serde impls of plain data cannot fail to serialize.
+                SharedMessage::text(serde_json::to_string(&self.envelope).unwrap_or_default())
+            }),
+        }
+    }
+}
+
+/// The hub's side of one dashboard connection.
+pub struct DashboardHandle {
+    id: u64,
+    pub outbox: Outbox,
+    /// Id of the last publication queued here, so a dashboard whose patterns
+    /// overlap (`env.*` and `*`) gets each message once.
+    last_publication: AtomicU64,
+}
+
+impl DashboardHandle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// What one [`Hub::publish`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
+/// The device-side handle returned by [`Hub::device_online`].
+pub struct DeviceSession {
+    pub id: u64,
+    /// Notified when a newer connection takes this device id over.
+    pub kick: Arc<Notify>,
+}
+
+pub struct Hub {
+    index: RwLock<index::Index>,
+    /// Every connected dashboard, for presence announcements.
+    dashboards: RwLock<HashMap<u64, Arc<DashboardHandle>>>,
+    devices: Mutex<presence::Registry>,
+    next_id: AtomicU64,
+    next_publication: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            index: RwLock::default(),
+            dashboards: RwLock::default(),
+            devices: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            next_publication: AtomicU64::new(1),
+            metrics,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn devices(&self) -> MutexGuard<'_, presence::Registry> {
+        // Registry operations are single map calls; a poisoned lock is still consistent.
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a dashboard and queues a presence snapshot of every online device.
+    pub fn register_dashboard(&self, queue_len: usize) -> Arc<DashboardHandle> {
+        let handle = Arc::new(DashboardHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            outbox: Outbox::new(queue_len, queue_len.max(1024)),
+            last_publication: AtomicU64::new(0),
+        });
+        let snapshot: Vec<Arc<Encoded>> = self
+            .devices()
+            .online
+            .values()
+            .map(|o| presence_message(&o.info, true, o.since_ms))
+            .collect();
+        for msg in snapshot {
+            handle.outbox.push_control(msg);
+        }
+        write(&self.dashboards).insert(handle.id, handle.clone());
+        handle
+    }
+
+    /// Forgets a dashboard and every subscription it held.
+    pub fn unregister_dashboard<'a>(
+        &self,
+        handle: &DashboardHandle,
+        patterns: impl IntoIterator<Item = &'a Pattern>,
+    ) {
+        {
+            let mut index = write(&self.index);
+            for p in patterns {
+                index.remove(p, handle.id);
+            }
+        }
+        write(&self.dashboards).remove(&handle.id);
+        handle.outbox.close();
+    }
+
+    pub fn subscribe(&self, handle: &Arc<DashboardHandle>, pattern: &Pattern, filter: Filter) {
+        let entry = index::Entry {
+            dashboard: handle.clone(),
+            filter: (!filter.is_empty()).then(|| Arc::new(filter)),
+        };
+        write(&self.index).insert(pattern, entry);
+    }
+
+    pub fn unsubscribe(&self, handle: &DashboardHandle, pattern: &Pattern) {
+        write(&self.index).remove(pattern, handle.id);
+    }
+
+    /// Fans `msg` out to every dashboard subscribed to `category`. Never waits:
+    /// a full dashboard queue drops its oldest telemetry instead.
+    pub fn publish(&self, device: &DeviceInfo, category: &str, msg: &Arc<Encoded>) -> Published {
+        let publication = self.next_publication.fetch_add(1, Ordering::Relaxed);
+        let mut out = Published::default();
+        read(&self.index).for_each_match(category, |entry| {
+            if let Some(f) = &entry.filter {
+                if !f.matches(&device.id, &device.tags) {
+                    return;
+                }
+            }
+            let d = &entry.dashboard;
+            if d.last_publication.swap(publication, Ordering::Relaxed) == publication {
+                return;
+            }
+            match d.outbox.push_telemetry(msg.clone()) {
+                Pushed::Queued => out.delivered += 1,
+                Pushed::DroppedOldest => {
+                    out.delivered += 1;
+                    out.dropped += 1;
+                }
+                Pushed::Closed => {}
+            }
+        });
+        self.metrics.deliveries.inc_by(out.delivered);
+        if out.dropped > 0 {
+            self.metrics.dropped_deliveries.inc_by(out.dropped);
+        }
+        out
+    }
+
+    /// Marks a device online (announcing it if it was offline) and takes over any
+    /// older connection of the same device.
+    pub fn device_online(&self, info: Arc<DeviceInfo>) -> DeviceSession {
+        let session = DeviceSession {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            kick: Arc::new(Notify::new()),
+        };
+        let since_ms = now_ms();
+        let connected = self.devices().connect(presence::Online {
+            info: info.clone(),
+            session: session.id,
+            kick: session.kick.clone(),
+            since_ms,
+        });
+        if connected.came_online {
+            self.announce(presence_message(&info, true, since_ms));
+        }
+        session
+    }
+
+    /// Marks a device offline unless a newer connection took it over.
+    pub fn device_offline(&self, device_id: &str, session: &DeviceSession) {
+        let gone = self.devices().disconnect(device_id, session.id);
+        if let Some(info) = gone {
+            self.announce(presence_message(&info, false, now_ms()));
+        }
+    }
+
+    pub fn online_devices(&self) -> usize {
+        self.devices().online.len()
+    }
+
+    pub fn dashboards(&self) -> usize {
+        read(&self.dashboards).len()
+    }
+
+    fn announce(&self, msg: Arc<Encoded>) {
+        for d in read(&self.dashboards).values() {
+            d.outbox.push_control(msg.clone());
+        }
+    }
+}
+
+fn presence_message(info: &DeviceInfo, online: bool, at_ms: u64) -> Arc<Encoded> {
+    Encoded::new(Envelope {
+        body: Some(Body::Presence(Presence {
+            device_id: info.id.clone(),
+            online,
+            at_ms,
+            tags: info
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })),
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// Index and dashboard-map operations are single map calls that leave the maps
+// consistent even if a holder panicked, so poisoning is ignored.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Tags as the hub keeps them.
+pub type Tags = BTreeMap<String, String>;

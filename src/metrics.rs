@@ -1,0 +1,164 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+//!
+//! Hot paths never look a labelled series up per message: a session resolves its
+//! [`RoleMeters`] once at connect and then only bumps atomics.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::auth::Role;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabel {
+    pub role: &'static str,
+    /// `wire`: bytes on the WebSocket (compressed, framed); `payload`: message bytes
+    /// before compression and framing.
+    pub kind: &'static str,
+}
+
+/// Every series the hub exports.
+#[derive(Default)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<RoleLabel, Gauge>,
+    pub connections_accepted: Family<RoleLabel, Counter>,
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    pub frames_in: Family<RoleLabel, Counter>,
+    pub frames_out: Family<RoleLabel, Counter>,
+    pub bytes_in: Family<BytesLabel, Counter>,
+    pub bytes_out: Family<BytesLabel, Counter>,
+    pub telemetry_accepted: Counter,
+    pub rate_limited: Counter,
+    pub deliveries: Counter,
+    pub dropped_deliveries: Counter,
+    pub decode_errors: Counter,
+    pub closed_slow: Counter,
+}
+
+/// One role's series, resolved once per connection.
+#[derive(Clone)]
+pub struct RoleMeters {
+    pub connections: Gauge,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub wire_in: Counter,
+    pub wire_out: Counter,
+    pub payload_in: Counter,
+    pub payload_out: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Self::default();
+        let r = &mut m.registry;
+        r.register(
+            "telehub_connections",
+            "Open WebSocket connections by role",
+            m.connections.clone(),
+        );
+        r.register(
+            "telehub_connections_accepted",
+            "WebSocket upgrades accepted by role",
+            m.connections_accepted.clone(),
+        );
+        r.register(
+            "telehub_connections_refused",
+            "Connections or upgrades refused, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "telehub_frames_in",
+            "WebSocket data messages received",
+            m.frames_in.clone(),
+        );
+        r.register(
+            "telehub_frames_out",
+            "WebSocket data messages sent",
+            m.frames_out.clone(),
+        );
+        r.register(
+            "telehub_bytes_in",
+            "Bytes received (wire: WebSocket bytes after TLS; payload: message bytes after inflation)",
+            m.bytes_in.clone(),
+        );
+        r.register(
+            "telehub_bytes_out",
+            "Bytes sent (wire: WebSocket bytes before TLS; payload: message bytes before compression)",
+            m.bytes_out.clone(),
+        );
+        r.register(
+            "telehub_telemetry_accepted",
+            "Telemetry messages accepted for fan-out",
+            m.telemetry_accepted.clone(),
+        );
+        r.register(
+            "telehub_rate_limited",
+            "Telemetry messages refused by a device's rate limit",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "telehub_deliveries",
+            "Telemetry messages queued to dashboards",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "telehub_dropped_deliveries",
+            "Telemetry messages dropped from full dashboard queues (oldest first)",
+            m.dropped_deliveries.clone(),
+        );
+        r.register(
+            "telehub_decode_errors",
+            "Messages that were not a valid telehub.v1.Envelope for their endpoint",
+            m.decode_errors.clone(),
+        );
+        r.register(
+            "telehub_closed_slow_consumers",
+            "Dashboards closed because their control queue overflowed",
+            m.closed_slow.clone(),
+        );
+        m
+    }
+
+    pub fn role(&self, role: Role) -> RoleMeters {
+        let role = role.as_str();
+        let bytes = |f: &Family<BytesLabel, Counter>, kind| {
+            f.get_or_create(&BytesLabel { role, kind }).clone()
+        };
+        RoleMeters {
+            connections: self.connections.get_or_create(&RoleLabel { role }).clone(),
+            frames_in: self.frames_in.get_or_create(&RoleLabel { role }).clone(),
+            frames_out: self.frames_out.get_or_create(&RoleLabel { role }).clone(),
+            wire_in: bytes(&self.bytes_in, "wire"),
+            wire_out: bytes(&self.bytes_out, "wire"),
+            payload_in: bytes(&self.bytes_in, "payload"),
+            payload_out: bytes(&self.bytes_out, "payload"),
+        }
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

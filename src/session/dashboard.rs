@@ -1,0 +1,287 @@
+//! A dashboard connection: subscriptions in, telemetry, presence and notices out.
+//!
+//! The session drains its outbox (see `hub::outbox` for the drop policy) and
+//! writes everything queued as one batch of pre-encoded, pre-framed messages:
+//! the same bytes every other subscriber with the same wire format and
+//! compression parameters gets. When the outbox dropped telemetry since the last
+//! batch, a `Dropped{count,total}` notice goes first.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{close, error_envelope, finish, send, Close, KeepAlive, SEND_TIMEOUT};
+use crate::{
+    app::App,
+    auth::Claims,
+    hub::{DashboardHandle, Encoded, Filter, Pattern, WireFormat},
+    metrics::RoleMeters,
+    proto::{envelope::Body, error::Code, Dropped, Envelope, Subscribe, Subscribed, Unsubscribe, Welcome},
+    ws,
+};
+
+/// Runs one dashboard connection to its end.
+pub async fn run<S>(
+    conn: ws::Connection<S>,
+    claims: Claims,
+    format: WireFormat,
+    app: Arc<App>,
+    meters: RoleMeters,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (reader, mut writer) = conn.split();
+    let handle = app.hub.register_dashboard(app.config.dashboard.queue_len);
+    let mut dashboard = Dashboard {
+        handle,
+        format,
+        app: app.clone(),
+        meters,
+        patterns: BTreeMap::new(),
+        strikes: 0,
+    };
+    let welcome = Envelope {
+        body: Some(Body::Welcome(Welcome {
+            subject: claims.sub.clone(),
+            role: claims.role.as_str().into(),
+            max_message_bytes: app.config.limits.max_message_bytes as u32,
+            rate_per_second: 0,
+            burst: 0,
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        })),
+    };
+    let close = match send(&mut writer, &dashboard.encode(&welcome)).await {
+        Ok(()) => dashboard.serve(reader, &mut writer).await,
+        Err(_) => None,
+    };
+    app.hub
+        .unregister_dashboard(&dashboard.handle, dashboard.patterns.values());
+    finish(&mut writer, close.as_ref()).await;
+}
+
+struct Dashboard {
+    handle: Arc<DashboardHandle>,
+    format: WireFormat,
+    app: Arc<App>,
+    meters: RoleMeters,
+    /// This dashboard's subscriptions by their text form (what `Subscribed` lists).
+    patterns: BTreeMap<String, Pattern>,
+    strikes: u32,
+}
+
+impl Dashboard {
+    async fn serve<R, W>(
+        &mut self,
+        mut reader: ws::Reader<R>,
+        writer: &mut ws::Writer<W>,
+    ) -> Option<Close>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let limits = &self.app.config.limits;
+        let mut keepalive = KeepAlive::new(limits.ping_interval, limits.idle_timeout);
+        let mut shutdown = self.app.shutdown.clone();
+        let mut queued: Vec<Arc<Encoded>> = Vec::new();
+        let mut batch: Vec<ws::SharedMessage> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.recv() => {
+                    return Some(Close::new(close::GOING_AWAY, "server shutting down"));
+                }
+                _ = self.handle.outbox.ready() => {
+                    let drained = self.handle.outbox.drain(&mut queued);
+                    if drained.overflowed {
+                        self.app.metrics.closed_slow.inc();
+                        return Some(Close::new(close::POLICY_VIOLATION, "too slow: control messages overflowed the queue"));
+                    }
+                    batch.clear();
+                    if drained.dropped > 0 {
+                        let notice = Encoded::new(Envelope {
+                            body: Some(Body::Dropped(Dropped { count: drained.dropped, total: drained.dropped_total })),
+                        });
+                        batch.push(notice.message(self.format).clone());
+                    }
+                    let mut payload = 0u64;
+                    for m in &queued {
+                        let msg = m.message(self.format);
+                        payload += msg.payload().len() as u64;
+                        batch.push(msg.clone());
+                    }
+                    queued.clear();
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    match tokio::time::timeout(SEND_TIMEOUT, writer.send_shared(&batch)).await {
+                        Ok(Ok(())) => {}
+                        _ => return None,
+                    }
+                    self.meters.frames_out.inc_by(batch.len() as u64);
+                    self.meters.payload_out.inc_by(payload);
+                }
+                _ = keepalive.ticker.tick() => {
+                    if keepalive.is_idle() {
+                        return Some(Close::new(close::GOING_AWAY, "idle timeout"));
+                    }
+                    if writer.ping(b"").await.is_err() {
+                        return None;
+                    }
+                }
+                incoming = reader.next() => {
+                    keepalive.heard();
+                    let envelope = match incoming {
+                        Ok(ws::Incoming::Message(msg)) => self.decode(msg),
+                        Ok(ws::Incoming::Ping(payload)) => {
+                            if writer.pong(&payload).await.is_err() {
+                                return None;
+                            }
+                            continue;
+                        }
+                        Ok(ws::Incoming::Pong(_)) => continue,
+                        Ok(ws::Incoming::Close(frame)) => {
+                            return Some(Close::new(frame.map_or(close::NORMAL, |f| f.code), ""));
+                        }
+                        Err(e) => return Close::from_ws(&e),
+                    };
+                    let reply = match envelope {
+                        Ok(env) => self.on_envelope(env),
+                        Err(message) => {
+                            self.app.metrics.decode_errors.inc();
+                            self.strike(close::INVALID_PAYLOAD, Code::Malformed, message).map(Some)
+                        }
+                    };
+                    match reply {
+                        Ok(Some(env)) => {
+                            if send(writer, &self.encode(&env)).await.is_err() {
+                                return None;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(c) => return Some(c),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses one incoming message in this connection's wire format.
+    fn decode(&mut self, msg: ws::Message) -> Result<Envelope, String> {
+        self.meters.frames_in.inc();
+        match (msg, self.format) {
+            (ws::Message::Binary(data), WireFormat::Protobuf) => {
+                self.meters.payload_in.inc_by(data.len() as u64);
+                Envelope::decode(data).map_err(|e| format!("not a telehub.v1.Envelope: {e}"))
+            }
+            (ws::Message::Text(text), WireFormat::Json) => {
+                self.meters.payload_in.inc_by(text.len() as u64);
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("not a telehub.v1.Envelope in JSON: {e}"))
+            }
+            (ws::Message::Text(_), WireFormat::Protobuf) => {
+                Err("subprotocol telehub.v1 takes binary frames; use telehub.v1.json for text".into())
+            }
+            (ws::Message::Binary(_), WireFormat::Json) => {
+                Err("subprotocol telehub.v1.json takes text frames".into())
+            }
+        }
+    }
+
+    fn on_envelope(&mut self, env: Envelope) -> Result<Option<Envelope>, Close> {
+        match env.body {
+            Some(Body::Subscribe(s)) => self.on_subscribe(s),
+            Some(Body::Unsubscribe(u)) => Ok(Some(self.on_unsubscribe(u))),
+            Some(_) => self
+                .strike(
+                    close::POLICY_VIOLATION,
+                    Code::Malformed,
+                    "dashboards may send only Subscribe and Unsubscribe".into(),
+                )
+                .map(Some),
+            None => self
+                .strike(close::POLICY_VIOLATION, Code::Malformed, "empty Envelope".into())
+                .map(Some),
+        }
+    }
+
+    /// Applies a Subscribe atomically: every pattern is valid, or none is added.
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<Option<Envelope>, Close> {
+        let mut parsed = Vec::with_capacity(s.categories.len());
+        for c in &s.categories {
+            match Pattern::parse(c) {
+                Ok(p) => parsed.push(p),
+                Err(e) => {
+                    return self
+                        .strike(close::POLICY_VIOLATION, Code::InvalidSubscription, format!("{e}"))
+                        .map(Some)
+                }
+            }
+        }
+        let new = parsed
+            .iter()
+            .filter(|p| !self.patterns.contains_key(&p.to_string()))
+            .count();
+        let max = self.app.config.dashboard.max_subscriptions;
+        if self.patterns.len() + new > max {
+            return self
+                .strike(
+                    close::POLICY_VIOLATION,
+                    Code::InvalidSubscription,
+                    format!("at most {max} subscriptions per dashboard"),
+                )
+                .map(Some);
+        }
+        self.strikes = 0;
+        let filter = Filter {
+            device_ids: s.device_ids.into_iter().collect(),
+            tags: s.tags.into_iter().collect(),
+        };
+        for p in parsed {
+            self.app.hub.subscribe(&self.handle, &p, filter.clone());
+            self.patterns.insert(p.to_string(), p);
+        }
+        Ok(Some(self.subscribed()))
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Envelope {
+        self.strikes = 0;
+        let names: Vec<String> = if u.categories.is_empty() {
+            self.patterns.keys().cloned().collect()
+        } else {
+            u.categories
+        };
+        for name in names {
+            if let Some(p) = self.patterns.remove(&name) {
+                self.app.hub.unsubscribe(&self.handle, &p);
+            }
+        }
+        self.subscribed()
+    }
+
+    fn subscribed(&self) -> Envelope {
+        Envelope {
+            body: Some(Body::Subscribed(Subscribed {
+                categories: self.patterns.keys().cloned().collect(),
+            })),
+        }
+    }
+
+    /// An `Error` reply, or a close once `limits.max_malformed` arrived in a row.
+    fn strike(&mut self, close_code: u16, code: Code, message: String) -> Result<Envelope, Close> {
+        self.strikes += 1;
+        if self.strikes >= self.app.config.limits.max_malformed {
+            return Err(Close::new(
+                close_code,
+                format!("{} invalid messages in a row; last: {message}", self.strikes),
+            ));
+        }
+        Ok(error_envelope(code, message, 0))
+    }
+
+    fn encode(&self, env: &Envelope) -> ws::Message {
+        match self.format {
+            WireFormat::Protobuf => ws::Message::Binary(env.encode_to_vec().into()),
+            WireFormat::Json => ws::Message::Text(serde_json::to_string(env).unwrap_or_default()),
+        }
+    }
+}

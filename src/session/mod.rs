@@ -1,0 +1,141 @@
+//! Device and dashboard connections after the upgrade.
+//!
+//! A session sees whole `Envelope`s and never touches frames: `ws::Reader` and
+//! `ws::Writer` own the framing. Each session is one task that `select!`s over
+//! its socket, its outbox (dashboards), the keep-alive timer and the shutdown
+//! signal, so there is exactly one writer per socket and no lock around it.
+//!
+//! Every way a session ends is a [`Close`] with a code and a reason sent to the
+//! peer (best effort, bounded by the send timeout).
+
+pub mod dashboard;
+pub mod device;
+pub mod metered;
+
+use std::time::Duration;
+
+use tokio::{
+    io::AsyncWrite,
+    time::{Instant, Interval},
+};
+
+use crate::{
+    proto::{envelope::Body, error::Code, Envelope, Error as ErrorMsg},
+    ws,
+};
+
+/// Close codes the hub uses (RFC 6455 §7.4.1 and the private range).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    /// Server shutting down, or idle timeout.
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame on the binary-only device endpoint.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Repeated undecodable envelopes.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Sustained rate-limit abuse, repeated invalid requests, a too-slow dashboard.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    /// A newer connection with the same device id took the session over.
+    pub const TAKEN_OVER: u16 = 4001;
+}
+
+/// Why a session ends.
+#[derive(Debug)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Close {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The close answering a transport error (`None`: the socket is gone, send nothing).
+    pub fn from_ws(err: &ws::Error) -> Option<Self> {
+        err.close_code().map(|code| Self::new(code, err.to_string()))
+    }
+}
+
+/// How long one write may take before the peer is considered stuck.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends with [`SEND_TIMEOUT`]; a stuck or broken peer ends the session.
+pub async fn send<W: AsyncWrite + Unpin>(
+    writer: &mut ws::Writer<W>,
+    msg: &ws::Message,
+) -> Result<(), ws::Error> {
+    match tokio::time::timeout(SEND_TIMEOUT, writer.send(msg)).await {
+        Ok(res) => res,
+        Err(_) => Err(ws::Error::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Sends the close frame (bounded in time) and shuts the write side.
+pub async fn finish<W: AsyncWrite + Unpin>(writer: &mut ws::Writer<W>, close: Option<&Close>) {
+    let _ = tokio::time::timeout(SEND_TIMEOUT, async {
+        if let Some(c) = close {
+            // The reason must fit a control frame (125 bytes minus the code).
+            let reason = truncate_utf8(&c.reason, 120);
+            let _ = writer.close(c.code, reason).await;
+        }
+        let _ = writer.shutdown().await;
+    })
+    .await;
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+pub fn error_envelope(code: Code, message: impl Into<String>, retry_after_ms: u32) -> Envelope {
+    Envelope {
+        body: Some(Body::Error(ErrorMsg {
+            code: code as i32,
+            message: message.into(),
+            retry_after_ms,
+        })),
+    }
+}
+
+/// Pings on a timer and notices silence.
+pub struct KeepAlive {
+    pub ticker: Interval,
+    last_heard: Instant,
+    idle_timeout: Duration,
+}
+
+impl KeepAlive {
+    pub fn new(ping_interval: Duration, idle_timeout: Duration) -> Self {
+        let mut ticker = tokio::time::interval(ping_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick of an interval fires at once; start one period from now.
+        ticker.reset();
+        Self {
+            ticker,
+            last_heard: Instant::now(),
+            idle_timeout,
+        }
+    }
+
+    /// Anything arrived from the peer (a message, a ping, a pong).
+    pub fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.last_heard.elapsed() >= self.idle_timeout
+    }
+}

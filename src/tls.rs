@@ -1,0 +1,228 @@
+//! TLS for the one listener: loads `server.pem` + `server.key` from the certs
+//! directory, or generates a development CA and a localhost server certificate when
+//! they are missing.
+//!
+//! Invariants: private keys are written with mode 0600 and never overwritten; an
+//! existing CA (`ca.pem` + `ca.key`) is reused to issue a new server certificate so
+//! clients that already trust it keep working; nothing here ever logs key material.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls;
+
+/// File names inside the certs directory.
+pub const CA_CERT: &str = "ca.pem";
+pub const CA_KEY: &str = "ca.key";
+pub const SERVER_CERT: &str = "server.pem";
+pub const SERVER_KEY: &str = "server.key";
+
+/// The DNS names and addresses the development server certificate is valid for.
+const DEV_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid PEM {what}: {source}")]
+    Pem {
+        path: PathBuf,
+        what: &'static str,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("generating development certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("building the TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// What [`ensure_dev_certificates`] did, so the caller can log it clearly.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CertSource {
+    /// `server.pem`/`server.key` were already present.
+    Existing,
+    /// A server certificate was issued; `new_ca` tells whether the CA was new too.
+    Generated { new_ca: bool },
+}
+
+/// Makes sure `dir` holds a server certificate and key, generating a development
+/// CA and a server certificate for localhost/127.0.0.1/::1 when they are missing.
+pub fn ensure_dev_certificates(dir: &Path) -> Result<CertSource, TlsError> {
+    let server_cert = dir.join(SERVER_CERT);
+    let server_key = dir.join(SERVER_KEY);
+    if server_cert.exists() && server_key.exists() {
+        return Ok(CertSource::Existing);
+    }
+    fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
+
+    let ca_cert_path = dir.join(CA_CERT);
+    let ca_key_path = dir.join(CA_KEY);
+    let (ca_key, new_ca) = if ca_cert_path.exists() && ca_key_path.exists() {
+        let pem = read(&ca_key_path)?;
+        (KeyPair::from_pem(&pem)?, false)
+    } else {
+        let key = KeyPair::generate()?;
+        let cert = ca_params().self_signed(&key)?;
+        write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+        write_public(&ca_cert_path, cert.pem().as_bytes())?;
+        (key, true)
+    };
+    // The issuer is rebuilt from the same parameters and key as the CA certificate,
+    // so its name and key identifier match the `ca.pem` clients trust.
+    let issuer = Issuer::new(ca_params(), &ca_key);
+
+    let mut params = CertificateParams::new(DEV_NAMES.map(String::from).to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "telehub development server");
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_private(&server_key, key.serialize_pem().as_bytes())?;
+    // The chain includes the CA so clients that only pin the CA can verify.
+    let chain = format!("{}{}", cert.pem(), read(&ca_cert_path)?);
+    write_public(&server_cert, chain.as_bytes())?;
+    Ok(CertSource::Generated { new_ca })
+}
+
+/// Builds the rustls server configuration from `server.pem` + `server.key`.
+pub fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let cert_path = dir.join(SERVER_CERT);
+    let key_path = dir.join(SERVER_KEY);
+    let certs = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| pem_err(&cert_path, "certificate", source))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|source| pem_err(&key_path, "private key", source))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    // WebSockets upgrade over HTTP/1.1 only (RFC 8441 is not supported).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client configuration that trusts exactly the CA certificate(s) in `ca_pem`.
+/// Used by device-sim, the demo fleet and the tests.
+pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem)
+        .map_err(|source| pem_err(ca_pem, "certificate", source))?
+    {
+        let cert = cert.map_err(|source| pem_err(ca_pem, "certificate", source))?;
+        roots.add(cert)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "telehub development CA");
+    dn.push(DnType::OrganizationName, "telehub");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(|source| io_err(path, source))
+}
+
+fn write_public(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    fs::write(path, data).map_err(|source| io_err(path, source))
+}
+
+/// Writes a private key readable by the owner only. The mode is set at creation,
+/// so the key is never world-readable, not even briefly.
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|source| io_err(path, source))?;
+    file.write_all(data)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| io_err(path, source))
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> TlsError {
+    TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn pem_err(path: &Path, what: &'static str, source: rustls_pki_types::pem::Error) -> TlsError {
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_with_private_keys_0600_and_reuses_the_ca() {
+        let dir = std::env::temp_dir().join(format!("telehub-tls-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(
+            ensure_dev_certificates(&dir).unwrap(),
+            CertSource::Generated { new_ca: true }
+        );
+        assert_eq!(ensure_dev_certificates(&dir).unwrap(), CertSource::Existing);
+        #[cfg(unix)]
+        for key in [CA_KEY, SERVER_KEY] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join(key)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
+        let ca = fs::read(dir.join(CA_CERT)).unwrap();
+        fs::remove_file(dir.join(SERVER_CERT)).unwrap();
+        fs::remove_file(dir.join(SERVER_KEY)).unwrap();
+        assert_eq!(
+            ensure_dev_certificates(&dir).unwrap(),
+            CertSource::Generated { new_ca: false }
+        );
+        assert_eq!(fs::read(dir.join(CA_CERT)).unwrap(), ca);
+        server_config(&dir).unwrap();
+        client_config(&dir.join(CA_CERT)).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
