@@ -6,3 +6,4 @@
 //! wire contract.
 
 pub mod proto;
+pub mod ws;
