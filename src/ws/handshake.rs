@@ -20,6 +20,8 @@ pub use super::extension::{ExtensionAnswerError, ServerDeflatePolicy};
 pub enum HandshakeError {
     #[error("RFC 6455 §4.2.1: the method of an upgrade request MUST be GET")]
     MethodNotGet,
+    #[error("malformed HTTP upgrade request")]
+    MalformedRequest,
     #[error("RFC 6455 §4.2.1: an upgrade request MUST be HTTP/1.1 or higher")]
     HttpVersion,
     #[error("RFC 6455 §4.2.1: missing or wrong Upgrade: websocket header")]

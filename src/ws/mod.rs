@@ -16,6 +16,7 @@
 //! - [`extension`]: `Sec-WebSocket-Extensions` parsing and permessage-deflate negotiation.
 //! - [`handshake`]: server-side validation of the HTTP/1.1 upgrade request.
 //! - [`client`]: client-side upgrade over an already connected stream.
+//! - [`server`]: a minimal upgrade over a raw stream for tools without an HTTP stack.
 //! - `connection`: [`Connection`], reader + writer over one stream, with the
 //!   convenience behaviour (auto-pong, close handshake).
 //!
@@ -38,6 +39,7 @@ pub mod frame;
 pub mod handshake;
 mod message;
 mod reader;
+pub mod server;
 mod shared;
 mod writer;
 
