@@ -904,3 +904,46 @@ async fn our_client_against_tungstenite_server() {
     assert_eq!(timeout(T, conn.read()).await.unwrap().unwrap(), None);
     assert_eq!(timeout(T, server).await.unwrap().unwrap(), 2);
 }
+
+// ---------------------------------------------------------------- cancel safety
+
+#[tokio::test]
+async fn reader_next_is_cancel_safe_in_select() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sender = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut bytes = frame(0x01, b"frag");
+        bytes.extend(frame(0x80, b"mented"));
+        bytes.extend(frame(0x82, &[7u8; 300]));
+        bytes.extend(frame(0x81, "naïve".as_bytes()));
+        for chunk in bytes.chunks(3) {
+            s.write_all(chunk).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        s
+    });
+    let (stream, _) = listener.accept().await.unwrap();
+    let (mut rx, _tx) = Connection::new(stream, Role::Server, Config::default(), None).split();
+    let (mut got, mut cancelled) = (Vec::new(), 0);
+    let deadline = tokio::time::Instant::now() + T;
+    while got.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {got:?}");
+        tokio::select! {
+            r = rx.next() => got.push(r.unwrap()),
+            _ = tokio::time::sleep(Duration::from_micros(300)) => cancelled += 1,
+        }
+    }
+    use telehub::ws::Incoming::Message as M;
+    assert_eq!(
+        got,
+        vec![
+            M(Message::Text("fragmented".into())),
+            M(Message::Binary(Bytes::from(vec![7u8; 300]))),
+            M(Message::Text("naïve".into())),
+        ]
+    );
+    assert!(cancelled > 0, "the test must actually cancel reads");
+    drop(sender.await.unwrap());
+}

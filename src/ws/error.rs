@@ -29,8 +29,6 @@ pub enum ProtocolError {
     CloseBodyTooShort,
     #[error("RFC 6455 §7.4: close code {0} is not valid on the wire")]
     InvalidCloseCode(u16),
-    #[error("RFC 6455 §5.5.1: no data frame may follow a close frame")]
-    DataAfterClose,
     #[error("RFC 7692 §6.1: RSV1 MUST NOT be set on control frames")]
     CompressedControl,
     #[error("RFC 7692 §6.1: RSV1 is set only on the first frame of a message")]
