@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let descriptors = protox::compile([proto], ["proto"])?;
     let descriptor_path = out.join("telehub_descriptor.bin");
-    std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
+    std::fs::write(
+        &descriptor_path,
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
 
     prost_build::Config::new()
         .file_descriptor_set_path(&descriptor_path)

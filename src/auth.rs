@@ -129,10 +129,13 @@ impl TokenKey {
         match fs::read(&path) {
             Ok(bytes) => {
                 let secret: [u8; SECRET_LEN] =
-                    bytes.as_slice().try_into().map_err(|_| KeyError::BadLength {
-                        path: path.display().to_string(),
-                        found: bytes.len(),
-                    })?;
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| KeyError::BadLength {
+                            path: path.display().to_string(),
+                            found: bytes.len(),
+                        })?;
                 Ok(Self { secret })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -239,9 +242,7 @@ pub fn token_from_headers(headers: &http::HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
         let v = v.to_str().ok()?.trim();
         let (scheme, token) = v.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim());
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
     let from_protocol = headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -286,7 +287,10 @@ mod tests {
         tags.insert("fleet".into(), "north".into());
         let t = k.issue("dev-1", Role::Device, tags.clone(), Duration::from_secs(60));
         let c = k.authorize(Some(&t), &[Role::Device]).unwrap();
-        assert_eq!((c.sub.as_str(), c.role, c.tags), ("dev-1", Role::Device, tags));
+        assert_eq!(
+            (c.sub.as_str(), c.role, c.tags),
+            ("dev-1", Role::Device, tags)
+        );
 
         assert_eq!(
             k.authorize(Some(&t), &[Role::Viewer]),
@@ -298,7 +302,8 @@ mod tests {
         assert_eq!(other.verify(&t), Err(AuthError::BadSignature));
         // Tampering with the claims breaks the signature.
         let mut parts: Vec<&str> = t.split('.').collect();
-        let forged = URL_SAFE_NO_PAD.encode(br#"{"sub":"x","role":"operator","iat":0,"exp":99999999999}"#);
+        let forged =
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"x","role":"operator","iat":0,"exp":99999999999}"#);
         parts[1] = &forged;
         assert_eq!(k.verify(&parts.join(".")), Err(AuthError::BadSignature));
     }
@@ -319,14 +324,20 @@ mod tests {
         );
         let mut mac = k.mac();
         mac.update(signed.as_bytes());
-        let t = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+        let t = format!(
+            "{signed}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
         assert_eq!(k.verify(&t), Err(AuthError::Expired));
     }
 
     #[test]
     fn token_sources() {
         let mut h = http::HeaderMap::new();
-        h.insert("sec-websocket-protocol", "telehub.v1, bearer.abc".parse().unwrap());
+        h.insert(
+            "sec-websocket-protocol",
+            "telehub.v1, bearer.abc".parse().unwrap(),
+        );
         h.insert("cookie", "a=b; telehub_token=def".parse().unwrap());
         assert_eq!(token_from_headers(&h), Some("abc"));
         h.remove("sec-websocket-protocol");

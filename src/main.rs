@@ -12,10 +12,20 @@ use telehub::{
 };
 
 #[derive(Parser)]
-#[command(name = "telehub", version, about = "IoT telemetry and notification hub")]
+#[command(
+    name = "telehub",
+    version,
+    about = "IoT telemetry and notification hub"
+)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "human", env = "TELEHUB_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "TELEHUB_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -145,7 +155,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let server = Server::bind(config).await?;
     let addr = server.local_addr()?;
-    let scheme = if server.app().config.plaintext { "http" } else { "https" };
+    let scheme = if server.app().config.plaintext {
+        "http"
+    } else {
+        "https"
+    };
     tracing::info!(%addr, "telehub listening: {scheme}://{addr}/ (devices: /v1/device, dashboards: /v1/dashboard)");
     server.run(shutdown_signal()).await
 }

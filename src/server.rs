@@ -210,7 +210,10 @@ impl Server {
         tracing::info!("shutting down: closing every connection with 1001");
         drop(listener);
         drop(app);
-        if tokio::time::timeout(DRAIN_TIMEOUT, trigger.wait()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, trigger.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
         }
         Ok(())
@@ -242,15 +245,21 @@ async fn serve_tcp(
     }
 }
 
-async fn serve_http<I>(io: I, info: ConnInfo, router: axum::Router, app: Arc<App>, mut shutdown: Shutdown)
-where
+async fn serve_http<I>(
+    io: I,
+    info: ConnInfo,
+    router: axum::Router,
+    app: Arc<App>,
+    mut shutdown: Shutdown,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(info.clone());
-        router.clone().call(req)
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(info.clone());
+            router.clone().call(req)
+        });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.limits.handshake_timeout)

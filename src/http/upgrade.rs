@@ -51,19 +51,30 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
         enabled: app.config.compression.enabled,
         ..Default::default()
     };
-    let accept = match ws::handshake::accept(&parts.method, parts.version, &parts.headers, protocols, &policy) {
+    let accept = match ws::handshake::accept(
+        &parts.method,
+        parts.version,
+        &parts.headers,
+        protocols,
+        &policy,
+    ) {
         Ok(a) => a,
         Err(e) => {
             app.metrics.refused("bad_handshake");
             let mut resp = refuse(e.status(), &e);
             if e.status() == StatusCode::UPGRADE_REQUIRED {
-                resp.headers_mut()
-                    .insert(header::SEC_WEBSOCKET_VERSION, header::HeaderValue::from_static("13"));
+                resp.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    header::HeaderValue::from_static("13"),
+                );
             }
             return resp;
         }
     };
-    let claims = match app.tokens.authorize(token_from_headers(&parts.headers), roles) {
+    let claims = match app
+        .tokens
+        .authorize(token_from_headers(&parts.headers), roles)
+    {
         Ok(c) => c,
         Err(e) => {
             app.metrics.refused(match e.status() {
@@ -83,7 +94,10 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
         app.metrics.refused("bad_handshake");
         return refuse(
             StatusCode::BAD_REQUEST,
-            format!("unsupported subprotocol; this endpoint speaks {}", protocols.join(", ")),
+            format!(
+                "unsupported subprotocol; this endpoint speaks {}",
+                protocols.join(", ")
+            ),
         );
     }
     let format = match accept.protocol.as_deref() {
@@ -107,9 +121,18 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
                 return;
             }
         };
-        let io = Metered::new(TokioIo::new(upgraded), meters.wire_in.clone(), meters.wire_out.clone());
+        let io = Metered::new(
+            TokioIo::new(upgraded),
+            meters.wire_in.clone(),
+            meters.wire_out.clone(),
+        );
         let conn_ws = ws::Connection::new(io, ws::Role::Server, ws_config, deflate);
-        app.metrics.connections_accepted.get_or_create(&crate::metrics::RoleLabel { role: role.as_str() }).inc();
+        app.metrics
+            .connections_accepted
+            .get_or_create(&crate::metrics::RoleLabel {
+                role: role.as_str(),
+            })
+            .inc();
         run_session(conn_ws, claims, endpoint, format, app, meters).await;
         drop(conn);
     });
@@ -134,7 +157,9 @@ async fn run_session<S>(
     tracing::debug!(%subject, role = %claims.role, "session start");
     match endpoint {
         Endpoint::Device => session::device::run(conn, claims, app, meters.clone()).await,
-        Endpoint::Dashboard => session::dashboard::run(conn, claims, format, app, meters.clone()).await,
+        Endpoint::Dashboard => {
+            session::dashboard::run(conn, claims, format, app, meters.clone()).await
+        }
     }
     meters.connections.dec();
     tracing::debug!(%subject, "session end");
@@ -157,8 +182,13 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), String> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
-    let origin = origin.to_str().map_err(|_| "unreadable Origin header".to_string())?;
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    let origin = origin
+        .to_str()
+        .map_err(|_| "unreadable Origin header".to_string())?;
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
         return Ok(());
     }
     let Some((_, host)) = origin.split_once("://") else {
@@ -193,7 +223,11 @@ mod tests {
     #[test]
     fn origin_policy() {
         assert!(check_origin(&HeaderMap::new(), &[]).is_ok());
-        assert!(check_origin(&headers("https://hub.example:8443", "hub.example:8443"), &[]).is_ok());
+        assert!(check_origin(
+            &headers("https://hub.example:8443", "hub.example:8443"),
+            &[]
+        )
+        .is_ok());
         assert!(check_origin(&headers("http://localhost:3000", "hub.example"), &[]).is_ok());
         assert!(check_origin(&headers("http://[::1]:3000", "hub.example"), &[]).is_ok());
         assert!(check_origin(&headers("https://evil.example", "hub.example"), &[]).is_err());

@@ -135,12 +135,11 @@ impl Outbox {
         out.clear();
         let mut st = self.lock();
         out.extend(st.queue.drain(..).map(|(m, _)| m));
-        let drained = Drained {
+        Drained {
             dropped: std::mem::take(&mut st.dropped),
             dropped_total: st.dropped_total,
             overflowed: st.overflowed,
-        };
-        drained
+        }
     }
 
     /// Resolves when something may be queued. Cancel-safe.

@@ -17,7 +17,9 @@ use crate::{
     auth::Claims,
     hub::{DashboardHandle, Encoded, Filter, Pattern, WireFormat},
     metrics::RoleMeters,
-    proto::{envelope::Body, error::Code, Dropped, Envelope, Subscribe, Subscribed, Unsubscribe, Welcome},
+    proto::{
+        envelope::Body, error::Code, Dropped, Envelope, Subscribe, Subscribed, Unsubscribe, Welcome,
+    },
     ws,
 };
 
@@ -178,9 +180,9 @@ impl Dashboard {
                 serde_json::from_str(&text)
                     .map_err(|e| format!("not a telehub.v1.Envelope in JSON: {e}"))
             }
-            (ws::Message::Text(_), WireFormat::Protobuf) => {
-                Err("subprotocol telehub.v1 takes binary frames; use telehub.v1.json for text".into())
-            }
+            (ws::Message::Text(_), WireFormat::Protobuf) => Err(
+                "subprotocol telehub.v1 takes binary frames; use telehub.v1.json for text".into(),
+            ),
             (ws::Message::Binary(_), WireFormat::Json) => {
                 Err("subprotocol telehub.v1.json takes text frames".into())
             }
@@ -199,7 +201,11 @@ impl Dashboard {
                 )
                 .map(Some),
             None => self
-                .strike(close::POLICY_VIOLATION, Code::Malformed, "empty Envelope".into())
+                .strike(
+                    close::POLICY_VIOLATION,
+                    Code::Malformed,
+                    "empty Envelope".into(),
+                )
                 .map(Some),
         }
     }
@@ -212,7 +218,11 @@ impl Dashboard {
                 Ok(p) => parsed.push(p),
                 Err(e) => {
                     return self
-                        .strike(close::POLICY_VIOLATION, Code::InvalidSubscription, format!("{e}"))
+                        .strike(
+                            close::POLICY_VIOLATION,
+                            Code::InvalidSubscription,
+                            format!("{e}"),
+                        )
                         .map(Some)
                 }
             }
@@ -272,7 +282,10 @@ impl Dashboard {
         if self.strikes >= self.app.config.limits.max_malformed {
             return Err(Close::new(
                 close_code,
-                format!("{} invalid messages in a row; last: {message}", self.strikes),
+                format!(
+                    "{} invalid messages in a row; last: {message}",
+                    self.strikes
+                ),
             ));
         }
         Ok(error_envelope(code, message, 0))

@@ -276,7 +276,10 @@ impl Device {
         if self.strikes >= self.app.config.limits.max_malformed {
             return Reply::Close(Close::new(
                 code,
-                format!("{} invalid messages in a row; last: {message}", self.strikes),
+                format!(
+                    "{} invalid messages in a row; last: {message}",
+                    self.strikes
+                ),
             ));
         }
         Reply::Send(error_envelope(Code::Malformed, message, 0))

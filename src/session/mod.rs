@@ -58,7 +58,8 @@ impl Close {
 
     /// The close answering a transport error (`None`: the socket is gone, send nothing).
     pub fn from_ws(err: &ws::Error) -> Option<Self> {
-        err.close_code().map(|code| Self::new(code, err.to_string()))
+        err.close_code()
+            .map(|code| Self::new(code, err.to_string()))
     }
 }
 
