@@ -299,3 +299,95 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// Tags as the hub keeps them.
 pub type Tags = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Telemetry;
+
+    fn telemetry(device: &str, category: &str) -> Arc<Encoded> {
+        Encoded::new(Envelope {
+            body: Some(Body::Telemetry(Telemetry {
+                device_id: device.into(),
+                category: category.into(),
+                ..Default::default()
+            })),
+        })
+    }
+
+    fn device(id: &str, tags: &[(&str, &str)]) -> DeviceInfo {
+        DeviceInfo {
+            id: id.into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn queued(d: &DashboardHandle) -> usize {
+        let mut out = Vec::new();
+        d.outbox.drain(&mut out);
+        out.len()
+    }
+
+    #[test]
+    fn overlapping_patterns_deliver_once_and_filters_narrow() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let a = hub.register_dashboard(16);
+        let b = hub.register_dashboard(16);
+        for p in ["env.*", "*", "env.temperature"] {
+            hub.subscribe(&a, &Pattern::parse(p).unwrap(), Filter::default());
+        }
+        let north = Filter {
+            tags: [("fleet".to_string(), "north".to_string())].into(),
+            ..Default::default()
+        };
+        hub.subscribe(&b, &Pattern::parse("env.*").unwrap(), north);
+
+        let d1 = device("d1", &[("fleet", "north")]);
+        let d2 = device("d2", &[("fleet", "south")]);
+        let out = hub.publish(&d1, "env.temperature", &telemetry("d1", "env.temperature"));
+        assert_eq!(out.delivered, 2);
+        hub.publish(&d2, "env.temperature", &telemetry("d2", "env.temperature"));
+        hub.publish(&d1, "power.battery", &telemetry("d1", "power.battery"));
+        assert_eq!(queued(&a), 3);
+        assert_eq!(queued(&b), 1);
+
+        hub.unregister_dashboard(&a, [Pattern::parse("*").unwrap()].iter());
+        assert_eq!(
+            hub.publish(&d2, "power.battery", &telemetry("d2", "power.battery"))
+                .delivered,
+            0
+        );
+    }
+
+    #[test]
+    fn presence_on_transitions_only_and_takeover_kicks() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let dash = hub.register_dashboard(16);
+        let info = Arc::new(device("d1", &[]));
+        let first = hub.device_online(info.clone());
+        let second = hub.device_online(info.clone());
+        // The takeover stored a permit for the first session's kick.
+        assert!(futures_util::FutureExt::now_or_never(first.kick.notified()).is_some());
+        hub.device_offline("d1", &first); // stale session: no effect
+        assert_eq!(hub.online_devices(), 1);
+        hub.device_offline("d1", &second);
+        assert_eq!(hub.online_devices(), 0);
+        let mut out = Vec::new();
+        dash.outbox.drain(&mut out);
+        let states: Vec<bool> = out
+            .iter()
+            .map(|m| match &m.envelope().body {
+                Some(Body::Presence(p)) => p.online,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(states, [true, false]);
+        // A dashboard connecting while a device is online gets it in its snapshot.
+        let _third = hub.device_online(info);
+        let late = hub.register_dashboard(16);
+        assert_eq!(queued(&late), 1);
+    }
+}
