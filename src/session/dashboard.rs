@@ -53,7 +53,7 @@ pub async fn run<S>(
             server_version: env!("CARGO_PKG_VERSION").into(),
         })),
     };
-    let close = match send(&mut writer, &dashboard.encode(&welcome)).await {
+    let close = match send(&mut writer, &dashboard.encode(&welcome), &dashboard.meters).await {
         Ok(()) => dashboard.serve(reader, &mut writer).await,
         Err(_) => None,
     };
@@ -155,7 +155,7 @@ impl Dashboard {
                     };
                     match reply {
                         Ok(Some(env)) => {
-                            if send(writer, &self.encode(&env)).await.is_err() {
+                            if send(writer, &self.encode(&env), &self.meters).await.is_err() {
                                 return None;
                             }
                         }

@@ -49,7 +49,7 @@ where
             server_version: env!("CARGO_PKG_VERSION").into(),
         })),
     };
-    if send(&mut writer, &binary(&welcome)).await.is_err() {
+    if send(&mut writer, &binary(&welcome), &meters).await.is_err() {
         return;
     }
     let presence = app.hub.device_online(info.clone());
@@ -177,7 +177,7 @@ impl Device {
                     match reply {
                         Reply::None => {}
                         Reply::Send(env) => {
-                            if send(writer, &binary(&env)).await.is_err() {
+                            if send(writer, &binary(&env), &self.meters).await.is_err() {
                                 return None;
                             }
                         }

@@ -20,6 +20,7 @@ use tokio::{
 };
 
 use crate::{
+    metrics::RoleMeters,
     proto::{envelope::Body, error::Code, Envelope, Error as ErrorMsg},
     ws,
 };
@@ -66,13 +67,20 @@ impl Close {
 /// How long one write may take before the peer is considered stuck.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends with [`SEND_TIMEOUT`]; a stuck or broken peer ends the session.
+/// Sends one reply (Welcome, Error, Subscribed...) with [`SEND_TIMEOUT`], counting
+/// it in the role's `frames_out`/`payload_out`; a stuck or broken peer ends the session.
 pub async fn send<W: AsyncWrite + Unpin>(
     writer: &mut ws::Writer<W>,
     msg: &ws::Message,
+    meters: &RoleMeters,
 ) -> Result<(), ws::Error> {
     match tokio::time::timeout(SEND_TIMEOUT, writer.send(msg)).await {
-        Ok(res) => res,
+        Ok(Ok(())) => {
+            meters.frames_out.inc();
+            meters.payload_out.inc_by(msg.as_bytes().len() as u64);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(ws::Error::Io(std::io::ErrorKind::TimedOut.into())),
     }
 }
