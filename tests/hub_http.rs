@@ -1,0 +1,124 @@
+//! The plain HTTP side of the one TLS listener: `/healthz` for orchestrators,
+//! `/metrics` for Prometheus, the dashboard page, and 404s.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn healthz_is_json_with_live_counts() {
+    let hub = Hub::start().await;
+    let (status, head, body) = hub.get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["devices_online"], 0);
+
+    let _dev = hub.device("dev-1").await;
+    let _d = hub.dashboard().await;
+    let (_, _, body) = hub.get("/healthz").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["devices_online"].as_u64(), v["dashboards"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn metrics_expose_traffic_in_prometheus_text() {
+    let hub = Hub::start().await;
+    let mut d = hub.dashboard().await;
+    d.subscribe(&["*"]).await;
+    let mut dev = hub.device("dev-1").await;
+    for _ in 0..3 {
+        dev.send_telemetry("env.t", vec![number("t", 1.0, "Cel")])
+            .await;
+        d.expect_telemetry().await;
+    }
+    dev.send_raw(telehub::ws::Message::Binary(vec![0xff].into()))
+        .await;
+    dev.expect_error().await;
+
+    let (status, head, body) = hub.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text")
+            || head
+                .to_ascii_lowercase()
+                .contains("content-type: text/plain"),
+        "{head}"
+    );
+    for family in [
+        "telehub_connections",
+        "telehub_frames_in",
+        "telehub_bytes_in",
+        "telehub_bytes_out",
+        "telehub_rate_limited",
+        "telehub_dropped_deliveries",
+        "telehub_decode_errors",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{body}"
+        );
+    }
+    let m = Metrics::parse(&body);
+    assert_eq!(m.get("telehub_connections{role=\"device\"}"), 1.0, "{body}");
+    assert_eq!(m.get("telehub_connections{role=\"viewer\"}"), 1.0);
+    assert_eq!(m.get("telehub_frames_in_total{role=\"device\"}"), 4.0);
+    assert_eq!(m.get("telehub_frames_in_total{role=\"viewer\"}"), 1.0);
+    // Every data message sent counts: the device's Welcome and Error; the
+    // dashboard's Welcome, Subscribed, the device's presence and 3 telemetry.
+    assert_eq!(
+        m.get("telehub_frames_out_total{role=\"device\"}"),
+        2.0,
+        "{body}"
+    );
+    assert_eq!(
+        m.get("telehub_frames_out_total{role=\"viewer\"}"),
+        6.0,
+        "{body}"
+    );
+    assert_eq!(m.get("telehub_decode_errors_total"), 1.0);
+    assert_eq!(m.get("telehub_rate_limited_total"), 0.0);
+    assert!(m.has("telehub_rate_limited_total"));
+    assert!(m.has("telehub_dropped_deliveries_total"));
+    for dir in ["in", "out"] {
+        for role in ["device", "viewer"] {
+            let wire = m.get(&format!(
+                "telehub_bytes_{dir}_total{{role=\"{role}\",kind=\"wire\"}}"
+            ));
+            let payload = m.get(&format!(
+                "telehub_bytes_{dir}_total{{role=\"{role}\",kind=\"payload\"}}"
+            ));
+            assert!(wire > 0.0, "{dir} wire bytes for {role}:\n{body}");
+            assert!(payload > 0.0, "{dir} payload bytes for {role}:\n{body}");
+        }
+    }
+    // The dashboard received 3 telemetry messages of the same payload size the device sent.
+    assert!(
+        m.get("telehub_bytes_out_total{role=\"viewer\",kind=\"payload\"}")
+            >= m.get("telehub_bytes_in_total{role=\"device\",kind=\"payload\"}") - 1.0,
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn index_page_and_unknown_paths() {
+    let hub = Hub::start().await;
+    let (status, head, body) = hub.get("/").await;
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("text/html"), "{head}");
+    assert!(body.to_ascii_lowercase().contains("<html"), "{body}");
+    let (status, _, _) = hub.get("/nope").await;
+    assert_eq!(status, 404);
+    // A plain GET on a WebSocket endpoint is not an upgrade.
+    let (status, _, _) = hub.get("/v1/device").await;
+    assert!((400..500).contains(&status), "{status}");
+}
