@@ -175,21 +175,7 @@ impl Hub {
         path: &str,
         cfg: &ClientConfig,
     ) -> Result<Client, ws::Error> {
-        let (conn, handshake) = timeout(T, ws::client::connect(tls, &self.host(), path, cfg))
-            .await
-            .expect("WebSocket handshake timed out")?;
-        let json = handshake.protocol.as_deref() == Some(PROTOCOL_JSON);
-        let (reader, writer) = conn.split();
-        Ok(Client {
-            reader,
-            writer,
-            handshake,
-            json,
-            auto_pong: true,
-            seq: 0,
-            stash: Default::default(),
-            pings: 0,
-        })
+        Client::upgrade(tls, &self.host(), path, cfg).await
     }
 
     /// A device connected with a fresh token for `id`; its Welcome is checked and consumed.
@@ -297,6 +283,20 @@ impl Drop for Hub {
     }
 }
 
+/// A TLS connection to `addr` trusting the CA in `ca_pem`, for hubs run as a process.
+pub async fn tls_to(addr: SocketAddr, ca_pem: &Path) -> TlsStream<TcpStream> {
+    let connector = TlsConnector::from(telehub::tls::client_config(ca_pem).expect("client TLS"));
+    let tcp = timeout(T, TcpStream::connect(addr))
+        .await
+        .expect("TCP connect timed out")
+        .expect("TCP connect");
+    let name = ServerName::try_from("localhost").expect("server name");
+    timeout(T, connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake timed out")
+        .expect("TLS handshake")
+}
+
 /// A client configuration with a bearer token (if any) and the given subprotocols.
 /// Offers permessage-deflate, as real devices do.
 pub fn client_config(token: Option<&str>, protocols: &[&str]) -> ClientConfig {
@@ -340,6 +340,30 @@ pub struct Client {
 }
 
 impl Client {
+    /// Performs the WebSocket upgrade over an established TLS connection.
+    pub async fn upgrade(
+        tls: TlsStream<TcpStream>,
+        host: &str,
+        path: &str,
+        cfg: &ClientConfig,
+    ) -> Result<Client, ws::Error> {
+        let (conn, handshake) = timeout(T, ws::client::connect(tls, host, path, cfg))
+            .await
+            .expect("WebSocket handshake timed out")?;
+        let json = handshake.protocol.as_deref() == Some(PROTOCOL_JSON);
+        let (reader, writer) = conn.split();
+        Ok(Client {
+            reader,
+            writer,
+            handshake,
+            json,
+            auto_pong: true,
+            seq: 0,
+            stash: Default::default(),
+            pings: 0,
+        })
+    }
+
     pub async fn send(&mut self, env: &Envelope) {
         self.send_raw(Message::Binary(env.encode_to_vec().into()))
             .await
