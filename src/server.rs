@@ -209,6 +209,9 @@ impl Server {
         }
         tracing::info!("shutting down: closing every connection with 1001");
         drop(listener);
+        // The router holds the App, and the App holds a `Shutdown`: both must go, or
+        // `trigger.wait()` waits for our own handle and always runs into the timeout.
+        drop(router);
         drop(app);
         if tokio::time::timeout(DRAIN_TIMEOUT, trigger.wait())
             .await
