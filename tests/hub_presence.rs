@@ -94,11 +94,11 @@ async fn a_second_connection_takes_the_device_over_without_an_offline_event() {
         Some(telehub::proto::envelope::Body::Telemetry(t)) => assert_eq!(t.device_id, "dev-1"),
         other => panic!("expected telemetry, got {other:?}"),
     }
-    assert_eq!(hub.app.hub.online_devices(), 1);
+    assert_eq!(hub.app().hub.online_devices(), 1);
 
     // When the new one leaves, the device goes offline once.
     new.close().await;
     let p = d.expect_presence().await;
     assert_eq!((p.device_id.as_str(), p.online), ("dev-1", false));
-    assert_eq!(hub.app.hub.online_devices(), 0);
+    assert_eq!(hub.app().hub.online_devices(), 0);
 }

@@ -71,7 +71,8 @@ pub struct Hub {
     pub data_dir: PathBuf,
     pub certs_dir: PathBuf,
     pub key: TokenKey,
-    pub app: Arc<App>,
+    /// `None` once stopping: the App holds a shutdown handle the hub waits for.
+    app: Option<Arc<App>>,
     tls: TlsConnector,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -112,11 +113,16 @@ impl Hub {
             data_dir,
             certs_dir,
             key,
-            app,
+            app: Some(app),
             tls,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// The running hub's shared state (hub, metrics, config).
+    pub fn app(&self) -> &Arc<App> {
+        self.app.as_ref().expect("hub is stopping")
     }
 
     /// `localhost:PORT`, the Host header clients send.
@@ -239,7 +245,7 @@ impl Hub {
 
     /// The hub's metrics read in-process (when HTTP itself is what is being limited).
     pub fn metrics(&self) -> Metrics {
-        Metrics::parse(&self.app.metrics.encode())
+        Metrics::parse(&self.app().metrics.encode())
     }
 
     /// Polls `cond` on the in-process metrics until it holds (bounded by [`T`]).
@@ -261,6 +267,7 @@ impl Hub {
 
     /// Stops the hub gracefully and waits for `run` to return.
     pub async fn stop(mut self) {
+        self.app.take();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -276,6 +283,7 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
+        self.app.take();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
