@@ -396,17 +396,20 @@ fn bench_envelope(category: &str, seq: u64, size: usize, filler: &[u8]) -> Telem
         ],
         received_ms: 0,
     };
-    // Grow the filler until the envelope reaches the size (varint lengths make the
-    // relation non-linear; a few steps at most).
-    let mut n = 0usize;
-    loop {
-        t.readings[1].value = Some(Value::Raw(filler[..n.min(filler.len())].to_vec()));
-        let len = encoded_len(&t);
-        if len >= size || n >= filler.len() {
-            return t;
+    // The smallest filler that reaches the size (varint lengths make the relation
+    // non-linear). Runs once per publisher.
+    let base = encoded_len(&t);
+    let start = size
+        .saturating_sub(base)
+        .saturating_sub(4)
+        .min(filler.len());
+    for n in start..=filler.len() {
+        t.readings[1].value = Some(Value::Raw(filler[..n].to_vec()));
+        if encoded_len(&t) >= size {
+            break;
         }
-        n += size - len;
     }
+    t
 }
 
 fn encoded_len(t: &Telemetry) -> usize {

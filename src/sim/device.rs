@@ -139,14 +139,10 @@ impl Device {
         self.finish()
     }
 
+    /// Leaves whatever is still buffered counted in `stats.buffered`: in the final
+    /// summary that gauge reads "generated but never sent".
     fn finish(&mut self) {
-        // Whatever is still buffered leaves with us; take it off the fleet gauge.
-        let n = self.backlog.len() as u64;
-        self.shared
-            .stats
-            .buffered
-            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
-        while self.backlog.pop().is_some() {}
+        tracing::debug!(unsent = self.backlog.len(), "device stopped");
     }
 
     fn connect_failed(&self, e: &ws::Error) {

@@ -25,7 +25,8 @@ pub struct FleetStats {
     pub auth_failures: AtomicU64,
     /// `Error` envelopes other than `RATE_LIMITED` received from the hub.
     pub server_errors: AtomicU64,
-    /// Messages currently waiting in device backlogs (a gauge).
+    /// Messages waiting in device backlogs (a gauge). After the fleet stopped: the
+    /// messages generated but never sent.
     pub buffered: AtomicU64,
     /// Messages dropped because a backlog was full (oldest first).
     pub dropped_from_buffer: AtomicU64,
