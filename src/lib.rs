@@ -18,5 +18,6 @@ pub mod proto;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod sim;
 pub mod tls;
 pub mod ws;

@@ -1,0 +1,260 @@
+//! Where the hub is and how to reach it: `ws://` or `wss://` URL parsing, TCP (with
+//! `TCP_NODELAY`), TLS against a given CA, and the WebSocket upgrade with a bearer
+//! token and the `telehub.v1` subprotocol. Shared by the fleet and the benchmarks.
+
+use std::{
+    io,
+    path::Path,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{client::TlsStream, rustls::pki_types::ServerName, TlsConnector};
+
+use crate::ws::{
+    self,
+    client::{ClientConfig, ClientDeflateOffer, Handshake},
+};
+
+/// The subprotocol devices and protobuf dashboards speak.
+pub const SUBPROTOCOL: &str = "telehub.v1";
+
+/// A parsed hub address plus what it takes to connect to it.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `host:port` to dial.
+    addr: String,
+    /// The `Host` header value.
+    host_header: String,
+    /// TLS connector and the name the certificate must carry; `None` for `ws://`.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Parses `ws://HOST[:PORT]` or `wss://HOST[:PORT]` (a trailing path is ignored;
+    /// IPv6 hosts in brackets). `wss://` needs `ca`, the PEM file of the CA to trust.
+    pub fn parse(url: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("wss://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("ws://") {
+            (false, rest)
+        } else {
+            bail!("{url:?}: the URL must start with ws:// or wss://");
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.is_empty() || authority.contains('@') {
+            bail!("{url:?}: expected ws[s]://HOST[:PORT]");
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = split_host_port(authority, default_port)
+            .with_context(|| format!("{url:?}: bad host or port"))?;
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let tls = if tls {
+            let ca = ca.with_context(|| {
+                format!("{url:?} is wss://: pass the CA certificate (--ca PEM)")
+            })?;
+            let config = crate::tls::client_config(ca)
+                .with_context(|| format!("loading the CA certificate {}", ca.display()))?;
+            let name = ServerName::try_from(host.clone())
+                .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+            Some((TlsConnector::from(config), name))
+        } else {
+            None
+        };
+        Ok(Endpoint {
+            host_header: addr.clone(),
+            addr,
+            tls,
+        })
+    }
+
+    /// Whether this endpoint uses TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// `host:port` as dialled.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Dials, (TLS-)handshakes and upgrades `path` with `Authorization: Bearer token`,
+    /// offering permessage-deflate when `compression` is set. Each step is bounded by
+    /// `timeout`. A refused upgrade is `ws::Error::HttpStatus`.
+    pub async fn connect(
+        &self,
+        path: &str,
+        token: &str,
+        compression: bool,
+        timeout: Duration,
+    ) -> Result<(ws::Connection<SimStream>, Handshake), ws::Error> {
+        let step = |what: &'static str| {
+            move |_| ws::Error::Io(io::Error::new(io::ErrorKind::TimedOut, what))
+        };
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&self.addr))
+            .await
+            .map_err(step("TCP connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        let stream = match &self.tls {
+            None => SimStream::Plain(tcp),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(step("TLS handshake timed out"))??;
+                SimStream::Tls(Box::new(tls))
+            }
+        };
+        let cfg = ClientConfig {
+            ws: ws::Config::default(),
+            offer_deflate: compression.then(ClientDeflateOffer::default),
+            protocols: vec![SUBPROTOCOL.to_owned()],
+            headers: vec![("Authorization".to_owned(), format!("Bearer {token}"))],
+        };
+        tokio::time::timeout(
+            timeout,
+            ws::client::connect(stream, &self.host_header, path, &cfg),
+        )
+        .await
+        .map_err(step("WebSocket upgrade timed out"))?
+    }
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').context("unclosed '['")?;
+        match after.strip_prefix(':') {
+            Some(p) => (host, Some(p)),
+            None if after.is_empty() => (host, None),
+            None => bail!("junk after ']'"),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        bail!("empty host");
+    }
+    let port = match port {
+        Some(p) => p.parse::<u16>().context("port must be 1..=65535")?,
+        None => default_port,
+    };
+    if port == 0 {
+        bail!("port must be 1..=65535");
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// A plain or TLS client stream, so one `ws::Connection` type serves both.
+pub enum SimStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for SimStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SimStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SimStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SimStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SimStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SimStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            SimStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            SimStream::Plain(s) => s.is_write_vectored(),
+            SimStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let e = Endpoint::parse("ws://127.0.0.1:9000", None).unwrap();
+        assert_eq!(e.addr(), "127.0.0.1:9000");
+        assert!(!e.is_tls());
+        let e = Endpoint::parse("ws://localhost/v1/device", None).unwrap();
+        assert_eq!(e.addr(), "localhost:80");
+        let e = Endpoint::parse("ws://[::1]:8443", None).unwrap();
+        assert_eq!(e.addr(), "[::1]:8443");
+        for bad in [
+            "http://x",
+            "ws://",
+            "ws://:80",
+            "ws://h:0",
+            "ws://h:99999",
+            "ws://u@h",
+            "ws://[::1",
+        ] {
+            assert!(Endpoint::parse(bad, None).is_err(), "{bad}");
+        }
+        // wss without a CA is a clear error, not a panic.
+        let err = Endpoint::parse("wss://127.0.0.1:8443", None).unwrap_err();
+        assert!(err.to_string().contains("--ca"), "{err}");
+    }
+}
