@@ -1,7 +1,7 @@
 //! The `telehub` command: `serve` (production entry), `token` (mint a token),
 //! `demo` (hub + simulated fleet + dashboard URL in one command).
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -9,6 +9,8 @@ use telehub::{
     auth::{parse_tag, Role, TokenKey},
     config::Config,
     server::Server,
+    sim::{run_fleet, FleetConfig, FleetStats, TokenSource},
+    tls,
 };
 
 #[derive(Parser)]
@@ -171,9 +173,98 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The hub and a simulated fleet in one process, until Ctrl-C.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("demo is not wired yet")
+    let config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        certs_dir: args.certs_dir.clone(),
+        ..Config::default()
+    };
+    let server = Server::bind(config).await.context(
+        "starting the demo hub (is another telehub using the port? try --listen 127.0.0.1:0)",
+    )?;
+    let addr = server.local_addr()?;
+    let key = TokenKey::load_or_create(&args.data_dir)?;
+    let operator = key.issue(
+        "demo-operator",
+        Role::Operator,
+        BTreeMap::new(),
+        Duration::from_secs(12 * 3600),
+    );
+    let ca = args.certs_dir.join(tls::CA_CERT);
+
+    // One signal stops both the fleet and the hub.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let hub = tokio::spawn(server.run(stopped(stop_rx.clone())));
+
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let base = format!("{host}:{}", addr.port());
+    println!();
+    println!(
+        "telehub demo: {} simulated devices at {} msg/s each",
+        args.devices, args.rate
+    );
+    println!("  dashboard:      https://{base}/#token={operator}");
+    println!("  operator token: {operator}");
+    println!(
+        "  CA certificate: {} (trust it, or accept the browser warning once)",
+        ca.display()
+    );
+    println!(
+        "  more devices:   cargo run --release -p device-sim -- --url wss://{base} --ca {} --data-dir {} --devices 100 --rate 5 --duration 60s",
+        ca.display(),
+        args.data_dir.display()
+    );
+    println!("  Ctrl-C stops the demo.");
+    println!();
+
+    let mut fleet = FleetConfig::new(format!("wss://{base}"), TokenSource::mint(key));
+    fleet.ca = Some(ca);
+    fleet.devices = args.devices;
+    fleet.rate_hz = args.rate;
+    fleet.id_prefix = "demo-".into();
+    let stats = Arc::new(FleetStats::new());
+    let progress = {
+        let stats = stats.clone();
+        let devices = args.devices;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = stats.snapshot(devices);
+                tracing::info!(
+                    connected = s.connected,
+                    sent = s.sent,
+                    rate_limited = s.rate_limited,
+                    reconnects = s.reconnects,
+                    errors = s.errors,
+                    "fleet"
+                );
+            }
+        })
+    };
+    let summary = run_fleet(fleet, stats, stopped(stop_rx)).await;
+    progress.abort();
+    let summary = summary?;
+    tracing::info!(
+        sent = summary.sent,
+        reconnects = summary.reconnects,
+        "fleet stopped"
+    );
+    hub.await.context("hub task")?
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
