@@ -78,19 +78,25 @@ async fn invalid_but_decodable_envelopes_get_specific_errors() {
 }
 
 #[tokio::test]
-async fn dashboards_get_malformed_for_garbage_and_for_the_wrong_frame_type() {
+async fn dashboards_get_malformed_for_garbage_then_1007() {
     let hub = Hub::with(|c| c.limits.max_malformed = 3).await;
     let mut d = hub.dashboard().await;
-    d.send_raw(garbage(0)).await;
-    let e = d.expect_error().await;
-    assert_eq!(code(&e), Code::Malformed);
-    assert!(e.message.contains("Envelope"), "{}", e.message);
-    d.send_raw(Message::Text("{\"subscribe\":{}}".into())).await;
-    let e = d.expect_error().await;
-    assert_eq!(code(&e), Code::Malformed);
-    assert!(e.message.contains("binary"), "{}", e.message);
-    d.send_raw(garbage(1)).await;
+    for i in 0..2 {
+        d.send_raw(garbage(i)).await;
+        let e = d.expect_error().await;
+        assert_eq!(code(&e), Code::Malformed);
+        assert!(e.message.contains("Envelope"), "{}", e.message);
+    }
+    d.send_raw(garbage(2)).await;
     assert_eq!(d.expect_close().await, 1007);
+}
+
+#[tokio::test]
+async fn the_wrong_frame_type_on_a_dashboard_is_closed_with_1003() {
+    let hub = Hub::start().await;
+    let mut d = hub.dashboard().await;
+    d.send_raw(Message::Text("{\"subscribe\":{}}".into())).await;
+    assert_eq!(d.expect_close().await, 1003);
 }
 
 #[tokio::test]
@@ -137,4 +143,24 @@ async fn oversized_messages_are_closed_with_1009() {
     let mut dev = hub.device("dev-3").await;
     dev.send_telemetry("small", vec![]).await;
     assert_eq!(d.expect_telemetry().await.category, "small");
+}
+
+#[tokio::test]
+async fn an_oversized_subscription_filter_is_refused() {
+    let hub = Hub::start().await;
+    let mut d = hub.dashboard().await;
+    let ids: Vec<String> = (0..2000).map(|i| format!("d{i}")).collect();
+    d.send(&Envelope {
+        body: Some(Body::Subscribe(Subscribe {
+            categories: vec!["*".into()],
+            device_ids: ids,
+            tags: Default::default(),
+        })),
+    })
+    .await;
+    let e = d.expect_error().await;
+    assert_eq!(code(&e), Code::InvalidSubscription);
+    assert!(e.message.contains("at most"), "{}", e.message);
+    // Nothing was subscribed.
+    assert!(d.subscribe(&["env.*"]).await == ["env.*"]);
 }

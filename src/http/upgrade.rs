@@ -62,12 +62,8 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
         Err(e) => {
             app.metrics.refused("bad_handshake");
             let mut resp = refuse(e.status(), &e);
-            if e.status() == StatusCode::UPGRADE_REQUIRED {
-                resp.headers_mut().insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    header::HeaderValue::from_static("13"),
-                );
-            }
+            // 426 carries `Sec-WebSocket-Version: 13`, 405 carries `Allow: GET`.
+            resp.headers_mut().extend(e.response_headers());
             return resp;
         }
     };

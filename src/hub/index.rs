@@ -18,6 +18,11 @@ use super::{
     DashboardHandle,
 };
 
+/// Most device ids one Subscribe may filter on.
+pub const MAX_FILTER_DEVICE_IDS: usize = 1024;
+/// Most tags one Subscribe may filter on.
+pub const MAX_FILTER_TAGS: usize = 32;
+
 /// Optional narrowing of one subscription.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -61,23 +66,31 @@ impl Index {
         }
     }
 
-    /// Adds or replaces `dashboard`'s subscription to `pattern`.
-    pub fn insert(&mut self, pattern: &Pattern, entry: Entry) {
+    /// Adds or replaces `dashboard`'s subscription to `pattern`; true if added.
+    pub fn insert(&mut self, pattern: &Pattern, entry: Entry) -> bool {
         let slot = self.slot(pattern);
         match slot
             .iter_mut()
             .find(|e| e.dashboard.id() == entry.dashboard.id())
         {
-            Some(existing) => *existing = entry,
-            None => slot.push(entry),
+            Some(existing) => {
+                *existing = entry;
+                false
+            }
+            None => {
+                slot.push(entry);
+                true
+            }
         }
     }
 
-    pub fn remove(&mut self, pattern: &Pattern, dashboard_id: u64) {
-        let emptied = {
+    /// Removes `dashboard_id`'s subscription to `pattern`; true if there was one.
+    pub fn remove(&mut self, pattern: &Pattern, dashboard_id: u64) -> bool {
+        let (removed, emptied) = {
             let slot = self.slot(pattern);
+            let before = slot.len();
             slot.retain(|e| e.dashboard.id() != dashboard_id);
-            slot.is_empty()
+            (slot.len() < before, slot.is_empty())
         };
         if emptied {
             match pattern {
@@ -90,6 +103,7 @@ impl Index {
                 Pattern::All => {}
             }
         }
+        removed
     }
 
     /// Calls `f` for every subscription whose pattern matches `category`. A

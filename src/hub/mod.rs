@@ -20,7 +20,7 @@ pub mod presence;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, RwLock,
     },
     time::{SystemTime, UNIX_EPOCH},
@@ -86,9 +86,10 @@ impl Encoded {
 pub struct DashboardHandle {
     id: u64,
     pub outbox: Outbox,
-    /// Id of the last publication queued here, so a dashboard whose patterns
-    /// overlap (`env.*` and `*`) gets each message once.
-    last_publication: AtomicU64,
+    /// How many patterns this dashboard holds in the index (changed under the index
+    /// write lock). Only dashboards with more than one can match a message twice,
+    /// so only they pay for de-duplication in [`Hub::publish`].
+    patterns: AtomicUsize,
 }
 
 impl DashboardHandle {
@@ -117,7 +118,6 @@ pub struct Hub {
     dashboards: RwLock<HashMap<u64, Arc<DashboardHandle>>>,
     devices: Mutex<presence::Registry>,
     next_id: AtomicU64,
-    next_publication: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -128,7 +128,6 @@ impl Hub {
             dashboards: RwLock::default(),
             devices: Mutex::default(),
             next_id: AtomicU64::new(1),
-            next_publication: AtomicU64::new(1),
             metrics,
         })
     }
@@ -143,22 +142,25 @@ impl Hub {
     }
 
     /// Registers a dashboard and queues a presence snapshot of every online device.
+    ///
+    /// Lock order everywhere: `devices`, then `dashboards`. Holding `devices` while
+    /// the dashboard joins means no presence change can fall between its snapshot
+    /// and its registration, and announcements reach every dashboard in the order
+    /// the changes happened.
     pub fn register_dashboard(&self, queue_len: usize) -> Arc<DashboardHandle> {
         let handle = Arc::new(DashboardHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             outbox: Outbox::new(queue_len, queue_len.max(1024)),
-            last_publication: AtomicU64::new(0),
+            patterns: AtomicUsize::new(0),
         });
-        let snapshot: Vec<Arc<Encoded>> = self
-            .devices()
-            .online
-            .values()
-            .map(|o| presence_message(&o.info, true, o.since_ms))
-            .collect();
-        for msg in snapshot {
-            handle.outbox.push_control(msg);
+        let devices = self.devices();
+        for o in devices.online.values() {
+            handle
+                .outbox
+                .push_control(presence_message(&o.info, true, o.since_ms));
         }
         write(&self.dashboards).insert(handle.id, handle.clone());
+        drop(devices);
         handle
     }
 
@@ -173,46 +175,71 @@ impl Hub {
             for p in patterns {
                 index.remove(p, handle.id);
             }
+            handle.patterns.store(0, Ordering::Relaxed);
         }
         write(&self.dashboards).remove(&handle.id);
         handle.outbox.close();
     }
 
-    pub fn subscribe(&self, handle: &Arc<DashboardHandle>, pattern: &Pattern, filter: Filter) {
-        let entry = index::Entry {
-            dashboard: handle.clone(),
-            filter: (!filter.is_empty()).then(|| Arc::new(filter)),
-        };
-        write(&self.index).insert(pattern, entry);
+    /// Adds (or replaces the filter of) `handle`'s subscriptions to `patterns`, all
+    /// under one index lock and sharing one filter.
+    pub fn subscribe(&self, handle: &Arc<DashboardHandle>, patterns: &[Pattern], filter: Filter) {
+        let filter = (!filter.is_empty()).then(|| Arc::new(filter));
+        let mut index = write(&self.index);
+        for p in patterns {
+            let added = index.insert(
+                p,
+                index::Entry {
+                    dashboard: handle.clone(),
+                    filter: filter.clone(),
+                },
+            );
+            if added {
+                handle.patterns.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
-    pub fn unsubscribe(&self, handle: &DashboardHandle, pattern: &Pattern) {
-        write(&self.index).remove(pattern, handle.id);
+    pub fn unsubscribe(&self, handle: &DashboardHandle, patterns: &[Pattern]) {
+        let mut index = write(&self.index);
+        for p in patterns {
+            if index.remove(p, handle.id) {
+                handle.patterns.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Fans `msg` out to every dashboard subscribed to `category`. Never waits:
     /// a full dashboard queue drops its oldest telemetry instead.
     pub fn publish(&self, device: &DeviceInfo, category: &str, msg: &Arc<Encoded>) -> Published {
-        let publication = self.next_publication.fetch_add(1, Ordering::Relaxed);
         let mut out = Published::default();
-        read(&self.index).for_each_match(category, |entry| {
-            if let Some(f) = &entry.filter {
-                if !f.matches(&device.id, &device.tags) {
-                    return;
+        SEEN.with_borrow_mut(|seen| {
+            seen.clear();
+            read(&self.index).for_each_match(category, |entry| {
+                if let Some(f) = &entry.filter {
+                    if !f.matches(&device.id, &device.tags) {
+                        return;
+                    }
                 }
-            }
-            let d = &entry.dashboard;
-            if d.last_publication.swap(publication, Ordering::Relaxed) == publication {
-                return;
-            }
-            match d.outbox.push_telemetry(msg.clone()) {
-                Pushed::Queued => out.delivered += 1,
-                Pushed::DroppedOldest => {
-                    out.delivered += 1;
-                    out.dropped += 1;
+                let d = &entry.dashboard;
+                // A dashboard with overlapping patterns (`env.*` and `*`) gets each
+                // message once. Only such dashboards are remembered, so the list
+                // stays short whatever the number of subscribers.
+                if d.patterns.load(Ordering::Relaxed) > 1 {
+                    if seen.contains(&d.id) {
+                        return;
+                    }
+                    seen.push(d.id);
                 }
-                Pushed::Closed => {}
-            }
+                match d.outbox.push_telemetry(msg.clone()) {
+                    Pushed::Queued => out.delivered += 1,
+                    Pushed::DroppedOldest => {
+                        out.delivered += 1;
+                        out.dropped += 1;
+                    }
+                    Pushed::Closed => {}
+                }
+            });
         });
         self.metrics.deliveries.inc_by(out.delivered);
         if out.dropped > 0 {
@@ -229,13 +256,15 @@ impl Hub {
             kick: Arc::new(Notify::new()),
         };
         let since_ms = now_ms();
-        let connected = self.devices().connect(presence::Online {
+        let mut devices = self.devices();
+        let connected = devices.connect(presence::Online {
             info: info.clone(),
             session: session.id,
             kick: session.kick.clone(),
             since_ms,
         });
         if connected.came_online {
+            // Announced under the devices lock: see `register_dashboard`.
             self.announce(presence_message(&info, true, since_ms));
         }
         session
@@ -243,8 +272,8 @@ impl Hub {
 
     /// Marks a device offline unless a newer connection took it over.
     pub fn device_offline(&self, device_id: &str, session: &DeviceSession) {
-        let gone = self.devices().disconnect(device_id, session.id);
-        if let Some(info) = gone {
+        let mut devices = self.devices();
+        if let Some(info) = devices.disconnect(device_id, session.id) {
             self.announce(presence_message(&info, false, now_ms()));
         }
     }
@@ -285,6 +314,12 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+thread_local! {
+    /// Dashboards with overlapping patterns already served by the publication in
+    /// progress on this thread (reused, so publishing allocates nothing).
+    static SEEN: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 // Index and dashboard-map operations are single map calls that leave the maps
@@ -337,13 +372,13 @@ mod tests {
         let a = hub.register_dashboard(16);
         let b = hub.register_dashboard(16);
         for p in ["env.*", "*", "env.temperature"] {
-            hub.subscribe(&a, &Pattern::parse(p).unwrap(), Filter::default());
+            hub.subscribe(&a, &[Pattern::parse(p).unwrap()], Filter::default());
         }
         let north = Filter {
             tags: [("fleet".to_string(), "north".to_string())].into(),
             ..Default::default()
         };
-        hub.subscribe(&b, &Pattern::parse("env.*").unwrap(), north);
+        hub.subscribe(&b, &[Pattern::parse("env.*").unwrap()], north);
 
         let d1 = device("d1", &[("fleet", "north")]);
         let d2 = device("d2", &[("fleet", "south")]);

@@ -153,14 +153,6 @@ impl Outbox {
         st.closed = true;
         st.queue.clear();
     }
-
-    pub fn len(&self) -> usize {
-        self.lock().queue.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -11,11 +11,14 @@ use std::{collections::BTreeMap, sync::Arc};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{close, error_envelope, finish, send, Close, KeepAlive, SEND_TIMEOUT};
+use super::{close, error_envelope, finish, send, timed, Close, KeepAlive};
 use crate::{
     app::App,
     auth::Claims,
-    hub::{DashboardHandle, Encoded, Filter, Pattern, WireFormat},
+    hub::{
+        index::{MAX_FILTER_DEVICE_IDS, MAX_FILTER_TAGS},
+        DashboardHandle, Encoded, Filter, Pattern, WireFormat,
+    },
     metrics::RoleMeters,
     proto::{
         envelope::Body, error::Code, Dropped, Envelope, Subscribe, Subscribed, Unsubscribe, Welcome,
@@ -33,7 +36,7 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (reader, mut writer) = conn.split();
+    let (mut reader, mut writer) = conn.split();
     let handle = app.hub.register_dashboard(app.config.dashboard.queue_len);
     let mut dashboard = Dashboard {
         handle,
@@ -54,12 +57,20 @@ pub async fn run<S>(
         })),
     };
     let close = match send(&mut writer, &dashboard.encode(&welcome), &dashboard.meters).await {
-        Ok(()) => dashboard.serve(reader, &mut writer).await,
+        Ok(()) => dashboard.serve(&mut reader, &mut writer).await,
         Err(_) => None,
     };
     app.hub
         .unregister_dashboard(&dashboard.handle, dashboard.patterns.values());
-    finish(&mut writer, close.as_ref()).await;
+    finish(&mut reader, &mut writer, close.as_ref()).await;
+}
+
+/// Why an incoming message is not an envelope.
+enum Undecodable {
+    /// Text on a binary subprotocol or the reverse: closed with 1003.
+    WrongType(&'static str),
+    /// Not a valid envelope: an Error, and a strike.
+    Invalid(String),
 }
 
 struct Dashboard {
@@ -75,7 +86,7 @@ struct Dashboard {
 impl Dashboard {
     async fn serve<R, W>(
         &mut self,
-        mut reader: ws::Reader<R>,
+        reader: &mut ws::Reader<R>,
         writer: &mut ws::Writer<W>,
     ) -> Option<Close>
     where
@@ -115,9 +126,8 @@ impl Dashboard {
                     if batch.is_empty() {
                         continue;
                     }
-                    match tokio::time::timeout(SEND_TIMEOUT, writer.send_shared(&batch)).await {
-                        Ok(Ok(())) => {}
-                        _ => return None,
+                    if timed(writer.send_shared(&batch)).await.is_err() {
+                        return None;
                     }
                     self.meters.frames_out.inc_by(batch.len() as u64);
                     self.meters.payload_out.inc_by(payload);
@@ -126,7 +136,7 @@ impl Dashboard {
                     if keepalive.is_idle() {
                         return Some(Close::new(close::GOING_AWAY, "idle timeout"));
                     }
-                    if writer.ping(b"").await.is_err() {
+                    if timed(writer.ping(b"")).await.is_err() {
                         return None;
                     }
                 }
@@ -135,20 +145,24 @@ impl Dashboard {
                     let envelope = match incoming {
                         Ok(ws::Incoming::Message(msg)) => self.decode(msg),
                         Ok(ws::Incoming::Ping(payload)) => {
-                            if writer.pong(&payload).await.is_err() {
+                            if timed(writer.pong(&payload)).await.is_err() {
                                 return None;
                             }
                             continue;
                         }
                         Ok(ws::Incoming::Pong(_)) => continue,
                         Ok(ws::Incoming::Close(frame)) => {
-                            return Some(Close::new(frame.map_or(close::NORMAL, |f| f.code), ""));
+                            return Some(Close::answer(frame));
                         }
                         Err(e) => return Close::from_ws(&e),
                     };
                     let reply = match envelope {
                         Ok(env) => self.on_envelope(env),
-                        Err(message) => {
+                        // RFC 6455 §7.4.1: 1003 for a data type the endpoint cannot accept.
+                        Err(Undecodable::WrongType(why)) => {
+                            return Some(Close::new(close::UNSUPPORTED_DATA, why));
+                        }
+                        Err(Undecodable::Invalid(message)) => {
                             self.app.metrics.decode_errors.inc();
                             self.strike(close::INVALID_PAYLOAD, Code::Malformed, message).map(Some)
                         }
@@ -168,24 +182,26 @@ impl Dashboard {
     }
 
     /// Parses one incoming message in this connection's wire format.
-    fn decode(&mut self, msg: ws::Message) -> Result<Envelope, String> {
+    fn decode(&mut self, msg: ws::Message) -> Result<Envelope, Undecodable> {
         self.meters.frames_in.inc();
         match (msg, self.format) {
             (ws::Message::Binary(data), WireFormat::Protobuf) => {
                 self.meters.payload_in.inc_by(data.len() as u64);
-                Envelope::decode(data).map_err(|e| format!("not a telehub.v1.Envelope: {e}"))
+                Envelope::decode(data)
+                    .map_err(|e| Undecodable::Invalid(format!("not a telehub.v1.Envelope: {e}")))
             }
             (ws::Message::Text(text), WireFormat::Json) => {
                 self.meters.payload_in.inc_by(text.len() as u64);
-                serde_json::from_str(&text)
-                    .map_err(|e| format!("not a telehub.v1.Envelope in JSON: {e}"))
+                serde_json::from_str(&text).map_err(|e| {
+                    Undecodable::Invalid(format!("not a telehub.v1.Envelope in JSON: {e}"))
+                })
             }
-            (ws::Message::Text(_), WireFormat::Protobuf) => Err(
-                "subprotocol telehub.v1 takes binary frames; use telehub.v1.json for text".into(),
-            ),
-            (ws::Message::Binary(_), WireFormat::Json) => {
-                Err("subprotocol telehub.v1.json takes text frames".into())
-            }
+            (ws::Message::Text(_), WireFormat::Protobuf) => Err(Undecodable::WrongType(
+                "subprotocol telehub.v1 takes binary frames; use telehub.v1.json for text",
+            )),
+            (ws::Message::Binary(_), WireFormat::Json) => Err(Undecodable::WrongType(
+                "subprotocol telehub.v1.json takes text frames",
+            )),
         }
     }
 
@@ -241,13 +257,24 @@ impl Dashboard {
                 )
                 .map(Some);
         }
+        if s.device_ids.len() > MAX_FILTER_DEVICE_IDS || s.tags.len() > MAX_FILTER_TAGS {
+            return self
+                .strike(
+                    close::POLICY_VIOLATION,
+                    Code::InvalidSubscription,
+                    format!(
+                        "a filter may name at most {MAX_FILTER_DEVICE_IDS} devices and {MAX_FILTER_TAGS} tags"
+                    ),
+                )
+                .map(Some);
+        }
         self.strikes = 0;
         let filter = Filter {
             device_ids: s.device_ids.into_iter().collect(),
             tags: s.tags.into_iter().collect(),
         };
+        self.app.hub.subscribe(&self.handle, &parsed, filter);
         for p in parsed {
-            self.app.hub.subscribe(&self.handle, &p, filter.clone());
             self.patterns.insert(p.to_string(), p);
         }
         Ok(Some(self.subscribed()))
@@ -260,11 +287,11 @@ impl Dashboard {
         } else {
             u.categories
         };
-        for name in names {
-            if let Some(p) = self.patterns.remove(&name) {
-                self.app.hub.unsubscribe(&self.handle, &p);
-            }
-        }
+        let removed: Vec<Pattern> = names
+            .iter()
+            .filter_map(|name| self.patterns.remove(name))
+            .collect();
+        self.app.hub.unsubscribe(&self.handle, &removed);
         self.subscribed()
     }
 

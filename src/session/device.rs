@@ -19,7 +19,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{close, error_envelope, finish, send, Close, KeepAlive};
+use super::{close, error_envelope, finish, send, timed, Close, KeepAlive};
 use crate::{
     app::App,
     auth::Claims,
@@ -34,7 +34,7 @@ pub async fn run<S>(conn: ws::Connection<S>, claims: Claims, app: Arc<App>, mete
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (reader, mut writer) = conn.split();
+    let (mut reader, mut writer) = conn.split();
     let info = Arc::new(DeviceInfo {
         id: claims.sub,
         tags: claims.tags,
@@ -61,12 +61,12 @@ where
         limited: Refusals::default(),
         strikes: 0,
     };
-    let close = device.serve(reader, &mut writer, &presence.kick).await;
+    let close = device.serve(&mut reader, &mut writer, &presence.kick).await;
     app.hub.device_offline(&device.info.id, &presence);
     if let Some(c) = &close {
         tracing::debug!(device = %device.info.id, code = c.code, reason = %c.reason, "device session closing");
     }
-    finish(&mut writer, close.as_ref()).await;
+    finish(&mut reader, &mut writer, close.as_ref()).await;
 }
 
 struct Device {
@@ -126,7 +126,7 @@ impl Refusals {
 impl Device {
     async fn serve<R, W>(
         &mut self,
-        mut reader: ws::Reader<R>,
+        reader: &mut ws::Reader<R>,
         writer: &mut ws::Writer<W>,
         kick: &tokio::sync::Notify,
     ) -> Option<Close>
@@ -149,7 +149,7 @@ impl Device {
                     if keepalive.is_idle() {
                         return Some(Close::new(close::GOING_AWAY, "idle timeout"));
                     }
-                    if writer.ping(b"").await.is_err() {
+                    if timed(writer.ping(b"")).await.is_err() {
                         return None;
                     }
                 }
@@ -161,16 +161,14 @@ impl Device {
                             return Some(Close::new(close::UNSUPPORTED_DATA, "the device endpoint takes binary envelopes only"));
                         }
                         Ok(ws::Incoming::Ping(payload)) => {
-                            if writer.pong(&payload).await.is_err() {
+                            if timed(writer.pong(&payload)).await.is_err() {
                                 return None;
                             }
                             continue;
                         }
                         Ok(ws::Incoming::Pong(_)) => continue,
                         Ok(ws::Incoming::Close(frame)) => {
-                            // Echo the peer's code (RFC 6455 §5.5.1), completing the handshake.
-                            let code = frame.map_or(close::NORMAL, |f| f.code);
-                            return Some(Close::new(code, ""));
+                            return Some(Close::answer(frame));
                         }
                         Err(e) => return Close::from_ws(&e),
                     };
@@ -197,6 +195,7 @@ impl Device {
                 self.app.metrics.decode_errors.inc();
                 return self.strike(
                     close::INVALID_PAYLOAD,
+                    Code::Malformed,
                     format!("not a telehub.v1.Envelope: {e}"),
                 );
             }
@@ -206,9 +205,14 @@ impl Device {
             Some(Body::Ack(ack)) => self.on_ack(ack),
             Some(_) => self.strike(
                 close::POLICY_VIOLATION,
+                Code::Malformed,
                 "devices may send only Telemetry and Ack".into(),
             ),
-            None => self.strike(close::POLICY_VIOLATION, "empty Envelope".into()),
+            None => self.strike(
+                close::POLICY_VIOLATION,
+                Code::Malformed,
+                "empty Envelope".into(),
+            ),
         }
     }
 
@@ -239,7 +243,11 @@ impl Device {
             return Reply::None;
         }
         if let Err(e) = category::validate(&t.category) {
-            return self.strike(close::POLICY_VIOLATION, format!("invalid telemetry: {e}"));
+            return self.strike(
+                close::POLICY_VIOLATION,
+                Code::Malformed,
+                format!("invalid telemetry: {e}"),
+            );
         }
         self.strikes = 0;
         // The device id comes from the token, never from the frame.
@@ -258,20 +266,22 @@ impl Device {
     }
 
     fn on_ack(&mut self, ack: Ack) -> Reply {
-        // Notifications are not delivered yet, so no id can be pending for this device.
-        Reply::Send(error_envelope(
+        // The hub has not delivered any notification to this connection, so no id
+        // can be pending. A refused ack is a strike: a device cannot make the hub
+        // answer an unbounded stream of them.
+        self.strike(
+            close::POLICY_VIOLATION,
             Code::UnknownNotification,
             format!(
                 "no notification {:?} is pending for this device",
                 truncate(&ack.notification_id)
             ),
-            0,
-        ))
+        )
     }
 
     /// Answers an invalid envelope with an Error, or closes with `code` once
     /// `limits.max_malformed` arrived in a row.
-    fn strike(&mut self, code: u16, message: String) -> Reply {
+    fn strike(&mut self, code: u16, error: Code, message: String) -> Reply {
         self.strikes += 1;
         if self.strikes >= self.app.config.limits.max_malformed {
             return Reply::Close(Close::new(
@@ -282,7 +292,7 @@ impl Device {
                 ),
             ));
         }
-        Reply::Send(error_envelope(Code::Malformed, message, 0))
+        Reply::Send(error_envelope(error, message, 0))
     }
 }
 

@@ -12,10 +12,10 @@ pub mod dashboard;
 pub mod device;
 pub mod metered;
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use tokio::{
-    io::AsyncWrite,
+    io::{AsyncRead, AsyncWrite},
     time::{Instant, Interval},
 };
 
@@ -47,13 +47,26 @@ pub mod close {
 pub struct Close {
     pub code: u16,
     pub reason: String,
+    /// This close answers the peer's Close frame (so there is nothing left to wait for).
+    pub answering: bool,
 }
 
 impl Close {
+    /// A close the hub initiates.
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.into(),
+            answering: false,
+        }
+    }
+
+    /// The reply to the peer's Close frame: echo its code (RFC 6455 §5.5.1).
+    pub fn answer(frame: Option<ws::CloseFrame>) -> Self {
+        Self {
+            code: frame.map_or(close::NORMAL, |f| f.code),
+            reason: String::new(),
+            answering: true,
         }
     }
 
@@ -67,35 +80,55 @@ impl Close {
 /// How long one write may take before the peer is considered stuck.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends one reply (Welcome, Error, Subscribed...) with [`SEND_TIMEOUT`], counting
-/// it in the role's `frames_out`/`payload_out`; a stuck or broken peer ends the session.
+/// How long the hub waits for the peer's Close after sending its own.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Bounds one write by [`SEND_TIMEOUT`]: a stuck peer (one that stopped reading
+/// and filled its TCP window) becomes an error instead of a hung session.
+pub async fn timed(write: impl Future<Output = Result<(), ws::Error>>) -> Result<(), ws::Error> {
+    match tokio::time::timeout(SEND_TIMEOUT, write).await {
+        Ok(res) => res,
+        Err(_) => Err(ws::Error::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Sends one reply (Welcome, Error, Subscribed...) bounded by [`SEND_TIMEOUT`],
+/// counting it in the role's `frames_out`/`payload_out`.
 pub async fn send<W: AsyncWrite + Unpin>(
     writer: &mut ws::Writer<W>,
     msg: &ws::Message,
     meters: &RoleMeters,
 ) -> Result<(), ws::Error> {
-    match tokio::time::timeout(SEND_TIMEOUT, writer.send(msg)).await {
-        Ok(Ok(())) => {
-            meters.frames_out.inc();
-            meters.payload_out.inc_by(msg.as_bytes().len() as u64);
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(ws::Error::Io(std::io::ErrorKind::TimedOut.into())),
-    }
+    timed(writer.send(msg)).await?;
+    meters.frames_out.inc();
+    meters.payload_out.inc_by(msg.as_bytes().len() as u64);
+    Ok(())
 }
 
-/// Sends the close frame (bounded in time) and shuts the write side.
-pub async fn finish<W: AsyncWrite + Unpin>(writer: &mut ws::Writer<W>, close: Option<&Close>) {
-    let _ = tokio::time::timeout(SEND_TIMEOUT, async {
-        if let Some(c) = close {
-            // The reason must fit a control frame (125 bytes minus the code).
-            let reason = truncate_utf8(&c.reason, 120);
-            let _ = writer.close(c.code, reason).await;
+/// Ends a connection: sends the Close frame and, when the hub initiated the close,
+/// waits (at most [`CLOSE_WAIT`]) for the peer's Close before shutting the socket,
+/// as RFC 6455 §7.1.1 asks: closing with unread data would reset the connection
+/// and could lose our Close frame and its code.
+pub async fn finish<R, W>(
+    reader: &mut ws::Reader<R>,
+    writer: &mut ws::Writer<W>,
+    close: Option<&Close>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if let Some(c) = close {
+        // The reason must fit a control frame (125 bytes minus the code).
+        let reason = truncate_utf8(&c.reason, 120);
+        if timed(writer.close(c.code, reason)).await.is_ok() && !c.answering {
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                // Ends at the peer's Close, an error, or CLOSE_WAIT.
+                while !matches!(reader.next().await, Ok(ws::Incoming::Close(_)) | Err(_)) {}
+            })
+            .await;
         }
-        let _ = writer.shutdown().await;
-    })
-    .await;
+    }
+    let _ = tokio::time::timeout(SEND_TIMEOUT, writer.shutdown()).await;
 }
 
 fn truncate_utf8(s: &str, max: usize) -> &str {

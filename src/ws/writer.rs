@@ -61,7 +61,10 @@ impl WriteState {
         (self.role == Role::Client).then(rand::random)
     }
 
-    fn check_open(&self) -> Result<(), Error> {
+    /// Starts a write: refuses after Close, and drops anything a cancelled earlier
+    /// write left in the buffer so it is never sent in front of this one.
+    fn check_open(&mut self) -> Result<(), Error> {
+        self.buf.clear();
         // RFC 6455 §5.5.1: after sending a Close frame, the endpoint MUST NOT send any
         // more data frames.
         if self.close_sent {
@@ -163,6 +166,7 @@ impl WriteState {
         if self.close_sent {
             return Ok(());
         }
+        self.buf.clear();
         let mut payload = Vec::with_capacity(125);
         if let Some((code, reason)) = body {
             // RFC 6455 §7.4.1: 1005, 1006 and 1015 MUST NOT be sent; others outside the
