@@ -96,6 +96,8 @@ impl Hub {
             ..Config::default()
         };
         tweak(&mut config);
+        // A tweak may point the hub at other dirs (e.g. to restart on the same ones).
+        let (data_dir, certs_dir) = (config.data_dir.clone(), config.certs_dir.clone());
         let server = Server::bind(config).await.expect("binding the hub");
         let addr = server.local_addr().expect("local_addr");
         let app = server.app().clone();
