@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{close, error_envelope, finish, send, timed, Close, KeepAlive};
+use super::{close, error_envelope, finish, receive, send, timed, Close, KeepAlive, Step};
 use crate::{
     app::App,
     auth::Claims,
@@ -133,28 +133,15 @@ impl Dashboard {
                     self.meters.payload_out.inc_by(payload);
                 }
                 _ = keepalive.ticker.tick() => {
-                    if keepalive.is_idle() {
-                        return Some(Close::new(close::GOING_AWAY, "idle timeout"));
-                    }
-                    if timed(writer.ping(b"")).await.is_err() {
-                        return None;
+                    if let Err(end) = keepalive.on_tick(writer).await {
+                        return end;
                     }
                 }
                 incoming = reader.next() => {
-                    keepalive.heard();
-                    let envelope = match incoming {
-                        Ok(ws::Incoming::Message(msg)) => self.decode(msg),
-                        Ok(ws::Incoming::Ping(payload)) => {
-                            if timed(writer.pong(&payload)).await.is_err() {
-                                return None;
-                            }
-                            continue;
-                        }
-                        Ok(ws::Incoming::Pong(_)) => continue,
-                        Ok(ws::Incoming::Close(frame)) => {
-                            return Some(Close::answer(frame));
-                        }
-                        Err(e) => return Close::from_ws(&e),
+                    let envelope = match receive(incoming, &mut keepalive, writer).await {
+                        Step::Message(msg) => self.decode(msg),
+                        Step::Continue => continue,
+                        Step::End(close) => return close,
                     };
                     let reply = match envelope {
                         Ok(env) => self.on_envelope(env),

@@ -19,7 +19,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{close, error_envelope, finish, send, timed, Close, KeepAlive};
+use super::{close, error_envelope, finish, receive, send, Close, KeepAlive, Step};
 use crate::{
     app::App,
     auth::Claims,
@@ -146,31 +146,19 @@ impl Device {
                     return Some(Close::new(close::TAKEN_OVER, "a newer connection took this device over"));
                 }
                 _ = keepalive.ticker.tick() => {
-                    if keepalive.is_idle() {
-                        return Some(Close::new(close::GOING_AWAY, "idle timeout"));
-                    }
-                    if timed(writer.ping(b"")).await.is_err() {
-                        return None;
+                    if let Err(end) = keepalive.on_tick(writer).await {
+                        return end;
                     }
                 }
                 incoming = reader.next() => {
-                    keepalive.heard();
-                    let reply = match incoming {
-                        Ok(ws::Incoming::Message(ws::Message::Binary(data))) => self.on_binary(data),
-                        Ok(ws::Incoming::Message(ws::Message::Text(_))) => {
+                    let reply = match receive(incoming, &mut keepalive, writer).await {
+                        Step::Message(ws::Message::Binary(data)) => self.on_binary(data),
+                        // RFC 6455 §7.4.1: 1003 for a data type the endpoint cannot accept.
+                        Step::Message(ws::Message::Text(_)) => {
                             return Some(Close::new(close::UNSUPPORTED_DATA, "the device endpoint takes binary envelopes only"));
                         }
-                        Ok(ws::Incoming::Ping(payload)) => {
-                            if timed(writer.pong(&payload)).await.is_err() {
-                                return None;
-                            }
-                            continue;
-                        }
-                        Ok(ws::Incoming::Pong(_)) => continue,
-                        Ok(ws::Incoming::Close(frame)) => {
-                            return Some(Close::answer(frame));
-                        }
-                        Err(e) => return Close::from_ws(&e),
+                        Step::Continue => continue,
+                        Step::End(close) => return close,
                     };
                     match reply {
                         Reply::None => {}

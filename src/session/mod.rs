@@ -180,4 +180,47 @@ impl KeepAlive {
     pub fn is_idle(&self) -> bool {
         self.last_heard.elapsed() >= self.idle_timeout
     }
+
+    /// On a tick of [`KeepAlive::ticker`]: closes an idle connection (1001), else pings.
+    /// `Err` ends the session with that close (`None`: the socket is gone).
+    pub async fn on_tick<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut ws::Writer<W>,
+    ) -> Result<(), Option<Close>> {
+        if self.is_idle() {
+            return Err(Some(Close::new(close::GOING_AWAY, "idle timeout")));
+        }
+        timed(writer.ping(b"")).await.map_err(|_| None)
+    }
+}
+
+/// What to do with one thing read from the socket.
+pub enum Step {
+    /// A data message for the session.
+    Message(ws::Message),
+    /// Handled here (ping answered, pong noted): read on.
+    Continue,
+    /// The session ends with this close (`None`: the socket is gone).
+    End(Option<Close>),
+}
+
+/// Handles what every session treats alike: answers pings, notes pongs and the
+/// peer's Close, maps transport errors to their close codes. Data messages are
+/// passed on.
+pub async fn receive<W: AsyncWrite + Unpin>(
+    incoming: Result<ws::Incoming, ws::Error>,
+    keepalive: &mut KeepAlive,
+    writer: &mut ws::Writer<W>,
+) -> Step {
+    keepalive.heard();
+    match incoming {
+        Ok(ws::Incoming::Message(msg)) => Step::Message(msg),
+        Ok(ws::Incoming::Ping(payload)) => match timed(writer.pong(&payload)).await {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::End(None),
+        },
+        Ok(ws::Incoming::Pong(_)) => Step::Continue,
+        Ok(ws::Incoming::Close(frame)) => Step::End(Some(Close::answer(frame))),
+        Err(e) => Step::End(Close::from_ws(&e)),
+    }
 }
