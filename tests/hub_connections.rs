@@ -97,6 +97,55 @@ async fn the_per_ip_cap_refuses_before_tls_and_frees_places() {
     }
 }
 
+/// Reads until EOF or error; returns how long the hub took to hang up.
+async fn hung_up_after(mut io: impl tokio::io::AsyncRead + Unpin) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(T, io.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the hub never hung up on a silent peer"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_peers_are_dropped_after_the_handshake_timeout() {
+    let hub = Hub::with(|c| c.limits.handshake_timeout = Duration::from_millis(300)).await;
+    let mut busy = hub.device("busy").await;
+
+    // TCP only: no TLS ClientHello ever comes.
+    let waited = hung_up_after(hub.tcp(None, None).await).await;
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "TLS handshake timeout after {waited:?}"
+    );
+    hub.wait_metrics("TLS timeout counted", |m| {
+        m.get("telehub_connections_refused_total{reason=\"handshake_timeout\"}") == 1.0
+    })
+    .await;
+
+    // TLS completes, but the HTTP request head never does.
+    let mut tls = hub.tls().await;
+    tokio::io::AsyncWriteExt::write_all(&mut tls, b"GET /v1/device HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let waited = hung_up_after(tls).await;
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "request head timeout after {waited:?}"
+    );
+
+    // An established session is not subject to the handshake timeout.
+    busy.send(&telehub::proto::Envelope { body: None }).await;
+    assert_eq!(
+        code(&busy.expect_error().await),
+        telehub::proto::error::Code::Malformed
+    );
+}
+
 #[tokio::test]
 async fn in_process_shutdown_closes_sessions_with_1001() {
     let hub = Hub::start().await;
