@@ -3,13 +3,16 @@
 //! frame bytes and asserting the exact frames and close codes that come back. Then
 //! round trips through our own client and interop with tokio-tungstenite.
 //!
-//! Every read is under a timeout so a bug fails the test instead of hanging it.
+//! Every read is under a timeout so a bug fails the test instead of hanging it. The
+//! Autobahn|Testsuite case families are covered case by case in `ws_conformance.rs`;
+//! the raw peer both use lives in `wire/`.
+
+mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use telehub::ws::client::{self, ClientConfig, ClientDeflateOffer};
 use telehub::ws::handshake::ServerDeflatePolicy;
 use telehub::ws::{
@@ -19,161 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-
-const T: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------- helpers
-
-/// A server `Connection` (no HTTP; the frames are what is under test) that echoes every
-/// data message and ends with what `read` returned.
-async fn echo_server(
-    config: Config,
-    deflate: Option<DeflateParams>,
-) -> (SocketAddr, JoinHandle<Result<(), Error>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut conn = Connection::new(stream, Role::Server, config, deflate);
-        for _ in 0..10_000 {
-            match conn.read().await? {
-                Some(m) => conn.send(&m).await?,
-                None => return Ok(()),
-            }
-        }
-        Ok(())
-    });
-    (addr, task)
-}
-
-fn pmd() -> DeflateParams {
-    DeflateParams {
-        server_no_context_takeover: true,
-        client_no_context_takeover: false,
-        server_max_window_bits: 15,
-        client_max_window_bits: 15,
-    }
-}
-
-/// A masked client frame. `first` is the whole first byte (FIN, RSV, opcode).
-fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x1f, 0x2e, 0x3d, 0x4c];
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
-fn unmasked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![first, payload.len() as u8];
-    out.extend_from_slice(payload);
-    out
-}
-
-fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
-    let mut b = code.to_be_bytes().to_vec();
-    b.extend_from_slice(reason);
-    b
-}
-
-/// Reads one server frame: (first byte, payload). Asserts it is unmasked.
-async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    timeout(T, async {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).await.unwrap();
-        assert_eq!(h[1] & 0x80, 0, "server frames are never masked");
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                s.read_exact(&mut b).await.unwrap();
-                u16::from_be_bytes(b) as usize
-            }
-            127 => {
-                let mut b = [0u8; 8];
-                s.read_exact(&mut b).await.unwrap();
-                u64::from_be_bytes(b) as usize
-            }
-            n => n as usize,
-        };
-        let mut p = vec![0u8; len];
-        s.read_exact(&mut p).await.unwrap();
-        (h[0], p)
-    })
-    .await
-    .expect("timed out waiting for a frame")
-}
-
-/// Expects a Close frame with `code`, then the server closing the stream.
-async fn expect_close(s: &mut TcpStream, code: u16) {
-    let (first, p) = read_frame(s).await;
-    assert_eq!(first, 0x88, "expected a close frame, got {first:#x} {p:?}");
-    assert!(p.len() >= 2, "close without code");
-    assert_eq!(u16::from_be_bytes([p[0], p[1]]), code);
-    let mut rest = Vec::new();
-    let n = timeout(T, s.read_to_end(&mut rest))
-        .await
-        .expect("no EOF")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "nothing after the close frame");
-}
-
-async fn server_error(task: JoinHandle<Result<(), Error>>) -> Error {
-    timeout(T, task).await.unwrap().unwrap().unwrap_err()
-}
-
-/// Sends `bytes`, expects close `code`, and returns the server's error.
-async fn violation(
-    config: Config,
-    deflate: Option<DeflateParams>,
-    bytes: &[u8],
-    code: u16,
-) -> Error {
-    let (addr, task) = echo_server(config, deflate).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    expect_close(&mut s, code).await;
-    let err = server_error(task).await;
-    assert_eq!(err.close_code(), Some(code), "{err}");
-    err
-}
-
-fn deflate_raw(data: &[u8]) -> Vec<u8> {
-    let mut c = Compress::new(Compression::default(), false);
-    let mut out = Vec::with_capacity(data.len() / 2 + 1024);
-    loop {
-        let consumed = c.total_in() as usize;
-        out.reserve(64 << 10);
-        c.compress_vec(&data[consumed..], &mut out, FlushCompress::Sync)
-            .unwrap();
-        if c.total_in() as usize == data.len() && out.len() < out.capacity() {
-            break;
-        }
-    }
-    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
-    out.truncate(out.len() - 4);
-    out
-}
-
-fn inflate_raw(data: &[u8]) -> Vec<u8> {
-    let mut d = Decompress::new(false);
-    let mut input = data.to_vec();
-    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    let mut out = Vec::with_capacity(1 << 20);
-    d.decompress_vec(&input, &mut out, FlushDecompress::Sync)
-        .unwrap();
-    out
-}
+use wire::*;
 
 // ---------------------------------------------------------------- framing
 
@@ -362,49 +211,6 @@ async fn code_point_split_across_fragments_is_fine() {
 // ---------------------------------------------------------------- close
 
 #[tokio::test]
-async fn valid_close_codes_are_echoed() {
-    for code in [1000u16, 1001, 1003, 1007, 1011, 1012, 3000, 4999] {
-        let (addr, task) = echo_server(Config::default(), None).await;
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(&frame(0x88, &close_body(code, "fin ✓".as_bytes())))
-            .await
-            .unwrap();
-        expect_close(&mut s, code).await;
-        timeout(T, task).await.unwrap().unwrap().unwrap();
-    }
-}
-
-#[tokio::test]
-async fn invalid_close_frames() {
-    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000] {
-        let err = violation(
-            Config::default(),
-            None,
-            &frame(0x88, &close_body(code, b"")),
-            1002,
-        )
-        .await;
-        assert!(
-            matches!(err, Error::Protocol(ProtocolError::InvalidCloseCode(c)) if c == code),
-            "{err}"
-        );
-    }
-    let err = violation(Config::default(), None, &frame(0x88, &[0x03]), 1002).await;
-    assert!(
-        matches!(err, Error::Protocol(ProtocolError::CloseBodyTooShort)),
-        "{err}"
-    );
-    let err = violation(
-        Config::default(),
-        None,
-        &frame(0x88, &close_body(1000, b"\xff")),
-        1007,
-    )
-    .await;
-    assert!(matches!(err, Error::Utf8), "{err}");
-}
-
-#[tokio::test]
 async fn server_initiated_close_handshake() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -569,17 +375,12 @@ async fn client_context_takeover_is_honoured() {
     let (addr, task) = echo_server(Config::default(), Some(pmd())).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     let msg = "device d-0001 category=temperature value=21.5".repeat(3);
-    let mut c = Compress::new(Compression::default(), false);
+    let mut peer = PeerDeflate::new(15, true);
     let mut sent = Vec::new();
     for _ in 0..2 {
-        let mut out = Vec::with_capacity(4096);
-        let before = c.total_in();
-        c.compress_vec(msg.as_bytes(), &mut out, FlushCompress::Sync)
-            .unwrap();
-        assert_eq!((c.total_in() - before) as usize, msg.len());
-        out.truncate(out.len() - 4);
-        sent.push(out.len());
-        s.write_all(&frame(0xc1, &out)).await.unwrap();
+        let z = peer.message(msg.as_bytes());
+        sent.push(z.len());
+        s.write_all(&frame(0xc1, &z)).await.unwrap();
         let (_, p) = read_frame(&mut s).await;
         assert_eq!(inflate_raw(&p), msg.as_bytes());
     }

@@ -298,6 +298,7 @@ impl ServerDeflatePolicy {
                 };
                 let answer = answer_header(
                     &params,
+                    p.server_max_window_bits.is_some(),
                     p.client_max_window_bits.is_some_and(|v| v.is_some()),
                 );
                 Some((params, answer))
@@ -305,7 +306,10 @@ impl ServerDeflatePolicy {
     }
 }
 
-fn answer_header(p: &DeflateParams, client_sent_value: bool) -> String {
+/// `server_asked`: the offer carried `server_max_window_bits`, which RFC 7692 §7.1.2.1
+/// says the server accepts "by including" it in the answer, even at 15 (clients such as
+/// Python `websockets` and our own fail the connection otherwise).
+fn answer_header(p: &DeflateParams, server_asked: bool, client_sent_value: bool) -> String {
     let mut s = String::from(PERMESSAGE_DEFLATE);
     if p.server_no_context_takeover {
         s.push_str("; server_no_context_takeover");
@@ -313,7 +317,7 @@ fn answer_header(p: &DeflateParams, client_sent_value: bool) -> String {
     if p.client_no_context_takeover {
         s.push_str("; client_no_context_takeover");
     }
-    if p.server_max_window_bits < 15 {
+    if p.server_max_window_bits < 15 || server_asked {
         s.push_str(&format!(
             "; server_max_window_bits={}",
             p.server_max_window_bits
@@ -519,6 +523,11 @@ mod tests {
             (
                 "permessage-deflate; server_max_window_bits=8",
                 Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=8"),
+            ),
+            // Accepted at 15 too: the answer must still carry it (§7.1.2.1).
+            (
+                "permessage-deflate; server_max_window_bits=15",
+                Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=15"),
             ),
             // Invalid: value required / out of range / leading zero / value not allowed.
             ("permessage-deflate; server_max_window_bits", None),
