@@ -24,4 +24,18 @@ impl App {
             compress_threshold: self.config.compression.threshold,
         }
     }
+
+    /// How upgrades answer permessage-deflate offers: always without server context
+    /// takeover (one compressed frame serves every subscriber), the client's window
+    /// and context as configured.
+    pub fn deflate_policy(&self) -> ws::handshake::ServerDeflatePolicy {
+        let c = &self.config.compression;
+        ws::handshake::ServerDeflatePolicy {
+            enabled: c.enabled,
+            server_no_context_takeover: true,
+            client_no_context_takeover: c.client_no_context_takeover,
+            server_max_window_bits: 15,
+            client_max_window_bits: c.client_max_window_bits,
+        }
+    }
 }

@@ -133,6 +133,15 @@ pub struct Compression {
     pub enabled: bool,
     /// Messages smaller than this are sent uncompressed.
     pub threshold: usize,
+    /// The window (8..=15 bits) asked of clients that let the server limit theirs
+    /// (`client_max_window_bits` in the offer, as browsers, `websockets`, `ws` and
+    /// device-sim send). The hub keeps that many bytes per connection that compresses
+    /// with context takeover: 11 (2 KiB) keeps telemetry within ~10 % of the ratio of a
+    /// 32 KiB window (BENCHMARKS.md).
+    pub client_max_window_bits: u8,
+    /// Ask every client to compress each message on its own: no per-connection
+    /// memory at all, at a much worse ratio for small telemetry messages.
+    pub client_no_context_takeover: bool,
 }
 
 impl Default for Compression {
@@ -140,6 +149,8 @@ impl Default for Compression {
         Self {
             enabled: true,
             threshold: 64,
+            client_max_window_bits: 11,
+            client_no_context_takeover: false,
         }
     }
 }
@@ -189,6 +200,9 @@ impl Config {
         }
         if self.limits.ping_interval.is_zero() || self.limits.idle_timeout.is_zero() {
             return bad("limits.ping_interval and idle_timeout must be > 0");
+        }
+        if !(8..=15).contains(&self.compression.client_max_window_bits) {
+            return bad("compression.client_max_window_bits must be 8..=15");
         }
         Ok(())
     }

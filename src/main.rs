@@ -106,6 +106,13 @@ struct DemoArgs {
     certs_dir: PathBuf,
 }
 
+/// mimalloc instead of the system allocator: connections allocate and free short-lived
+/// buffers (inflated messages, frames) between long-lived per-connection state, and
+/// glibc's arenas keep the holes as resident memory; mimalloc returns them
+/// (BENCHMARKS.md, memory per idle connection).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub dropped_deliveries: Counter,
     pub decode_errors: Counter,
     pub closed_slow: Counter,
+    /// Read from the transport at scrape time (see `encode`).
+    pub inflate_context_bytes: Gauge,
 }
 
 /// One role's series, resolved once per connection.
@@ -129,6 +131,11 @@ impl Metrics {
             "Dashboards closed because their control queue overflowed",
             m.closed_slow.clone(),
         );
+        r.register(
+            "telehub_inflate_context_bytes",
+            "Memory held for clients that compress with context takeover (their retained deflate windows)",
+            m.inflate_context_bytes.clone(),
+        );
         m
     }
 
@@ -156,6 +163,8 @@ impl Metrics {
 
     /// The Prometheus text exposition of every series.
     pub fn encode(&self) -> String {
+        self.inflate_context_bytes
+            .set(i64::try_from(crate::ws::inflate_context_bytes()).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

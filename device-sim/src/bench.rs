@@ -29,7 +29,10 @@ use serde::Serialize;
 use telehub::{
     auth::Role,
     proto::{envelope::Body, reading::Value, Envelope, Reading, Subscribe, Telemetry},
-    sim::{Endpoint, SimStream},
+    sim::{
+        profile::{Kind, Profile},
+        Endpoint, SimStream,
+    },
     ws,
 };
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -107,6 +110,11 @@ pub struct IdleArgs {
     /// Settle time after the last connection before RSS is read.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     settle: Duration,
+    /// Telemetry messages each device sends (simulated readings) before going idle, so
+    /// that per-connection compression state, if any, exists when RSS is read. At most
+    /// the hub's rate-limit burst.
+    #[arg(long, default_value_t = 0)]
+    messages: usize,
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -604,6 +612,7 @@ fn field(mut buf: &[u8], number: u32) -> Option<&[u8]> {
 struct IdleReport {
     devices: usize,
     compression: bool,
+    messages_per_device: usize,
     hub_rss_before_kib: Option<u64>,
     hub_rss_after_kib: Option<u64>,
     hub_kib_per_connection: Option<f64>,
@@ -620,12 +629,26 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut tasks = JoinSet::new();
     for i in 0..a.devices {
-        let (setup, gate) = (setup.clone(), gate.clone());
+        let (setup, gate, messages) = (setup.clone(), gate.clone(), a.messages);
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            setup
+            let mut conn = setup
                 .connect("/v1/device", &format!("idle-{i:05}"), Role::Device)
-                .await
+                .await?;
+            let batch: Vec<Bytes> = {
+                let mut rng = rand::rng();
+                let mut profile = Profile::new(Kind::for_index(i), &mut rng);
+                (0..messages)
+                    .map(|_| {
+                        let body = Body::Telemetry(profile.next(1.0, &mut rng));
+                        Bytes::from(Envelope { body: Some(body) }.encode_to_vec())
+                    })
+                    .collect()
+            };
+            for payload in batch {
+                conn.send(&ws::Message::Binary(payload)).await?;
+            }
+            anyhow::Ok(conn)
         });
     }
     let mut conns = Vec::with_capacity(a.devices);
@@ -638,6 +661,7 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
     let report = IdleReport {
         devices: a.devices,
         compression: a.common.compression,
+        messages_per_device: a.messages,
         hub_rss_before_kib: before,
         hub_rss_after_kib: after,
         hub_kib_per_connection: before

@@ -47,10 +47,7 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
         Endpoint::Device => (&[Role::Device], &[PROTOCOL]),
         Endpoint::Dashboard => (&[Role::Viewer, Role::Operator], &[PROTOCOL, PROTOCOL_JSON]),
     };
-    let policy = ws::handshake::ServerDeflatePolicy {
-        enabled: app.config.compression.enabled,
-        ..Default::default()
-    };
+    let policy = app.deflate_policy();
     let accept = match ws::handshake::accept(
         &parts.method,
         parts.version,

@@ -44,6 +44,7 @@ mod shared;
 mod writer;
 
 pub use connection::Connection;
+pub use deflate::inflate_context_bytes;
 pub use error::{Error, ProtocolError};
 pub use extension::DeflateParams;
 pub use message::{CloseFrame, Config, Incoming, Message, Role};
