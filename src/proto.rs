@@ -7,3 +7,10 @@
 
 include!(concat!(env!("OUT_DIR"), "/telehub.v1.rs"));
 include!(concat!(env!("OUT_DIR"), "/telehub.v1.serde.rs"));
+
+/// The compiled `FileDescriptorSet` of `proto/telehub/v1/telehub.proto` (protobuf
+/// binary), written by `build.rs`. Clients in other languages can build their message
+/// types from it at run time without `protoc`; the interoperability tests hand it to
+/// Python's `protobuf` package this way.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/telehub_descriptor.bin"));
