@@ -74,12 +74,51 @@ impl Encoded {
     pub fn message(&self, format: WireFormat) -> &SharedMessage {
         match format {
             WireFormat::Protobuf => &self.binary,
-            WireFormat::Json => self.json.get_or_init(|| {
-                // Generated serde impls of plain data cannot fail to serialize.
-                SharedMessage::text(serde_json::to_string(&self.envelope).unwrap_or_default())
-            }),
+            WireFormat::Json => self
+                .json
+                .get_or_init(|| SharedMessage::text(to_json(&self.envelope))),
         }
     }
+}
+
+/// The proto3 JSON mapping of an envelope.
+///
+/// pbjson writes doubles as JSON numbers, so a NaN or infinite reading (a failed
+/// sensor reports NaN) would come out as `null`; proto3 JSON spells them as the
+/// strings "NaN", "Infinity" and "-Infinity", which this patches in. Only telemetry
+/// carrying such a reading takes the slower path.
+fn to_json(envelope: &Envelope) -> String {
+    use crate::proto::reading::Value as Reading;
+    let patch: Vec<(usize, f64)> = match &envelope.body {
+        Some(Body::Telemetry(t)) => t
+            .readings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r.value {
+                Some(Reading::Number(n)) if !n.is_finite() => Some((i, n)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    // Generated serde impls of plain data cannot fail to serialize.
+    if patch.is_empty() {
+        return serde_json::to_string(envelope).unwrap_or_default();
+    }
+    let mut value = serde_json::to_value(envelope).unwrap_or_default();
+    for (i, n) in patch {
+        let spelled = if n.is_nan() {
+            "NaN"
+        } else if n > 0.0 {
+            "Infinity"
+        } else {
+            "-Infinity"
+        };
+        if let Some(slot) = value.pointer_mut(&format!("/telemetry/readings/{i}/number")) {
+            *slot = serde_json::Value::String(spelled.into());
+        }
+    }
+    value.to_string()
 }
 
 /// The hub's side of one dashboard connection.
@@ -358,6 +397,50 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn json_spells_non_finite_readings_as_proto3_does() {
+        use crate::proto::{reading::Value, Reading};
+        let reading = |name: &str, n: f64| Reading {
+            name: name.into(),
+            value: Some(Value::Number(n)),
+            unit: String::new(),
+        };
+        let e = Encoded::new(Envelope {
+            body: Some(Body::Telemetry(Telemetry {
+                device_id: "d".into(),
+                category: "env.t".into(),
+                readings: vec![
+                    reading("ok", 1.5),
+                    reading("nan", f64::NAN),
+                    reading("up", f64::INFINITY),
+                    reading("down", f64::NEG_INFINITY),
+                ],
+                ..Default::default()
+            })),
+        });
+        let text = String::from_utf8(e.message(WireFormat::Json).payload().to_vec()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let numbers: Vec<serde_json::Value> = (0..4)
+            .map(|i| v["telemetry"]["readings"][i]["number"].clone())
+            .collect();
+        assert_eq!(
+            numbers,
+            [
+                serde_json::json!(1.5),
+                serde_json::json!("NaN"),
+                serde_json::json!("Infinity"),
+                serde_json::json!("-Infinity")
+            ]
+        );
+        // And it parses back into the same message (pbjson reads the strings).
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        let Some(Body::Telemetry(t)) = back.body else {
+            panic!("{text}")
+        };
+        assert!(matches!(t.readings[1].value, Some(Value::Number(n)) if n.is_nan()));
+        assert_eq!(t.readings[3].value, Some(Value::Number(f64::NEG_INFINITY)));
     }
 
     fn queued(d: &DashboardHandle) -> usize {
