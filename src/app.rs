@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 
-use crate::{auth::TokenKey, config::Config, hub::Hub, metrics::Metrics, shutdown::Shutdown, ws};
+use crate::{
+    auth::TokenKey, config::Config, hub::Hub, metrics::Metrics, notify::Notifier,
+    shutdown::Shutdown, ws,
+};
 
 pub struct App {
     pub config: Arc<Config>,
     pub hub: Arc<Hub>,
+    pub notifier: Arc<Notifier>,
     pub metrics: Arc<Metrics>,
     pub tokens: TokenKey,
     /// Cloned into every session so it can notice shutdown and so the server can

@@ -24,6 +24,7 @@ pub struct Config {
     pub rate: RateLimit,
     pub dashboard: Dashboard,
     pub compression: Compression,
+    pub notify: Notify,
 }
 
 impl Default for Config {
@@ -37,6 +38,7 @@ impl Default for Config {
             rate: RateLimit::default(),
             dashboard: Dashboard::default(),
             compression: Compression::default(),
+            notify: Notify::default(),
         }
     }
 }
@@ -155,6 +157,48 @@ impl Default for Compression {
     }
 }
 
+/// Notifications to devices: expiry, redelivery, retention.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Notify {
+    /// Lifetime of a notification whose request names none.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Longest lifetime a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// How long a device has to acknowledge a CRITICAL notification before it is
+    /// sent again; doubled after each redelivery, up to `max_retry_interval`.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_interval: Duration,
+    /// Completed notifications (all acknowledged or expired) are kept this long for
+    /// the API, then deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Progress updates to watching dashboards are sent at most this often per
+    /// notification.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+    /// Most devices one notification may target.
+    pub max_targets: usize,
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            ack_timeout: Duration::from_secs(10),
+            max_retry_interval: Duration::from_secs(300),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            progress_interval: Duration::from_millis(100),
+            max_targets: 100_000,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
@@ -200,6 +244,16 @@ impl Config {
         }
         if self.limits.ping_interval.is_zero() || self.limits.idle_timeout.is_zero() {
             return bad("limits.ping_interval and idle_timeout must be > 0");
+        }
+        let n = &self.notify;
+        if n.default_ttl.is_zero()
+            || n.default_ttl > n.max_ttl
+            || n.ack_timeout.is_zero()
+            || n.max_retry_interval < n.ack_timeout
+            || n.progress_interval.is_zero()
+            || n.max_targets == 0
+        {
+            return bad("notify: ttls, ack_timeout, progress_interval and max_targets must be > 0, default_ttl <= max_ttl, ack_timeout <= max_retry_interval");
         }
         if !(8..=15).contains(&self.compression.client_max_window_bits) {
             return bad("compression.client_max_window_bits must be 8..=15");

@@ -10,14 +10,17 @@
 
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod notify;
 pub mod proto;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod sim;
+pub mod store;
 pub mod tls;
 pub mod ws;

@@ -1,5 +1,8 @@
 //! The `telehub` command: `serve` (production entry), `token` (mint a token),
-//! `demo` (hub + simulated fleet + dashboard URL in one command).
+//! `demo` (hub + simulated fleet + dashboard URL in one command), and `notify` /
+//! `devices` (the REST API from the command line, see `cli`).
+
+mod cli;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -47,6 +50,12 @@ enum Command {
     Token(TokenArgs),
     /// Run the hub with a simulated fleet and print the dashboard URL.
     Demo(DemoArgs),
+    /// Push notifications to devices and follow their delivery.
+    #[command(subcommand)]
+    Notify(cli::notify::NotifyCommand),
+    /// Register devices and list the registry.
+    #[command(subcommand)]
+    Devices(cli::notify::DevicesCommand),
 }
 
 /// Flags override the config file, which overrides the defaults.
@@ -124,6 +133,16 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Token(args) => token(args),
         Command::Demo(args) => runtime.block_on(demo(args)),
+        Command::Notify(cmd) => exit_with(runtime.block_on(cli::notify::notify(cmd))),
+        Command::Devices(cmd) => exit_with(runtime.block_on(cli::notify::devices(cmd))),
+    }
+}
+
+/// Ends the process with a subcommand's exit code (errors print as usual).
+fn exit_with(result: anyhow::Result<i32>) -> anyhow::Result<()> {
+    match result? {
+        0 => Ok(()),
+        code => std::process::exit(code),
     }
 }
 

@@ -5,7 +5,12 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 
@@ -19,6 +24,22 @@ pub struct RoleLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SeverityLabel {
+    pub severity: &'static str,
+}
+
+/// Seconds from a notification's first delivery to a device until its ack:
+/// buckets from 1 ms to ~9 hours.
+#[derive(Clone)]
+pub struct AckLatency(pub Histogram);
+
+impl Default for AckLatency {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(0.001, 2.0, 25)))
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +69,14 @@ pub struct Metrics {
     pub closed_slow: Counter,
     /// Read from the transport at scrape time (see `encode`).
     pub inflate_context_bytes: Gauge,
+    pub notifications_accepted: Family<SeverityLabel, Counter>,
+    pub notifications_delivered: Counter,
+    pub notifications_redelivered: Counter,
+    pub notifications_acked: Counter,
+    pub notifications_expired: Counter,
+    pub ack_latency: AckLatency,
+    pub store_ops: Counter,
+    pub store_commits: Counter,
 }
 
 /// One role's series, resolved once per connection.
@@ -130,6 +159,46 @@ impl Metrics {
             "telehub_closed_slow_consumers",
             "Dashboards closed because their control queue overflowed",
             m.closed_slow.clone(),
+        );
+        r.register(
+            "telehub_notifications_accepted",
+            "Notifications accepted (durably stored), by severity",
+            m.notifications_accepted.clone(),
+        );
+        r.register(
+            "telehub_notifications_delivered",
+            "Notifications written to a device for the first time",
+            m.notifications_delivered.clone(),
+        );
+        r.register(
+            "telehub_notifications_redelivered",
+            "Notifications written to a device again (no ack in time, or after a reconnect)",
+            m.notifications_redelivered.clone(),
+        );
+        r.register(
+            "telehub_notifications_acked",
+            "Notification acknowledgements accepted (duplicates not counted)",
+            m.notifications_acked.clone(),
+        );
+        r.register(
+            "telehub_notifications_expired",
+            "Per-device deliveries that expired unacknowledged (critical) or undelivered",
+            m.notifications_expired.clone(),
+        );
+        r.register(
+            "telehub_notification_ack_seconds",
+            "Time from a notification's first delivery to a device to its ack",
+            m.ack_latency.0.clone(),
+        );
+        r.register(
+            "telehub_store_ops",
+            "Changes applied by the store's writer",
+            m.store_ops.clone(),
+        );
+        r.register(
+            "telehub_store_commits",
+            "Store transactions committed (each a group of ops)",
+            m.store_commits.clone(),
         );
         r.register(
             "telehub_inflate_context_bytes",

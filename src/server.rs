@@ -34,7 +34,9 @@ use crate::{
     config::Config,
     hub::Hub,
     metrics::Metrics,
+    notify::Notifier,
     shutdown::{Shutdown, Trigger},
+    store::{self, Store},
     tls,
 };
 
@@ -129,6 +131,31 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let metrics = Arc::new(Metrics::new());
+        let store_stats = store::Stats {
+            ops: metrics.store_ops.clone(),
+            commits: metrics.store_commits.clone(),
+        };
+        let data_dir = config.data_dir.clone();
+        let (store, snapshot) =
+            tokio::task::spawn_blocking(move || Store::open(&data_dir, store_stats))
+                .await
+                .context("opening the store")?
+                .with_context(|| {
+                    format!("opening {}", config.data_dir.join(store::FILE).display())
+                })?;
+        tracing::info!(
+            devices = snapshot.devices.len(),
+            open_notifications = snapshot.campaigns.len(),
+            "store opened"
+        );
+        let hub = Hub::new(metrics.clone());
+        let notifier = Notifier::new(
+            store,
+            snapshot,
+            hub.clone(),
+            metrics.clone(),
+            config.notify.clone(),
+        );
         let trigger = Trigger::new();
         let caps = Arc::new(Caps {
             global: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -136,7 +163,8 @@ impl Server {
             max_per_ip: config.limits.max_connections_per_ip,
         });
         let app = Arc::new(App {
-            hub: Hub::new(metrics.clone()),
+            hub,
+            notifier,
             metrics,
             tokens,
             shutdown: trigger.subscribe(),
@@ -169,6 +197,9 @@ impl Server {
             caps,
         } = self;
         let router = crate::http::router(app.clone());
+        tokio::spawn(app.notifier.clone().run(trigger.subscribe()));
+        // Kept past the drain so the last acks are committed before we return.
+        let store = app.notifier.store().clone();
         tokio::pin!(signal);
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -218,6 +249,9 @@ impl Server {
             .is_err()
         {
             tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+        }
+        if let Err(e) = store.barrier().await {
+            tracing::error!(error = %e, "flushing the store");
         }
         Ok(())
     }

@@ -90,6 +90,13 @@ struct RunArgs {
     /// Send as generated even above the hub's announced rate limit (to exercise it).
     #[arg(long)]
     ignore_rate_limit: bool,
+    /// Wait this long before acknowledging a notification (e.g. 2s).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    ack_delay: Duration,
+    /// Share of received notifications (0..=1) whose ack is withheld, so the hub
+    /// redelivers them.
+    #[arg(long, default_value_t = 0.0)]
+    ack_loss: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,6 +152,8 @@ async fn fleet(args: RunArgs) -> anyhow::Result<()> {
     cfg.compression = !args.no_compression;
     cfg.backlog = args.backlog;
     cfg.pace_to_limit = !args.ignore_rate_limit;
+    cfg.ack_delay = args.ack_delay;
+    cfg.ack_loss = args.ack_loss;
     let devices = cfg.devices;
 
     let stats = Arc::new(FleetStats::new());
@@ -211,7 +220,7 @@ fn progress_bar(json: bool, duration: Option<Duration>) -> ProgressBar {
 
 fn progress_line(s: &Summary) -> String {
     format!(
-        "{}/{} connected  sent {} ({:.0}/s)  rate-limited {}  reconnects {}  errors {}  buffered {}  dropped {}",
+        "{}/{} connected  sent {} ({:.0}/s)  rate-limited {}  reconnects {}  errors {}  buffered {}  dropped {}  notifications {}",
         s.connected,
         s.devices,
         s.sent,
@@ -220,7 +229,8 @@ fn progress_line(s: &Summary) -> String {
         s.reconnects,
         s.errors,
         s.buffered,
-        s.dropped_from_buffer
+        s.dropped_from_buffer,
+        s.notifications
     )
 }
 
@@ -235,5 +245,8 @@ fn print_summary(s: &Summary) {
         s.errors, s.auth_failures, s.server_errors
     );
     println!("dropped from backlog {}", s.dropped_from_buffer);
-    println!("notifications        {}", s.notifications);
+    println!(
+        "notifications        {} distinct ({} received, {} duplicates; {} acks sent, {} withheld)",
+        s.notifications, s.notifications_received, s.duplicates, s.acks_sent, s.acks_withheld
+    );
 }

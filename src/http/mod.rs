@@ -1,10 +1,11 @@
-//! HTTP routes on the one listener: the dashboard page, `/healthz`, `/metrics` and
-//! the two WebSocket endpoints (see [`upgrade`]).
+//! HTTP routes on the one listener: the dashboard page, `/healthz`, `/metrics`,
+//! the two WebSocket endpoints (see [`upgrade`]) and the REST API (see [`api`]).
 //!
 //! Every refusal is a plain-text body with a status that says what went wrong:
 //! 400 malformed upgrade, 401 missing/invalid/expired token, 403 wrong role or
 //! origin, 426 unsupported WebSocket version.
 
+pub mod api;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use axum::{
     extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, put},
     Router,
 };
 
@@ -29,6 +30,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/device", get(upgrade::device))
         .route("/v1/dashboard", get(upgrade::dashboard))
+        .route("/v1/notifications", get(api::list).post(api::create))
+        .route("/v1/notifications/{id}", get(api::status))
+        .route("/v1/devices", get(api::devices))
+        .route("/v1/devices/{id}", put(api::put_device))
         .with_state(app)
 }
 

@@ -155,6 +155,8 @@ pub struct Hub {
     index: RwLock<index::Index>,
     /// Every connected dashboard, for presence announcements.
     dashboards: RwLock<HashMap<u64, Arc<DashboardHandle>>>,
+    /// Dashboards watching notification progress.
+    watchers: RwLock<HashMap<u64, Arc<DashboardHandle>>>,
     devices: Mutex<presence::Registry>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
@@ -165,6 +167,7 @@ impl Hub {
         Arc::new(Self {
             index: RwLock::default(),
             dashboards: RwLock::default(),
+            watchers: RwLock::default(),
             devices: Mutex::default(),
             next_id: AtomicU64::new(1),
             metrics,
@@ -217,7 +220,26 @@ impl Hub {
             handle.patterns.store(0, Ordering::Relaxed);
         }
         write(&self.dashboards).remove(&handle.id);
+        write(&self.watchers).remove(&handle.id);
         handle.outbox.close();
+    }
+
+    /// Starts or stops sending notification progress to a dashboard.
+    pub fn watch_notifications(&self, handle: &Arc<DashboardHandle>, on: bool) {
+        let mut watchers = write(&self.watchers);
+        if on {
+            watchers.insert(handle.id, handle.clone());
+        } else {
+            watchers.remove(&handle.id);
+        }
+    }
+
+    /// Queues a notification progress update to every watching dashboard. Progress
+    /// is a control message: never dropped for a slow dashboard (see `outbox`).
+    pub fn announce_progress(&self, msg: Arc<Encoded>) {
+        for d in read(&self.watchers).values() {
+            d.outbox.push_control(msg.clone());
+        }
     }
 
     /// Adds (or replaces the filter of) `handle`'s subscriptions to `patterns`, all

@@ -1,4 +1,5 @@
-//! A dashboard connection: subscriptions in, telemetry, presence and notices out.
+//! A dashboard connection: subscriptions in, telemetry, presence and notices out;
+//! for operators, notification requests in and campaign progress out.
 //!
 //! The session drains its outbox (see `hub::outbox` for the drop policy) and
 //! writes everything queued as one batch of pre-encoded, pre-framed messages:
@@ -6,7 +7,7 @@
 //! compression parameters gets. When the outbox dropped telemetry since the last
 //! batch, a `Dropped{count,total}` notice goes first.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,13 +16,16 @@ use super::{close, error_envelope, finish, receive, send, timed, Close, KeepAliv
 use crate::{
     app::App,
     auth::Claims,
+    auth::Role,
     hub::{
         index::{MAX_FILTER_DEVICE_IDS, MAX_FILTER_TAGS},
         DashboardHandle, Encoded, Filter, Pattern, WireFormat,
     },
     metrics::RoleMeters,
+    notify::{CreateError, Request},
     proto::{
-        envelope::Body, error::Code, Dropped, Envelope, Subscribe, Subscribed, Unsubscribe, Welcome,
+        envelope::Body, error::Code, notification::Severity, Dropped, Envelope,
+        NotificationAccepted, NotificationRequest, Subscribe, Subscribed, Unsubscribe, Welcome,
     },
     ws,
 };
@@ -40,6 +44,8 @@ pub async fn run<S>(
     let handle = app.hub.register_dashboard(app.config.dashboard.queue_len);
     let mut dashboard = Dashboard {
         handle,
+        role: claims.role,
+        subject: claims.sub.clone(),
         format,
         app: app.clone(),
         meters,
@@ -75,6 +81,9 @@ enum Undecodable {
 
 struct Dashboard {
     handle: Arc<DashboardHandle>,
+    /// Viewers watch; operators may also push notifications.
+    role: Role,
+    subject: String,
     format: WireFormat,
     app: Arc<App>,
     meters: RoleMeters,
@@ -144,6 +153,9 @@ impl Dashboard {
                         Step::End(close) => return close,
                     };
                     let reply = match envelope {
+                        Ok(Envelope { body: Some(Body::NotificationRequest(r)) }) => {
+                            self.on_notification_request(r).await
+                        }
                         Ok(env) => self.on_envelope(env),
                         // RFC 6455 §7.4.1: 1003 for a data type the endpoint cannot accept.
                         Err(Undecodable::WrongType(why)) => {
@@ -196,11 +208,21 @@ impl Dashboard {
         match env.body {
             Some(Body::Subscribe(s)) => self.on_subscribe(s),
             Some(Body::Unsubscribe(u)) => Ok(Some(self.on_unsubscribe(u))),
+            Some(Body::WatchNotifications(w)) => {
+                self.strikes = 0;
+                self.app.hub.watch_notifications(&self.handle, w.watch);
+                if w.watch {
+                    for p in self.app.notifier.progress_all() {
+                        self.handle.outbox.push_control(p);
+                    }
+                }
+                Ok(None)
+            }
             Some(_) => self
                 .strike(
                     close::POLICY_VIOLATION,
                     Code::Malformed,
-                    "dashboards may send only Subscribe and Unsubscribe".into(),
+                    "dashboards may send only Subscribe, Unsubscribe, WatchNotifications and (operators) NotificationRequest".into(),
                 )
                 .map(Some),
             None => self
@@ -210,6 +232,71 @@ impl Dashboard {
                     "empty Envelope".into(),
                 )
                 .map(Some),
+        }
+    }
+
+    /// An operator pushes a notification: answered with `NotificationAccepted` once
+    /// it is stored, or an `Error` carrying the request id.
+    async fn on_notification_request(
+        &mut self,
+        r: NotificationRequest,
+    ) -> Result<Option<Envelope>, Close> {
+        let request_id = r.request_id.clone();
+        let refuse = |this: &mut Self, code: Code, message: String| {
+            this.strike(close::POLICY_VIOLATION, code, message)
+                .map(|mut env| {
+                    if let Some(Body::Error(e)) = &mut env.body {
+                        e.request_id.clone_from(&request_id);
+                    }
+                    Some(env)
+                })
+        };
+        if self.role != Role::Operator {
+            return refuse(
+                self,
+                Code::Forbidden,
+                "only operators may push notifications".into(),
+            );
+        }
+        let severity = Severity::try_from(r.severity).unwrap_or(Severity::Unspecified);
+        let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(u64::from(r.ttl_seconds)));
+        let req = match Request::new(
+            r.targets.unwrap_or_default(),
+            severity,
+            r.title,
+            r.body,
+            r.payload,
+            ttl,
+            &self.app.config.notify,
+        ) {
+            Ok(req) => req,
+            Err(e) => return refuse(self, Code::Malformed, format!("invalid notification: {e}")),
+        };
+        match self.app.notifier.create(req, &self.subject).await {
+            Ok(created) => {
+                self.strikes = 0;
+                Ok(Some(Envelope {
+                    body: Some(Body::NotificationAccepted(NotificationAccepted {
+                        request_id,
+                        id: created.id,
+                        targets: created.targets,
+                        expires_ms: created.expires_ms,
+                    })),
+                }))
+            }
+            Err(CreateError::Store(e)) => {
+                tracing::error!(error = %e, "storing a notification");
+                let mut env = error_envelope(
+                    Code::Unavailable,
+                    "the notification could not be stored; try again",
+                    0,
+                );
+                if let Some(Body::Error(err)) = &mut env.body {
+                    err.request_id = request_id;
+                }
+                Ok(Some(env))
+            }
+            Err(e) => refuse(self, Code::Malformed, e.to_string()),
         }
     }
 

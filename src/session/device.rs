@@ -1,5 +1,5 @@
 //! A device connection: telemetry in (rate-limited, validated, stamped, fanned
-//! out), acks in, errors and notifications out.
+//! out), acks in, errors and notifications out (see [`super::delivery`]).
 //!
 //! Rate limiting (one governor token bucket per connection): a telemetry message
 //! over the limit is not fanned out and is counted; the device gets at most one
@@ -19,12 +19,15 @@ use tokio::{
     time::Instant,
 };
 
-use super::{close, error_envelope, finish, receive, send, Close, KeepAlive, Step};
+use super::{
+    close, delivery::Deliveries, error_envelope, finish, receive, send, Close, KeepAlive, Step,
+};
 use crate::{
     app::App,
     auth::Claims,
     hub::{category, now_ms, DeviceInfo, Encoded},
     metrics::RoleMeters,
+    notify::AckOutcome,
     proto::{envelope::Body, error::Code, Ack, Envelope, Telemetry, Welcome},
     ws,
 };
@@ -53,7 +56,12 @@ where
         return;
     }
     let presence = app.hub.device_online(info.clone());
+    let wake = app
+        .notifier
+        .device_connected(&info.id, &info.tags, presence.id)
+        .await;
     let mut device = Device {
+        deliveries: Deliveries::new(app.notifier.clone(), info.id.clone(), &app.config.notify),
         info,
         app: app.clone(),
         meters,
@@ -61,7 +69,11 @@ where
         limited: Refusals::default(),
         strikes: 0,
     };
-    let close = device.serve(&mut reader, &mut writer, &presence.kick).await;
+    let close = device
+        .serve(&mut reader, &mut writer, &presence.kick, &wake)
+        .await;
+    app.notifier
+        .device_disconnected(&device.info.id, presence.id);
     app.hub.device_offline(&device.info.id, &presence);
     if let Some(c) = &close {
         tracing::debug!(device = %device.info.id, code = c.code, reason = %c.reason, "device session closing");
@@ -77,6 +89,7 @@ struct Device {
     limited: Refusals,
     /// Invalid envelopes in a row; reset by every valid one.
     strikes: u32,
+    deliveries: Deliveries,
 }
 
 /// Rate-limit refusals, tracked per wall-clock second of the session.
@@ -129,6 +142,7 @@ impl Device {
         reader: &mut ws::Reader<R>,
         writer: &mut ws::Writer<W>,
         kick: &tokio::sync::Notify,
+        wake: &tokio::sync::Notify,
     ) -> Option<Close>
     where
         R: AsyncRead + Unpin,
@@ -138,7 +152,18 @@ impl Device {
         let mut keepalive = KeepAlive::new(limits.ping_interval, limits.idle_timeout);
         let mut shutdown = self.app.shutdown.clone();
         loop {
+            let next_due = self.deliveries.next_due();
             tokio::select! {
+                _ = wake.notified() => {
+                    if self.deliveries.send_new(writer, &self.meters).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                    if self.deliveries.resend_due(writer, &self.meters).await.is_err() {
+                        return None;
+                    }
+                }
                 _ = shutdown.recv() => {
                     return Some(Close::new(close::GOING_AWAY, "server shutting down"));
                 }
@@ -160,8 +185,12 @@ impl Device {
                         Step::Continue => continue,
                         Step::End(close) => return close,
                     };
+                    let reply = match reply {
+                        Reply::Ack(ack) => self.on_ack(ack).await,
+                        other => other,
+                    };
                     match reply {
-                        Reply::None => {}
+                        Reply::None | Reply::Ack(_) => {}
                         Reply::Send(env) => {
                             if send(writer, &binary(&env), &self.meters).await.is_err() {
                                 return None;
@@ -190,7 +219,7 @@ impl Device {
         };
         match envelope.body {
             Some(Body::Telemetry(t)) => self.on_telemetry(t),
-            Some(Body::Ack(ack)) => self.on_ack(ack),
+            Some(Body::Ack(ack)) => Reply::Ack(ack),
             Some(_) => self.strike(
                 close::POLICY_VIOLATION,
                 Code::Malformed,
@@ -253,18 +282,23 @@ impl Device {
         Reply::None
     }
 
-    fn on_ack(&mut self, ack: Ack) -> Reply {
-        // The hub has not delivered any notification to this connection, so no id
-        // can be pending. A refused ack is a strike: a device cannot make the hub
-        // answer an unbounded stream of them.
-        self.strike(
-            close::POLICY_VIOLATION,
-            Code::UnknownNotification,
-            format!(
-                "no notification {:?} is pending for this device",
-                truncate(&ack.notification_id)
+    /// A refused ack is a strike: a device cannot make the hub answer an unbounded
+    /// stream of them. Repeated acks are harmless and silent.
+    async fn on_ack(&mut self, ack: Ack) -> Reply {
+        match self.deliveries.ack(&ack.notification_id).await {
+            AckOutcome::Accepted(_) | AckOutcome::Duplicate(_) => {
+                self.strikes = 0;
+                Reply::None
+            }
+            AckOutcome::Unknown => self.strike(
+                close::POLICY_VIOLATION,
+                Code::UnknownNotification,
+                format!(
+                    "no notification {:?} was sent to this device",
+                    truncate(&ack.notification_id)
+                ),
             ),
-        )
+        }
     }
 
     /// Answers an invalid envelope with an Error, or closes with `code` once
@@ -288,6 +322,8 @@ enum Reply {
     None,
     Send(Envelope),
     Close(Close),
+    /// Needs the notifier (and maybe the store): handled after decoding.
+    Ack(Ack),
 }
 
 fn binary(env: &Envelope) -> ws::Message {

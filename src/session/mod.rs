@@ -9,6 +9,7 @@
 //! peer (best effort, bounded by the send timeout).
 
 pub mod dashboard;
+pub mod delivery;
 pub mod device;
 pub mod metered;
 
@@ -148,6 +149,7 @@ pub fn error_envelope(code: Code, message: impl Into<String>, retry_after_ms: u3
             code: code as i32,
             message: message.into(),
             retry_after_ms,
+            request_id: String::new(),
         })),
     }
 }

@@ -6,7 +6,7 @@
 //! (the backlog), and every peer-controlled input (envelopes, close frames, upgrade
 //! answers) is handled as data: the worst a hub can do is end the session.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -22,7 +22,7 @@ use super::{
     FleetStats,
 };
 use crate::{
-    proto::{envelope::Body, error::Code, Ack, Envelope, Telemetry},
+    proto::{envelope::Body, error::Code, Ack, Envelope, Notification, Telemetry, Welcome},
     ws,
 };
 
@@ -47,7 +47,14 @@ pub(crate) struct Shared {
     pub pace_to_limit: bool,
     /// Initial connects are spread uniformly over this window.
     pub stagger: Duration,
+    pub ack_delay: Duration,
+    pub ack_loss: f64,
+    pub on_notification: Option<super::NotificationHook>,
 }
+
+/// Notification ids a device remembers for de-duplication; older ones are
+/// forgotten first (a hub redelivers only until expiry, so this is generous).
+const SEEN_IDS: usize = 4096;
 
 /// How a session ended, which decides the back-off.
 enum End {
@@ -66,6 +73,32 @@ pub(crate) struct Device {
     backlog: Backlog<Telemetry>,
     last_tick: Instant,
     rng: StdRng,
+    /// Notification ids already handed to the application, oldest first.
+    seen: Seen,
+}
+
+/// A bounded set of recently seen notification ids.
+#[derive(Default)]
+struct Seen {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Seen {
+    /// True the first time an id is offered.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() == SEEN_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.ids.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
 }
 
 /// The two things every wait of a device also waits for, kept apart from [`Device`] so
@@ -97,6 +130,7 @@ impl Device {
             token,
             last_tick: Instant::now(),
             rng,
+            seen: Seen::default(),
         };
         (device, Signals { ticker, stop })
     }
@@ -250,15 +284,7 @@ impl Device {
         };
         let started = Instant::now();
         FleetStats::inc(&stats.connected);
-        let end = self
-            .stream(
-                sig,
-                &mut reader,
-                &mut writer,
-                welcome.rate_per_second,
-                welcome.burst,
-            )
-            .await;
+        let end = self.stream(sig, &mut reader, &mut writer, &welcome).await;
         FleetStats::dec(&stats.connected);
         match end {
             End::Failed if started.elapsed() >= HEALTHY_AFTER => End::Healthy,
@@ -273,8 +299,7 @@ impl Device {
         sig: &mut Signals,
         reader: &mut ws::Reader<R>,
         writer: &mut ws::Writer<W>,
-        rate_per_second: u32,
-        burst: u32,
+        welcome: &Welcome,
     ) -> End
     where
         R: AsyncRead + Unpin,
@@ -282,13 +307,33 @@ impl Device {
     {
         let stats = self.shared.stats.clone();
         let mut pacer = if self.shared.pace_to_limit {
-            Pacer::below_limit(rate_per_second, burst, Instant::now())
+            Pacer::below_limit(welcome.rate_per_second, welcome.burst, Instant::now())
         } else {
             None
         };
         let mut paused_until: Option<Instant> = None;
         let mut buf = Vec::with_capacity(256);
+        // Acks waiting for `ack_delay`, in the order they fall due. Lost with the
+        // session: the hub redelivers what was not acknowledged.
+        let mut acks: VecDeque<(Instant, String)> = VecDeque::new();
         loop {
+            while acks.front().is_some_and(|(due, _)| *due <= Instant::now()) {
+                let Some((_, id)) = acks.pop_front() else {
+                    break;
+                };
+                let ack = Envelope {
+                    body: Some(Body::Ack(Ack {
+                        notification_id: id,
+                    })),
+                };
+                let msg = ws::Message::Binary(Bytes::from(ack.encode_to_vec()));
+                if !matches!(timeout(SEND_TIMEOUT, writer.send(&msg)).await, Ok(Ok(()))) {
+                    FleetStats::inc(&stats.errors);
+                    return End::Failed;
+                }
+                FleetStats::inc(&stats.acks_sent);
+            }
+            let next_ack = acks.front().map(|(due, _)| *due);
             // Flush what we may.
             let mut wake = None;
             while let Some(t) = self.backlog.front() {
@@ -334,6 +379,7 @@ impl Device {
                 }
                 _ = sig.ticker.tick() => self.generate(),
                 _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+                _ = sleep_until(next_ack.unwrap_or_else(Instant::now)), if next_ack.is_some() => {}
                 incoming = reader.next() => match incoming {
                     Ok(ws::Incoming::Message(ws::Message::Binary(data))) => {
                         match Envelope::decode(data).map(|e| e.body) {
@@ -348,14 +394,8 @@ impl Device {
                                 tracing::debug!(code = e.code, message = %e.message, "hub error");
                             }
                             Ok(Some(Body::Notification(n))) => {
-                                FleetStats::inc(&stats.notifications);
-                                let ack = Envelope {
-                                    body: Some(Body::Ack(Ack { notification_id: n.id })),
-                                };
-                                let msg = ws::Message::Binary(Bytes::from(ack.encode_to_vec()));
-                                if !matches!(timeout(SEND_TIMEOUT, writer.send(&msg)).await, Ok(Ok(()))) {
-                                    FleetStats::inc(&stats.errors);
-                                    return End::Failed;
+                                if let Some(id) = self.on_notification(&welcome.subject, n) {
+                                    acks.push_back((Instant::now() + self.shared.ack_delay, id));
                                 }
                             }
                             // Anything else (or undecodable) is not for a device; ignore it.
@@ -388,6 +428,28 @@ impl Device {
                 },
             }
         }
+    }
+}
+
+impl Device {
+    /// De-duplicates a received notification, hands a new one to the application,
+    /// and returns the id to acknowledge unless this ack is to be withheld.
+    fn on_notification(&mut self, device_id: &str, n: Notification) -> Option<String> {
+        let stats = &self.shared.stats;
+        FleetStats::inc(&stats.notifications_received);
+        if self.seen.insert(&n.id) {
+            FleetStats::inc(&stats.notifications);
+            if let Some(hook) = &self.shared.on_notification {
+                (hook.0)(device_id, &n);
+            }
+        } else {
+            FleetStats::inc(&stats.duplicates);
+        }
+        if self.shared.ack_loss > 0.0 && self.rng.random_bool(self.shared.ack_loss) {
+            FleetStats::inc(&stats.acks_withheld);
+            return None;
+        }
+        Some(n.id)
     }
 }
 

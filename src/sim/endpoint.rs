@@ -48,13 +48,21 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// Parses `ws://HOST[:PORT]` or `wss://HOST[:PORT]` (a trailing path is ignored;
     /// IPv6 hosts in brackets). `wss://` needs `ca`, the PEM file of the CA to trust.
+    /// `https://` and `http://` are accepted as the same as `wss://` and `ws://` (the
+    /// hub serves its REST API and its WebSockets on one port).
     pub fn parse(url: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("wss://") {
+        let (tls, rest) = if let Some(rest) = url
+            .strip_prefix("wss://")
+            .or_else(|| url.strip_prefix("https://"))
+        {
             (true, rest)
-        } else if let Some(rest) = url.strip_prefix("ws://") {
+        } else if let Some(rest) = url
+            .strip_prefix("ws://")
+            .or_else(|| url.strip_prefix("http://"))
+        {
             (false, rest)
         } else {
-            bail!("{url:?}: the URL must start with ws:// or wss://");
+            bail!("{url:?}: the URL must start with ws://, wss://, http:// or https://");
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if authority.is_empty() || authority.contains('@') {
@@ -107,22 +115,7 @@ impl Endpoint {
         compression: bool,
         timeout: Duration,
     ) -> Result<(ws::Connection<SimStream>, Handshake), ws::Error> {
-        let step = |what: &'static str| {
-            move |_| ws::Error::Io(io::Error::new(io::ErrorKind::TimedOut, what))
-        };
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&self.addr))
-            .await
-            .map_err(step("TCP connect timed out"))??;
-        tcp.set_nodelay(true)?;
-        let stream = match &self.tls {
-            None => SimStream::Plain(tcp),
-            Some((connector, name)) => {
-                let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(step("TLS handshake timed out"))??;
-                SimStream::Tls(Box::new(tls))
-            }
-        };
+        let stream = self.stream(timeout).await?;
         let cfg = ClientConfig {
             ws: ws::Config::default(),
             offer_deflate: compression.then(ClientDeflateOffer::default),
@@ -134,7 +127,35 @@ impl Endpoint {
             ws::client::connect(stream, &self.host_header, path, &cfg),
         )
         .await
-        .map_err(step("WebSocket upgrade timed out"))?
+        .map_err(|_| {
+            ws::Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "WebSocket upgrade timed out",
+            ))
+        })?
+    }
+
+    /// Dials and, for `wss://`, completes TLS; each step bounded by `timeout`.
+    pub async fn stream(&self, timeout: Duration) -> io::Result<SimStream> {
+        let step = |what: &'static str| move |_| io::Error::new(io::ErrorKind::TimedOut, what);
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&self.addr))
+            .await
+            .map_err(step("TCP connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        Ok(match &self.tls {
+            None => SimStream::Plain(tcp),
+            Some((connector, name)) => {
+                let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(step("TLS handshake timed out"))??;
+                SimStream::Tls(Box::new(tls))
+            }
+        })
+    }
+
+    /// The `Host` header value.
+    pub fn host_header(&self) -> &str {
+        &self.host_header
     }
 }
 

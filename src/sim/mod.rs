@@ -25,6 +25,11 @@
 //! counted as errors and retried like any failure. Stopping (duration or the
 //! `shutdown` future) sends Close 1000 from every connected device.
 //!
+//! Notifications: a device de-duplicates them by id (its application layer, the
+//! optional [`FleetConfig::on_notification`] hook, sees each once), and acknowledges
+//! every receipt, redeliveries included, after `ack_delay`, except a random
+//! `ack_loss` share it withholds to exercise the hub's redelivery.
+//!
 //! Counters live in [`FleetStats`] (atomics, readable while the fleet runs);
 //! [`FleetStats::snapshot`] gives a serializable [`Summary`].
 
@@ -131,6 +136,27 @@ pub struct FleetConfig {
     /// Initial connects are spread uniformly over this window. Default: 1 ms per
     /// device, at most 2 s.
     pub stagger: Option<Duration>,
+    /// How long a device waits before acknowledging a notification. Default 0.
+    pub ack_delay: Duration,
+    /// Probability (0..=1) that a device withholds the ack for a notification it
+    /// received, so the hub redelivers it. Default 0.
+    pub ack_loss: f64,
+    /// Called once per device and distinct notification: the devices' application
+    /// layer (redeliveries are filtered out before it).
+    pub on_notification: Option<NotificationHook>,
+}
+
+/// See [`FleetConfig::on_notification`]: called with (device id, notification).
+#[derive(Clone)]
+pub struct NotificationHook(pub Arc<NotificationFn>);
+
+/// The application layer's handler: (device id, notification).
+pub type NotificationFn = dyn Fn(&str, &crate::proto::Notification) + Send + Sync;
+
+impl std::fmt::Debug for NotificationHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NotificationHook")
+    }
 }
 
 impl FleetConfig {
@@ -148,6 +174,9 @@ impl FleetConfig {
             backlog: 1000,
             pace_to_limit: true,
             stagger: None,
+            ack_delay: Duration::ZERO,
+            ack_loss: 0.0,
+            on_notification: None,
         }
     }
 
@@ -163,6 +192,12 @@ impl FleetConfig {
         }
         if self.backlog == 0 {
             bail!("backlog must hold at least one message");
+        }
+        if !(0.0..=1.0).contains(&self.ack_loss) {
+            bail!(
+                "ack loss must be a probability in 0..=1, not {}",
+                self.ack_loss
+            );
         }
         if !self
             .id_prefix
@@ -232,6 +267,9 @@ pub async fn run_fleet(
         stagger: cfg.stagger.unwrap_or_else(|| {
             Duration::from_millis(cfg.devices as u64).min(Duration::from_secs(2))
         }),
+        ack_delay: cfg.ack_delay,
+        ack_loss: cfg.ack_loss,
+        on_notification: cfg.on_notification.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();

@@ -32,8 +32,17 @@ pub struct FleetStats {
     pub dropped_from_buffer: AtomicU64,
     /// Devices currently connected (welcomed by the hub) (a gauge).
     pub connected: AtomicU64,
-    /// Notifications received (and acknowledged).
+    /// Distinct notifications received: what the devices' application layer saw
+    /// (each device de-duplicates by id).
     pub notifications: AtomicU64,
+    /// Notification messages received, duplicates included.
+    pub notifications_received: AtomicU64,
+    /// Of those, repeats of an id the device had already seen (redeliveries).
+    pub duplicates: AtomicU64,
+    /// Acks written.
+    pub acks_sent: AtomicU64,
+    /// Acks deliberately not sent (`ack_loss`), to make the hub redeliver.
+    pub acks_withheld: AtomicU64,
 }
 
 impl Default for FleetStats {
@@ -50,6 +59,10 @@ impl Default for FleetStats {
             dropped_from_buffer: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
+            notifications_received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            acks_sent: AtomicU64::new(0),
+            acks_withheld: AtomicU64::new(0),
         }
     }
 }
@@ -71,6 +84,10 @@ pub struct Summary {
     pub dropped_from_buffer: u64,
     pub connected: u64,
     pub notifications: u64,
+    pub notifications_received: u64,
+    pub duplicates: u64,
+    pub acks_sent: u64,
+    pub acks_withheld: u64,
 }
 
 impl FleetStats {
@@ -100,6 +117,10 @@ impl FleetStats {
             dropped_from_buffer: self.dropped_from_buffer.load(Relaxed),
             connected: self.connected.load(Relaxed),
             notifications: self.notifications.load(Relaxed),
+            notifications_received: self.notifications_received.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            acks_sent: self.acks_sent.load(Relaxed),
+            acks_withheld: self.acks_withheld.load(Relaxed),
         }
     }
 

@@ -1,0 +1,449 @@
+//! The REST API: notifications and the device registry.
+//!
+//! | route | role | what |
+//! |---|---|---|
+//! | `POST /v1/notifications` | operator | create; 201 once durably stored |
+//! | `GET /v1/notifications?limit=N` | viewer, operator | recent ones with counts |
+//! | `GET /v1/notifications/{id}?state=S&after=DEV&limit=N` | viewer, operator | counts and a page of per-device rows |
+//! | `PUT /v1/devices/{id}` | operator | register a device or replace its tags |
+//! | `GET /v1/devices?after=DEV&limit=N` | viewer, operator | the registry, paged |
+//!
+//! Only `Authorization: Bearer <token>` authenticates here, never the cookie the
+//! dashboard WebSocket accepts: a cookie would let any web page a logged-in
+//! operator visits push notifications (CSRF). Bodies are JSON; every refusal is a
+//! status with a one-line plain-text reason (400 invalid body, 401/403 token, 404
+//! unknown id, 422 no device matches, 503 store unavailable).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{rejection::JsonRejection, Path, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use base64::{engine::general_purpose::STANDARD, Engine};
+use serde::{Deserialize, Serialize};
+
+use super::refuse;
+use crate::{
+    app::App,
+    auth::{AuthError, Claims, Role},
+    notify::{request, CreateError, Request},
+    proto::Targets,
+    store::{CampaignRow, Counts, DeliveryRow, DeliveryState, DeviceRow},
+};
+
+/// Largest page a list may ask for.
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+
+const READERS: &[Role] = &[Role::Viewer, Role::Operator];
+const OPERATORS: &[Role] = &[Role::Operator];
+
+fn authorize(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, AuthError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    app.tokens.authorize(bearer, roles)
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    refuse(e.status(), e)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "store");
+    refuse(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
+}
+
+/// `POST /v1/notifications` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    pub targets: TargetsBody,
+    /// "info", "warning" or "critical".
+    pub severity: String,
+    pub title: String,
+    #[serde(default)]
+    pub body: String,
+    /// Base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// A duration such as "90s", "15m", "2h"; default `notify.default_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// Exactly one of the three.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsBody {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// `201 Created` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreatedBody {
+    pub id: String,
+    pub targets: u32,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateBody>, JsonRejection>,
+) -> Response {
+    let claims = match authorize(&app, &headers, OPERATORS) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(e),
+    };
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(severity) = request::parse_severity(&b.severity) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "severity: one of info, warning, critical",
+        );
+    };
+    let payload = match b.payload.as_deref().map(|p| STANDARD.decode(p)) {
+        None => Vec::new(),
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            return refuse(StatusCode::BAD_REQUEST, format!("payload: not base64: {e}"))
+        }
+    };
+    let ttl: Option<Duration> = match b.ttl.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => return refuse(StatusCode::BAD_REQUEST, format!("ttl: {e}")),
+    };
+    let targets = Targets {
+        device_ids: b.targets.device_ids,
+        tags: b.targets.tags.into_iter().collect(),
+        all: b.targets.all,
+    };
+    let req = match Request::new(
+        targets,
+        severity,
+        b.title,
+        b.body,
+        payload,
+        ttl,
+        &app.config.notify,
+    ) {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
+    match app.notifier.create(req, &claims.sub).await {
+        Ok(c) => (
+            StatusCode::CREATED,
+            [(header::LOCATION, format!("/v1/notifications/{}", c.id))],
+            Json(CreatedBody {
+                id: c.id,
+                targets: c.targets,
+                created_ms: c.created_ms,
+                expires_ms: c.expires_ms,
+            }),
+        )
+            .into_response(),
+        Err(CreateError::Store(e)) => unavailable(e),
+        Err(e @ (CreateError::NoTargets | CreateError::TooManyTargets(..))) => {
+            refuse(StatusCode::UNPROCESSABLE_ENTITY, e)
+        }
+        Err(e @ CreateError::Invalid(_)) => refuse(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountsBody {
+    pub pending: u64,
+    pub delivered: u64,
+    pub acknowledged: u64,
+    pub expired: u64,
+    pub total: u64,
+}
+
+impl From<Counts> for CountsBody {
+    fn from(c: Counts) -> Self {
+        CountsBody {
+            pending: c.pending,
+            delivered: c.delivered,
+            acknowledged: c.acknowledged,
+            expired: c.expired,
+            total: c.total(),
+        }
+    }
+}
+
+/// One notification in `GET /v1/notifications` (and the head of the status answer).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SummaryBody {
+    pub id: String,
+    pub severity: String,
+    pub title: String,
+    pub body: String,
+    /// The request's targets as given.
+    pub targets: serde_json::Value,
+    pub created_by: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub completed_ms: Option<u64>,
+    /// No delivery will change any more.
+    pub complete: bool,
+    pub counts: CountsBody,
+}
+
+impl SummaryBody {
+    fn new(c: CampaignRow, counts: Counts) -> Self {
+        let severity = crate::proto::notification::Severity::try_from(c.severity)
+            .map(request::severity_name)
+            .unwrap_or("unspecified")
+            .to_owned();
+        SummaryBody {
+            id: c.id,
+            severity,
+            title: c.title,
+            body: c.body,
+            targets: serde_json::from_str(&c.targets_json).unwrap_or_default(),
+            created_by: c.created_by,
+            created_ms: c.created_ms,
+            expires_ms: c.expires_ms,
+            completed_ms: c.completed_ms,
+            complete: c.completed_ms.is_some(),
+            counts: counts.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryBody {
+    pub device_id: String,
+    /// pending, delivered, acknowledged or expired.
+    pub state: String,
+    /// Writes to the device so far (redeliveries included).
+    pub attempts: u32,
+    pub last_sent_ms: Option<u64>,
+    pub acked_ms: Option<u64>,
+}
+
+impl From<DeliveryRow> for DeliveryBody {
+    fn from(d: DeliveryRow) -> Self {
+        DeliveryBody {
+            device_id: d.device_id,
+            state: d.state.as_str().to_owned(),
+            attempts: d.attempts,
+            last_sent_ms: d.last_sent_ms,
+            acked_ms: d.acked_ms,
+        }
+    }
+}
+
+/// `GET /v1/notifications/{id}` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusBody {
+    #[serde(flatten)]
+    pub summary: SummaryBody,
+    /// Base64.
+    pub payload: String,
+    pub devices: Vec<DeliveryBody>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn page_limit(limit: Option<usize>) -> usize {
+    limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+}
+
+pub async fn status(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    if let Err(e) = authorize(&app, &headers, READERS) {
+        return unauthorized(e);
+    }
+    let state = match q.state.as_deref().map(DeliveryState::parse) {
+        None => None,
+        Some(Some(s)) => Some(s),
+        Some(None) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "state: one of pending, delivered, acknowledged, expired",
+            )
+        }
+    };
+    let store = app.notifier.store();
+    // Everything the hub did before this request is in the store before we read.
+    if let Err(e) = store.barrier().await {
+        return unavailable(e);
+    }
+    match store
+        .status(id.clone(), state, q.after, page_limit(q.limit))
+        .await
+    {
+        Ok(Some(s)) => Json(StatusBody {
+            payload: STANDARD.encode(&s.campaign.payload),
+            summary: SummaryBody::new(s.campaign, s.counts),
+            devices: s.devices.into_iter().map(Into::into).collect(),
+            next: s.next,
+        })
+        .into_response(),
+        Ok(None) => refuse(StatusCode::NOT_FOUND, format!("no notification {id:?}")),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListBody {
+    pub notifications: Vec<SummaryBody>,
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Err(e) = authorize(&app, &headers, READERS) {
+        return unauthorized(e);
+    }
+    let store = app.notifier.store();
+    if let Err(e) = store.barrier().await {
+        return unavailable(e);
+    }
+    match store.recent(page_limit(q.limit)).await {
+        Ok(rows) => Json(ListBody {
+            notifications: rows
+                .into_iter()
+                .map(|s| SummaryBody::new(s.campaign, s.counts))
+                .collect(),
+        })
+        .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `PUT /v1/devices/{id}` body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceBody {
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceOut {
+    pub id: String,
+    pub tags: BTreeMap<String, String>,
+    pub registered_ms: u64,
+    pub last_seen_ms: Option<u64>,
+}
+
+impl From<DeviceRow> for DeviceOut {
+    fn from(d: DeviceRow) -> Self {
+        DeviceOut {
+            id: d.id,
+            tags: d.tags,
+            registered_ms: d.registered_ms,
+            last_seen_ms: d.last_seen_ms,
+        }
+    }
+}
+
+pub async fn put_device(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<DeviceBody>, JsonRejection>,
+) -> Response {
+    if let Err(e) = authorize(&app, &headers, OPERATORS) {
+        return unauthorized(e);
+    }
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if id.is_empty() || id.len() > request::MAX_ID {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("device ids are 1..={} bytes", request::MAX_ID),
+        );
+    }
+    if b.tags.len() > request::MAX_TAGS {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("at most {} tags", request::MAX_TAGS),
+        );
+    }
+    match app.notifier.put_device(id, b.tags).await {
+        Ok(row) => Json(DeviceOut::from(row)).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesQuery {
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevicesOut {
+    pub devices: Vec<DeviceOut>,
+}
+
+pub async fn devices(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<DevicesQuery>,
+) -> Response {
+    if let Err(e) = authorize(&app, &headers, READERS) {
+        return unauthorized(e);
+    }
+    let store = app.notifier.store();
+    if let Err(e) = store.barrier().await {
+        return unavailable(e);
+    }
+    match store.devices(q.after, page_limit(q.limit)).await {
+        Ok(rows) => Json(DevicesOut {
+            devices: rows.into_iter().map(Into::into).collect(),
+        })
+        .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
