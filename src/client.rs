@@ -100,23 +100,36 @@ impl Api {
         self.call::<(), _>(Method::GET, &path, None).await
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ApiError> {
+        let bytes = tokio::time::timeout(
+            TIMEOUT,
+            self.exchange::<()>(Method::GET, "/metrics", None),
+        )
+        .await
+        .map_err(|_| ApiError::Timeout)??;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ApiError> {
-        tokio::time::timeout(TIMEOUT, self.exchange(method, path, body))
+        let bytes = tokio::time::timeout(TIMEOUT, self.exchange(method, path, body))
             .await
-            .map_err(|_| ApiError::Timeout)?
+            .map_err(|_| ApiError::Timeout)??;
+        Ok(serde_json::from_slice(&bytes)?)
     }
 
-    async fn exchange<B: Serialize, T: DeserializeOwned>(
+    /// One request; the body of a successful answer.
+    async fn exchange<B: Serialize>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
-    ) -> Result<T, ApiError> {
+    ) -> Result<Bytes, ApiError> {
         let http = |e: hyper::Error| ApiError::Http(e.to_string());
         let stream = self.endpoint.stream(TIMEOUT).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -147,7 +160,7 @@ impl Api {
                 message: String::from_utf8_lossy(&bytes).trim().to_owned(),
             });
         }
-        Ok(serde_json::from_slice(&bytes)?)
+        Ok(bytes)
     }
 }
 

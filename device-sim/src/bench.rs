@@ -49,28 +49,32 @@ pub enum BenchCommand {
     Fanout(FanoutArgs),
     /// Hub memory per idle device connection.
     Idle(IdleArgs),
+    /// A critical notification to N online devices: time to acknowledgement, store
+    /// writes, telemetry latency meanwhile.
+    Campaign(crate::campaign::CampaignArgs),
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// The hub, normally ws://127.0.0.1:PORT (a --plaintext hub).
     #[arg(long)]
-    url: String,
+    pub(crate) url: String,
     /// CA certificate for wss:// URLs.
     #[arg(long)]
-    ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// The hub's data dir (tokens are minted with its key).
     #[arg(long)]
-    data_dir: PathBuf,
-    /// The hub's process id: adds its CPU time (fanout) or RSS (idle) to the report.
+    pub(crate) data_dir: PathBuf,
+    /// The hub's process id: adds its CPU time (fanout, campaign) or RSS (idle) to the
+    /// report.
     #[arg(long)]
-    hub_pid: Option<u32>,
+    pub(crate) hub_pid: Option<u32>,
     /// Offer permessage-deflate on every connection.
     #[arg(long)]
-    compression: bool,
+    pub(crate) compression: bool,
     /// Print one JSON object on stdout instead of the text report.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -121,23 +125,24 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Fanout(a) => fanout(a).await,
         BenchCommand::Idle(a) => idle(a).await,
+        BenchCommand::Campaign(a) => crate::campaign::campaign(a).await,
     }
 }
 
 /// The shared monotonic clock both ends stamp with.
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-struct Setup {
-    endpoint: Endpoint,
-    key: telehub::auth::TokenKey,
+pub(crate) struct Setup {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) key: telehub::auth::TokenKey,
     compression: bool,
 }
 
 impl Setup {
-    fn new(c: &Common) -> anyhow::Result<Self> {
+    pub(crate) fn new(c: &Common) -> anyhow::Result<Self> {
         Ok(Setup {
             endpoint: Endpoint::parse(&c.url, c.ca.as_deref())?,
             key: crate::load_key(&c.data_dir)?,
@@ -145,13 +150,13 @@ impl Setup {
         })
     }
 
-    fn token(&self, subject: &str, role: Role) -> String {
+    pub(crate) fn token(&self, subject: &str, role: Role) -> String {
         self.key
             .issue(subject, role, BTreeMap::new(), Duration::from_secs(3600))
     }
 
     /// Connects and waits for `Welcome`.
-    async fn connect(
+    pub(crate) async fn connect(
         &self,
         path: &str,
         subject: &str,
@@ -171,7 +176,7 @@ impl Setup {
 }
 
 /// Reads until an envelope matching `want` arrives (bounded by [`STEP_TIMEOUT`]).
-async fn wait_for(
+pub(crate) async fn wait_for(
     conn: &mut ws::Connection<SimStream>,
     want: impl Fn(&Body) -> bool,
 ) -> anyhow::Result<()> {
@@ -200,13 +205,13 @@ async fn wait_for(
 // ------------------------------------------------------------------ fanout
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     /// Telemetry published (whole run).
-    published: AtomicU64,
+    pub(crate) published: AtomicU64,
     /// `Dropped.count` reported to subscribers (whole run).
-    dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// Errors received by publishers (e.g. RATE_LIMITED: the hub limit is too low).
-    publisher_errors: AtomicU64,
+    pub(crate) publisher_errors: AtomicU64,
 }
 
 #[derive(Serialize, Debug)]
@@ -377,7 +382,7 @@ async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn round(v: f64, digits: i32) -> f64 {
+pub(crate) fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (v * f).round() / f
 }
@@ -449,7 +454,7 @@ fn filler(len: usize) -> Vec<u8> {
     out
 }
 
-async fn publisher(
+pub(crate) async fn publisher(
     conn: ws::Connection<SimStream>,
     category: String,
     size: usize,
@@ -521,7 +526,7 @@ async fn publisher(
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
-async fn subscriber(
+pub(crate) async fn subscriber(
     conn: ws::Connection<SimStream>,
     counters: Arc<Counters>,
     measuring: Arc<AtomicBool>,

@@ -9,6 +9,7 @@
 //! ```
 
 mod bench;
+mod campaign;
 mod cpu;
 
 use std::{
