@@ -450,8 +450,9 @@ impl Notifier {
         };
         let outcome = match active {
             Some(outcome) => outcome,
-            // Not open any more (or never was): the store knows.
-            None => match self.store.delivery(id.to_owned(), device.to_owned()).await {
+            // Not open any more (or never was): the store knows, once everything
+            // queued before (a completion's final states) is committed.
+            None => match self.store_delivery(id, device).await {
                 Ok(Some((seq, _, st))) if st < DeliveryState::Acknowledged => {
                     self.metrics.notifications_acked.inc();
                     AckOutcome::Accepted(seq)
@@ -473,6 +474,15 @@ impl Notifier {
             .await;
         }
         outcome
+    }
+
+    async fn store_delivery(
+        &self,
+        id: &str,
+        device: &str,
+    ) -> Result<Option<(i64, i32, DeliveryState)>, StoreError> {
+        self.store.barrier().await?;
+        self.store.delivery(id.to_owned(), device.to_owned()).await
     }
 
     fn ack_open(&self, st: &mut State, device: &str, seq: i64) -> AckOutcome {
@@ -640,13 +650,14 @@ impl Notifier {
                 _ = shutdown.recv() => break,
                 _ = tick.tick() => {}
             }
-            let (ops, progress) = self.on_tick(now_ms());
-            for op in ops {
+            let tick = self.on_tick(now_ms());
+            for op in tick.ops {
                 self.send(op).await;
             }
-            for p in progress {
+            for p in tick.progress {
                 self.hub.announce_progress(p);
             }
+            self.retire(&tick.completed);
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(Instant::now());
                 let retention = self.config.retention.as_millis() as u64;
@@ -658,11 +669,14 @@ impl Notifier {
         }
     }
 
-    /// One tick: expires what is due, reports changed progress, retires completed
-    /// notifications. Returns the store ops and progress messages to send.
-    fn on_tick(&self, now: u64) -> (Vec<Op>, Vec<Arc<Encoded>>) {
+    /// One tick: expires what is due and reports changed progress. Returns the store
+    /// ops and progress messages to send, and the notifications that completed: they
+    /// are [`retire`](Self::retire)d once their ops are queued, so that an ack racing
+    /// with completion is answered from memory until the store has the final states.
+    fn on_tick(&self, now: u64) -> Tick {
         let mut ops = Vec::new();
         let mut progress = Vec::new();
+        let mut completed = Vec::new();
         let mut st = self.lock();
         let due: Vec<i64> = st
             .campaigns
@@ -701,12 +715,24 @@ impl Notifier {
             progress.push(c.progress());
             if c.complete() {
                 ops.push(Op::Complete { seq, at_ms: now });
-                if let Some(c) = st.campaigns.remove(&seq) {
-                    st.by_id.remove(&c.meta.id);
-                }
+                completed.push(seq);
             }
         }
-        (ops, progress)
+        Tick {
+            ops,
+            progress,
+            completed,
+        }
+    }
+
+    /// Forgets completed notifications; the store answers for them from now on.
+    fn retire(&self, seqs: &[i64]) {
+        let mut st = self.lock();
+        for seq in seqs {
+            if let Some(c) = st.campaigns.remove(seq) {
+                st.by_id.remove(&c.meta.id);
+            }
+        }
     }
 
     /// Queues a store op; failures are logged (the store is gone only at shutdown).
@@ -717,7 +743,189 @@ impl Notifier {
     }
 }
 
+/// What one tick of [`Notifier::run`] has to do outside the lock.
+struct Tick {
+    ops: Vec<Op>,
+    progress: Vec<Arc<Encoded>>,
+    completed: Vec<i64>,
+}
+
 /// A new notification id: 16 random hex digits.
 fn new_id() -> String {
     format!("n{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Targets;
+
+    fn notifier(dir: &std::path::Path) -> Arc<Notifier> {
+        let metrics = Arc::new(Metrics::new());
+        let (store, snapshot) = Store::open(dir, Default::default()).unwrap();
+        Notifier::new(
+            store,
+            snapshot,
+            Hub::new(metrics.clone()),
+            metrics,
+            config::Notify::default(),
+        )
+    }
+
+    fn request(ids: &[&str], severity: Severity) -> Request {
+        Request::new(
+            Targets {
+                device_ids: ids.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            severity,
+            "t".into(),
+            String::new(),
+            Vec::new(),
+            Some(Duration::from_secs(60)),
+            &config::Notify::default(),
+        )
+        .unwrap()
+    }
+
+    fn counts(n: &Notifier, id: &str) -> Option<Counts> {
+        let st = n.lock();
+        st.by_id.get(id).map(|seq| st.campaigns[seq].counts)
+    }
+
+    #[tokio::test]
+    async fn lifecycle_of_a_critical_campaign() {
+        let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
+        let n = notifier(&dir);
+        let created = n
+            .create(request(&["a", "b", "c"], Severity::Critical), "op")
+            .await
+            .unwrap();
+        assert_eq!(created.targets, 3);
+        let meta = n.pending("a", |_| false).pop().unwrap().meta;
+        assert!(n.pending("zzz", |_| false).is_empty());
+
+        // a: delivered then acknowledged; b: delivered twice, never acks; c: offline.
+        n.sent("a", &meta).await;
+        n.sent("b", &meta).await;
+        assert!(
+            n.pending("b", |_| false)[0].redelivery,
+            "written once already"
+        );
+        n.sent("b", &meta).await;
+        assert_eq!(
+            n.ack("a", &created.id).await,
+            AckOutcome::Accepted(meta.seq)
+        );
+        assert_eq!(
+            n.ack("a", &created.id).await,
+            AckOutcome::Duplicate(meta.seq)
+        );
+        assert_eq!(n.ack("zzz", &created.id).await, AckOutcome::Unknown);
+        assert_eq!(n.ack("a", "nothing").await, AckOutcome::Unknown);
+        assert!(!n.is_open("a", meta.seq) && n.is_open("b", meta.seq));
+        assert_eq!(
+            counts(&n, &created.id),
+            Some(Counts {
+                pending: 1,
+                delivered: 1,
+                acknowledged: 1,
+                expired: 0
+            })
+        );
+
+        // A tick before expiry reports progress and keeps it open.
+        let tick = n.on_tick(now_ms());
+        assert_eq!(tick.progress.len(), 1);
+        assert!(tick.completed.is_empty());
+
+        // At expiry, b and c expire and the campaign completes.
+        let tick = n.on_tick(created.expires_ms);
+        let ops = tick.ops;
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, Op::Expire { critical: true, .. })));
+        assert!(ops.iter().any(|o| matches!(o, Op::Complete { .. })));
+        let Some(Body::NotificationProgress(p)) = tick.progress[0].envelope().body.clone() else {
+            panic!("progress")
+        };
+        assert_eq!((p.acknowledged, p.expired, p.complete), (1, 2, true));
+        // Until retired, acks are answered from memory.
+        assert_eq!(
+            n.ack("c", &created.id).await,
+            AckOutcome::Duplicate(meta.seq)
+        );
+        for op in ops {
+            n.send(op).await;
+        }
+        n.retire(&tick.completed);
+        assert_eq!(counts(&n, &created.id), None);
+        // A late ack is harmless; the store answers for campaigns no longer open.
+        assert_eq!(
+            n.ack("b", &created.id).await,
+            AckOutcome::Duplicate(meta.seq)
+        );
+        let s = n
+            .store
+            .status(created.id.clone(), None, None, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.counts.acknowledged, s.counts.expired), (1, 2));
+        assert!(s.campaign.completed_ms.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn info_is_done_once_written_and_state_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
+        let n = notifier(&dir);
+        let info = n
+            .create(request(&["a", "b"], Severity::Info), "op")
+            .await
+            .unwrap();
+        let crit = n
+            .create(request(&["a", "b"], Severity::Critical), "op")
+            .await
+            .unwrap();
+        let order: Vec<String> = n
+            .pending("a", |_| false)
+            .iter()
+            .map(|p| p.meta.id.clone())
+            .collect();
+        assert_eq!(order, [info.id.clone(), crit.id.clone()], "creation order");
+        let meta = n.pending("a", |_| false)[0].meta.clone();
+        n.sent("a", &meta).await;
+        assert_eq!(
+            n.pending("a", |_| false).len(),
+            1,
+            "INFO is done once written"
+        );
+        let tick = n.on_tick(now_ms());
+        assert!(tick.ops.is_empty(), "b has not received the INFO yet");
+        n.sent("b", &meta).await;
+        let tick = n.on_tick(now_ms());
+        assert!(matches!(tick.ops[..], [Op::Complete { .. }]));
+        for op in tick.ops {
+            n.send(op).await;
+        }
+        n.retire(&tick.completed);
+        n.store.barrier().await.unwrap();
+        drop(n);
+
+        // What is open comes back from the store.
+        let n = notifier(&dir);
+        let open: Vec<String> = n
+            .pending("b", |_| false)
+            .iter()
+            .map(|p| p.meta.id.clone())
+            .collect();
+        assert_eq!(open, [crit.id.clone()]);
+        // An INFO notification delivered and completed still takes an ack.
+        assert!(matches!(
+            n.ack("b", &info.id).await,
+            AckOutcome::Accepted(_)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
