@@ -920,7 +920,7 @@ mod tests {
             .iter()
             .map(|p| p.meta.id.clone())
             .collect();
-        assert_eq!(open, [crit.id.clone()]);
+        assert_eq!(open, [crit.id]);
         // An INFO notification delivered and completed still takes an ack.
         assert!(matches!(
             n.ack("b", &info.id).await,
