@@ -98,7 +98,10 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
     if a.devices == 0 || a.devices > telehub::sim::MAX_DEVICES {
         bail!("--devices must be 1..={}", telehub::sim::MAX_DEVICES);
     }
-    if a.publishers == 0 || a.subscribers == 0 || !(a.telemetry_rate > 0.0) {
+    if a.publishers == 0
+        || a.subscribers == 0
+        || !(a.telemetry_rate.is_finite() && a.telemetry_rate > 0.0)
+    {
         bail!("--publishers, --subscribers and --telemetry-rate must be positive");
     }
     let setup = Arc::new(Setup::new(&a.common)?);
@@ -265,8 +268,8 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = fleet_stop.send(true);
 
-    let mut telemetry = Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3)
-        .context("creating a histogram")?;
+    let mut telemetry =
+        Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3).context("creating a histogram")?;
     let mut deliveries = 0;
     while let Some(r) = subs.join_next().await {
         if let Ok((n, h)) = r {
