@@ -102,12 +102,10 @@ impl Api {
 
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Result<String, ApiError> {
-        let bytes = tokio::time::timeout(
-            TIMEOUT,
-            self.exchange::<()>(Method::GET, "/metrics", None),
-        )
-        .await
-        .map_err(|_| ApiError::Timeout)??;
+        let bytes =
+            tokio::time::timeout(TIMEOUT, self.exchange::<()>(Method::GET, "/metrics", None))
+                .await
+                .map_err(|_| ApiError::Timeout)??;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 

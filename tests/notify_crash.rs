@@ -166,7 +166,12 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
             .then(|| TokenKey::load_or_create(&dir.join("data")).expect("key"))
     })
     .await;
-    let operator = key.issue("crash-op", Role::Operator, BTreeMap::new(), Duration::from_secs(3600));
+    let operator = key.issue(
+        "crash-op",
+        Role::Operator,
+        BTreeMap::new(),
+        Duration::from_secs(3600),
+    );
     let api = until("the hub to answer", || async {
         let api = Api::new(&url, Some(&ca), operator.clone()).ok()?;
         api.list(1).await.ok().map(|_| api)
@@ -177,7 +182,9 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
     let ids: Vec<String> = (0..DEVICES).map(|i| format!("crash-{i:03}")).collect();
     for id in &ids {
         let tags = [("fleet".to_string(), "crash".to_string())].into();
-        api.put_device(id, &DeviceBody { tags }).await.expect("PUT device");
+        api.put_device(id, &DeviceBody { tags })
+            .await
+            .expect("PUT device");
     }
     let (online, offline) = ids.split_at(DEVICES / 2);
     let seen: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
@@ -185,8 +192,12 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
     let first_half = fleet(&url, &ca, &key, online, &seen, stop_rx.clone());
     until("the online half to connect", || async {
         let h = api.devices(None, 1000).await.ok()?;
-        (h.devices.iter().filter(|d| d.last_seen_ms.is_some()).count() == online.len())
-            .then_some(())
+        (h.devices
+            .iter()
+            .filter(|d| d.last_seen_ms.is_some())
+            .count()
+            == online.len())
+        .then_some(())
     })
     .await;
 

@@ -24,10 +24,13 @@ use prost::Message as _;
 use telehub::{
     app::App,
     auth::{Role, TokenKey},
+    client::{Api, ApiError},
     config::Config,
+    http::api::{CreateBody, DeliveryBody, DeviceOut, StatusBody, TargetsBody},
     proto::{
-        envelope::Body, error::Code, reading, Envelope, Error as ErrorMsg, Presence, Reading,
-        Subscribe, Telemetry, Unsubscribe,
+        envelope::Body, error::Code, reading, Ack, Envelope, Error as ErrorMsg, Notification,
+        NotificationProgress, Presence, Reading, Subscribe, Telemetry, Unsubscribe,
+        WatchNotifications,
     },
     server::Server,
     ws::{
@@ -224,18 +227,67 @@ impl Hub {
 
     /// A plain HTTP/1.1 GET over TLS: (status, headers, body).
     pub async fn get(&self, path: &str) -> (u16, String, String) {
+        self.request("GET", path, None, None).await
+    }
+
+    /// One raw HTTP/1.1 request over TLS, with a bearer token and a JSON body when
+    /// given (for what [`Api`] cannot send: no token, a body that is not JSON):
+    /// (status, headers, body).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String, String) {
         let mut tls = self.tls().await;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.host()
         );
-        tls.write_all(req.as_bytes()).await.expect("writing GET");
+        if let Some(token) = token {
+            req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() || method != "GET" {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        tls.write_all(req.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("writing {method} {path}: {e}"));
         let mut raw = Vec::new();
         // The hub may end TLS without close_notify after `Connection: close`: keep what came.
         let _ = timeout(T, tls.read_to_end(&mut raw))
             .await
             .expect("HTTP response timed out");
         parse_http_response(&raw)
+    }
+
+    /// `https://localhost:PORT`, for the REST client.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.host())
+    }
+
+    /// The REST API with a fresh token of `role` (its subject is the role's name).
+    pub fn api(&self, role: Role) -> Api {
+        Api::new(
+            &self.url(),
+            Some(&self.certs_dir.join("ca.pem")),
+            self.token(role.as_str(), role, &[]),
+        )
+        .expect("REST client")
+    }
+
+    /// An operator dashboard (may push notifications); its Welcome is consumed.
+    pub async fn operator_dashboard(&self) -> Client {
+        let token = self.token("operator", Role::Operator, &[]);
+        self.dashboard_with(&client_config(Some(&token), &[PROTOCOL]))
+            .await
     }
 
     /// `/metrics` over HTTPS, parsed into `series -> value`.
@@ -586,6 +638,87 @@ impl Client {
         }
     }
 
+    /// The next Notification (Presence and Welcome may come before it; anything else
+    /// fails the test).
+    pub async fn expect_notification(&mut self) -> Notification {
+        self.expect("Notification", |b| match b {
+            Body::Notification(n) => Some(n.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Sends `Ack{notification_id: id}`.
+    pub async fn ack(&mut self, id: &str) {
+        self.send(&Envelope {
+            body: Some(Body::Ack(Ack {
+                notification_id: id.to_string(),
+            })),
+        })
+        .await
+    }
+
+    /// Acks `id` and proves the hub answered nothing to it: a second ack, for an id
+    /// never sent to anyone, must be answered by the very next message, an
+    /// `UNKNOWN_NOTIFICATION` naming that id.
+    pub async fn ack_silently(&mut self, id: &str) {
+        self.ack(id).await;
+        let probe = format!("probe-after-{id}");
+        let e = self.ack_refused(&probe).await;
+        assert!(
+            e.message.contains(&probe),
+            "the ack of {id} was answered: {e:?}"
+        );
+    }
+
+    /// Acks `id` and returns the `Error{UNKNOWN_NOTIFICATION}` that must answer it.
+    pub async fn ack_refused(&mut self, id: &str) -> ErrorMsg {
+        self.ack(id).await;
+        let e = self.expect_error().await;
+        assert_eq!(code(&e), Code::UnknownNotification, "ack of {id}: {e:?}");
+        e
+    }
+
+    /// Reads for `d`, failing on any message but Presence (pings are answered).
+    pub async fn expect_nothing(&mut self, d: Duration) {
+        self.expect_no_telemetry(d).await
+    }
+
+    /// Starts (or stops) receiving `NotificationProgress`, and returns once the hub
+    /// has applied it: an empty Subscribe (which changes nothing) makes the round
+    /// trip; what is read past its answer is kept for later reads.
+    pub async fn watch_notifications(&mut self, watch: bool) {
+        self.send(&Envelope {
+            body: Some(Body::WatchNotifications(WatchNotifications { watch })),
+        })
+        .await;
+        self.subscribe(&[]).await;
+    }
+
+    /// Reads `NotificationProgress` for notification `id` until `done` accepts one;
+    /// returns every update seen for `id`, the accepted one last. Progress for other
+    /// notifications, Presence and Welcome are skipped; anything else fails the test.
+    pub async fn expect_progress(
+        &mut self,
+        id: &str,
+        done: impl Fn(&NotificationProgress) -> bool,
+    ) -> Vec<NotificationProgress> {
+        let mut seen = Vec::new();
+        loop {
+            match self.next_envelope().await.body {
+                Some(Body::NotificationProgress(p)) if p.id == id => {
+                    let finished = done(&p);
+                    seen.push(p);
+                    if finished {
+                        return seen;
+                    }
+                }
+                Some(Body::NotificationProgress(_) | Body::Presence(_) | Body::Welcome(_)) => {}
+                other => panic!("expected NotificationProgress for {id}, got {other:?}"),
+            }
+        }
+    }
+
     /// Closes normally and waits for the hub's answering Close (the hub has then
     /// processed everything this client sent).
     pub async fn close(mut self) -> u16 {
@@ -713,6 +846,103 @@ pub fn parse_http_response(raw: &[u8]) -> (u16, String, String) {
         body.to_string()
     };
     (status, head.to_string(), body)
+}
+
+/// A `POST /v1/notifications` body: `severity` ("info", "warning", "critical") to
+/// `targets`, titled `title`, with the default ttl and no body or payload.
+pub fn notification(severity: &str, targets: TargetsBody, title: &str) -> CreateBody {
+    CreateBody {
+        targets,
+        severity: severity.to_string(),
+        title: title.to_string(),
+        body: String::new(),
+        payload: None,
+        ttl: None,
+    }
+}
+
+/// A tag map, as the API and tokens carry them.
+pub fn tag_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Targets: these device ids.
+pub fn to_devices(ids: &[&str]) -> TargetsBody {
+    TargetsBody {
+        device_ids: ids.iter().map(|d| d.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Targets: registered devices carrying all of these tags.
+pub fn to_tags(tags: &[(&str, &str)]) -> TargetsBody {
+    TargetsBody {
+        tags: tag_map(tags),
+        ..Default::default()
+    }
+}
+
+/// The HTTP status of a refused API call (fails the test if the call succeeded).
+pub fn status_of<T: std::fmt::Debug>(r: Result<T, ApiError>) -> u16 {
+    match r {
+        Err(ApiError::Status { status, .. }) => status.as_u16(),
+        other => panic!("expected an HTTP error status, got {other:?}"),
+    }
+}
+
+/// Polls `GET /v1/notifications/{id}` (all devices on one page) until `cond` holds,
+/// bounded by [`T`]; the status reads after a store barrier, so each poll sees
+/// everything the hub did before it.
+pub async fn wait_status(
+    api: &Api,
+    id: &str,
+    what: &str,
+    cond: impl Fn(&StatusBody) -> bool,
+) -> StatusBody {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let s = api.status(id, None, None, 1000).await.expect("GET status");
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {id}: {what}; last status: {s:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `GET /v1/devices` until `id` is registered and has connected (bounded by
+/// [`T`]): a device session registers with the notifier just after its Welcome.
+pub async fn wait_registered(api: &Api, id: &str) -> DeviceOut {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let page = api.devices(None, 1000).await.expect("GET devices");
+        if let Some(d) = page
+            .devices
+            .into_iter()
+            .find(|d| d.id == id && d.last_seen_ms.is_some())
+        {
+            return d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for device {id} to register"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The state of `device` in a status answer (fails the test if it is not listed).
+pub fn row<'a>(s: &'a StatusBody, device: &str) -> &'a DeliveryBody {
+    s.devices
+        .iter()
+        .find(|d| d.device_id == device)
+        .unwrap_or_else(|| panic!("{device} is not in the status: {s:#?}"))
 }
 
 /// Reads the signing secret of a data dir (to craft tokens the hub would never issue).
