@@ -197,9 +197,10 @@ impl Hub {
         });
         let devices = self.devices();
         for o in devices.online.values() {
-            handle
-                .outbox
-                .push_control(presence_message(&o.info, true, o.since_ms));
+            handle.outbox.push_latest(
+                &presence_key(&o.info.id),
+                presence_message(&o.info, true, o.since_ms),
+            );
         }
         write(&self.dashboards).insert(handle.id, handle.clone());
         drop(devices);
@@ -234,11 +235,12 @@ impl Hub {
         }
     }
 
-    /// Queues a notification progress update to every watching dashboard. Progress
-    /// is a control message: never dropped for a slow dashboard (see `outbox`).
-    pub fn announce_progress(&self, msg: Arc<Encoded>) {
+    /// Queues a notification progress update to every watching dashboard: the
+    /// latest value per notification, never dropped (see `outbox`).
+    pub fn announce_progress(&self, notification_id: &str, msg: Arc<Encoded>) {
+        let key = progress_key(notification_id);
         for d in read(&self.watchers).values() {
-            d.outbox.push_control(msg.clone());
+            d.outbox.push_latest(&key, msg.clone());
         }
     }
 
@@ -326,7 +328,7 @@ impl Hub {
         });
         if connected.came_online {
             // Announced under the devices lock: see `register_dashboard`.
-            self.announce(presence_message(&info, true, since_ms));
+            self.announce(&info.id, presence_message(&info, true, since_ms));
         }
         session
     }
@@ -335,7 +337,7 @@ impl Hub {
     pub fn device_offline(&self, device_id: &str, session: &DeviceSession) {
         let mut devices = self.devices();
         if let Some(info) = devices.disconnect(device_id, session.id) {
-            self.announce(presence_message(&info, false, now_ms()));
+            self.announce(&info.id, presence_message(&info, false, now_ms()));
         }
     }
 
@@ -347,11 +349,22 @@ impl Hub {
         read(&self.dashboards).len()
     }
 
-    fn announce(&self, msg: Arc<Encoded>) {
+    /// Queues a presence change to every dashboard: the latest value per device.
+    fn announce(&self, device_id: &str, msg: Arc<Encoded>) {
+        let key = presence_key(device_id);
         for d in read(&self.dashboards).values() {
-            d.outbox.push_control(msg.clone());
+            d.outbox.push_latest(&key, msg.clone());
         }
     }
+}
+
+/// Outbox keys of latest-value messages (see `outbox`).
+fn presence_key(device_id: &str) -> String {
+    format!("presence/{device_id}")
+}
+
+pub fn progress_key(notification_id: &str) -> String {
+    format!("progress/{notification_id}")
 }
 
 fn presence_message(info: &DeviceInfo, online: bool, at_ms: u64) -> Arc<Encoded> {
@@ -513,18 +526,24 @@ mod tests {
         assert!(futures_util::FutureExt::now_or_never(first.kick.notified()).is_some());
         hub.device_offline("d1", &first); // stale session: no effect
         assert_eq!(hub.online_devices(), 1);
+        let mut out = Vec::new();
+        let states = |out: &mut Vec<Arc<Encoded>>| -> Vec<bool> {
+            dash.outbox.drain(out);
+            out.iter()
+                .map(|m| match &m.envelope().body {
+                    Some(Body::Presence(p)) => p.online,
+                    _ => unreachable!(),
+                })
+                .collect()
+        };
+        assert_eq!(states(&mut out), [true], "one transition, one event");
         hub.device_offline("d1", &second);
         assert_eq!(hub.online_devices(), 0);
-        let mut out = Vec::new();
-        dash.outbox.drain(&mut out);
-        let states: Vec<bool> = out
-            .iter()
-            .map(|m| match &m.envelope().body {
-                Some(Body::Presence(p)) => p.online,
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(states, [true, false]);
+        assert_eq!(states(&mut out), [false]);
+        // Changes the dashboard has not drained yet coalesce to the latest state.
+        let again = hub.device_online(info.clone());
+        hub.device_offline("d1", &again);
+        assert_eq!(states(&mut out), [false]);
         // A dashboard connecting while a device is online gets it in its snapshot.
         let _third = hub.device_online(info);
         let late = hub.register_dashboard(16);

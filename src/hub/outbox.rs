@@ -4,17 +4,24 @@
 //! without ever waiting; the dashboard's session drains everything queued in one
 //! go and writes it as one batch.
 //!
-//! Policy when the consumer is slow: telemetry is droppable. When `capacity`
-//! messages are queued, the *oldest* queued telemetry is dropped to make room
-//! (counted, and reported to the dashboard as a `Dropped` notice with the next
-//! batch). Control messages (presence, errors, confirmations) are never dropped;
-//! they may exceed `capacity` by `control_headroom`, past which the outbox is marked
-//! overflowed and the session closes the connection (1008) instead of growing.
+//! Policy when the consumer is slow, by kind of message:
+//! - Telemetry is droppable. When `capacity` messages are queued, the *oldest*
+//!   queued telemetry is dropped to make room (counted, and reported to the dashboard
+//!   as a `Dropped` notice with the next batch).
+//! - *Latest-value* messages (presence per device, progress per notification) are
+//!   never dropped but coalesced: at most one is pending per key, and a newer one
+//!   replaces it in place, so the dashboard always ends with every key's latest
+//!   state. Their number is bounded by the keys (devices, open notifications), so a
+//!   whole fleet reconnecting at once, or a snapshot of 50,000 online devices, cannot
+//!   overflow a dashboard.
+//! - Other control messages are never dropped; they may exceed `capacity` by
+//!   `control_headroom`, past which the outbox is marked overflowed and the session
+//!   closes the connection (1008) instead of growing.
 //!
 //! Invariant: the mutex is held only for queue operations, never across `.await`.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -41,10 +48,21 @@ pub struct Outbox {
     control_headroom: usize,
 }
 
+/// One place in the send order.
+enum Item {
+    /// A message, and whether it may be dropped (telemetry).
+    Message(Arc<Encoded>, bool),
+    /// The latest message for this key, held in `State::latest`.
+    Latest(String),
+}
+
 #[derive(Default)]
 struct State {
-    /// `(message, droppable)` in send order.
-    queue: VecDeque<(Arc<Encoded>, bool)>,
+    queue: VecDeque<Item>,
+    /// `Item::Message`s in `queue` (what `capacity` and the headroom count).
+    messages: usize,
+    /// The pending message of every `Item::Latest` key in `queue`.
+    latest: HashMap<String, Arc<Encoded>>,
     /// Telemetry messages dropped since the last drain.
     dropped: u64,
     dropped_total: u64,
@@ -85,10 +103,15 @@ impl Outbox {
             return Pushed::Closed;
         }
         let mut result = Pushed::Queued;
-        if st.queue.len() >= self.capacity {
+        if st.messages >= self.capacity {
             // The oldest droppable entry is almost always at the front.
-            if let Some(i) = st.queue.iter().position(|(_, droppable)| *droppable) {
+            if let Some(i) = st
+                .queue
+                .iter()
+                .position(|item| matches!(item, Item::Message(_, true)))
+            {
                 st.queue.remove(i);
+                st.messages -= 1;
                 st.dropped += 1;
                 st.dropped_total += 1;
                 result = Pushed::DroppedOldest;
@@ -100,12 +123,34 @@ impl Outbox {
             }
         }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back((msg, true));
+        st.queue.push_back(Item::Message(msg, true));
+        st.messages += 1;
         drop(st);
         if was_empty {
             self.ready.notify_one();
         }
         result
+    }
+
+    /// Queues the latest state for `key` (never dropped): replaces a message for the
+    /// same key that is still queued, keeping its place. Returns false when closed.
+    pub fn push_latest(&self, key: &str, msg: Arc<Encoded>) -> bool {
+        let mut st = self.lock();
+        if st.closed {
+            return false;
+        }
+        if let Some(pending) = st.latest.get_mut(key) {
+            *pending = msg;
+            return true;
+        }
+        let was_empty = st.queue.is_empty();
+        st.latest.insert(key.to_owned(), msg);
+        st.queue.push_back(Item::Latest(key.to_owned()));
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
     }
 
     /// Queues a control message (never dropped). Returns false when the outbox
@@ -115,14 +160,15 @@ impl Outbox {
         if st.closed {
             return false;
         }
-        if st.queue.len() >= self.capacity + self.control_headroom {
+        if st.messages >= self.capacity + self.control_headroom {
             st.overflowed = true;
             drop(st);
             self.ready.notify_one();
             return false;
         }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back((msg, false));
+        st.queue.push_back(Item::Message(msg, false));
+        st.messages += 1;
         drop(st);
         if was_empty {
             self.ready.notify_one();
@@ -134,7 +180,12 @@ impl Outbox {
     pub fn drain(&self, out: &mut Vec<Arc<Encoded>>) -> Drained {
         out.clear();
         let mut st = self.lock();
-        out.extend(st.queue.drain(..).map(|(m, _)| m));
+        let State { queue, latest, .. } = &mut *st;
+        out.extend(queue.drain(..).filter_map(|item| match item {
+            Item::Message(m, _) => Some(m),
+            Item::Latest(key) => latest.remove(&key),
+        }));
+        st.messages = 0;
         Drained {
             dropped: std::mem::take(&mut st.dropped),
             dropped_total: st.dropped_total,
@@ -152,6 +203,8 @@ impl Outbox {
         let mut st = self.lock();
         st.closed = true;
         st.queue.clear();
+        st.latest.clear();
+        st.messages = 0;
     }
 }
 
@@ -187,6 +240,35 @@ mod tests {
         assert_eq!(got, [100, 3, 4]);
         assert_eq!(ob.drain(&mut out).dropped, 0);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn latest_values_coalesce_in_place_and_never_overflow() {
+        let ob = Outbox::new(2, 1);
+        assert!(ob.push_latest("dev-a", msg(1)));
+        ob.push_telemetry(msg(10));
+        assert!(ob.push_latest("dev-b", msg(2)));
+        assert!(
+            ob.push_latest("dev-a", msg(3)),
+            "replaces dev-a's pending state"
+        );
+        // Far more keys than capacity + headroom: all kept, none overflows.
+        for n in 0..100 {
+            assert!(ob.push_latest(&format!("k{n}"), msg(100 + n)));
+        }
+        assert!(ob.push_control(msg(7)));
+        let mut out = Vec::new();
+        let d = ob.drain(&mut out);
+        assert!(!d.overflowed);
+        let got: Vec<u64> = out.iter().map(|m| count_of(m)).collect();
+        assert_eq!(&got[..3], [3, 10, 2], "dev-a's latest, in dev-a's place");
+        assert_eq!(got.len(), 3 + 100 + 1);
+        // After a drain a key queues afresh.
+        assert!(ob.push_latest("dev-a", msg(4)));
+        ob.drain(&mut out);
+        assert_eq!(out.len(), 1);
+        ob.close();
+        assert!(!ob.push_latest("dev-a", msg(5)));
     }
 
     #[test]

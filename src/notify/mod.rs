@@ -631,12 +631,13 @@ impl Notifier {
         Ok(row)
     }
 
-    /// Progress of every open notification (for a dashboard that starts watching).
-    pub fn progress_all(&self) -> Vec<Arc<Encoded>> {
+    /// Progress of every open notification, by id (for a dashboard that starts
+    /// watching).
+    pub fn progress_all(&self) -> Vec<(String, Arc<Encoded>)> {
         self.lock()
             .campaigns
             .values()
-            .map(Campaign::progress)
+            .map(|c| (c.meta.id.clone(), c.progress()))
             .collect()
     }
 
@@ -654,8 +655,8 @@ impl Notifier {
             for op in tick.ops {
                 self.send(op).await;
             }
-            for p in tick.progress {
-                self.hub.announce_progress(p);
+            for (id, p) in tick.progress {
+                self.hub.announce_progress(&id, p);
             }
             self.retire(&tick.completed);
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
@@ -712,7 +713,7 @@ impl Notifier {
             let Some(c) = st.campaigns.get(&seq) else {
                 continue;
             };
-            progress.push(c.progress());
+            progress.push((c.meta.id.clone(), c.progress()));
             if c.complete() {
                 ops.push(Op::Complete { seq, at_ms: now });
                 completed.push(seq);
@@ -746,7 +747,8 @@ impl Notifier {
 /// What one tick of [`Notifier::run`] has to do outside the lock.
 struct Tick {
     ops: Vec<Op>,
-    progress: Vec<Arc<Encoded>>,
+    /// (notification id, progress)
+    progress: Vec<(String, Arc<Encoded>)>,
     completed: Vec<i64>,
 }
 
@@ -846,7 +848,7 @@ mod tests {
             .iter()
             .any(|o| matches!(o, Op::Expire { critical: true, .. })));
         assert!(ops.iter().any(|o| matches!(o, Op::Complete { .. })));
-        let Some(Body::NotificationProgress(p)) = tick.progress[0].envelope().body.clone() else {
+        let Some(Body::NotificationProgress(p)) = tick.progress[0].1.envelope().body.clone() else {
             panic!("progress")
         };
         assert_eq!((p.acknowledged, p.expired, p.complete), (1, 2, true));

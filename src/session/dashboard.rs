@@ -19,7 +19,7 @@ use crate::{
     auth::Role,
     hub::{
         index::{MAX_FILTER_DEVICE_IDS, MAX_FILTER_TAGS},
-        DashboardHandle, Encoded, Filter, Pattern, WireFormat,
+        progress_key, DashboardHandle, Encoded, Filter, Pattern, WireFormat,
     },
     metrics::RoleMeters,
     notify::{CreateError, Request},
@@ -212,8 +212,8 @@ impl Dashboard {
                 self.strikes = 0;
                 self.app.hub.watch_notifications(&self.handle, w.watch);
                 if w.watch {
-                    for p in self.app.notifier.progress_all() {
-                        self.handle.outbox.push_control(p);
+                    for (id, p) in self.app.notifier.progress_all() {
+                        self.handle.outbox.push_latest(&progress_key(&id), p);
                     }
                 }
                 Ok(None)

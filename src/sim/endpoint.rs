@@ -263,8 +263,11 @@ mod tests {
         assert_eq!(e.addr(), "localhost:80");
         let e = Endpoint::parse("ws://[::1]:8443", None).unwrap();
         assert_eq!(e.addr(), "[::1]:8443");
+        // The REST API's schemes name the same endpoints.
+        let e = Endpoint::parse("http://127.0.0.1:9000/v1/notifications", None).unwrap();
+        assert_eq!((e.addr(), e.is_tls()), ("127.0.0.1:9000", false));
         for bad in [
-            "http://x",
+            "ftp://x",
             "ws://",
             "ws://:80",
             "ws://h:0",
