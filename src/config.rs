@@ -183,6 +183,9 @@ pub struct Notify {
     pub progress_interval: Duration,
     /// Most devices one notification may target.
     pub max_targets: usize,
+    /// Online devices per second a new notification is dispatched to, so that a
+    /// campaign to a large fleet leaves CPU to telemetry fan-out.
+    pub dispatch_rate: u32,
 }
 
 impl Default for Notify {
@@ -195,6 +198,7 @@ impl Default for Notify {
             retention: Duration::from_secs(7 * 24 * 3600),
             progress_interval: Duration::from_millis(100),
             max_targets: 100_000,
+            dispatch_rate: 20_000,
         }
     }
 }
@@ -252,8 +256,9 @@ impl Config {
             || n.max_retry_interval < n.ack_timeout
             || n.progress_interval.is_zero()
             || n.max_targets == 0
+            || n.dispatch_rate == 0
         {
-            return bad("notify: ttls, ack_timeout, progress_interval and max_targets must be > 0, default_ttl <= max_ttl, ack_timeout <= max_retry_interval");
+            return bad("notify: ttls, ack_timeout, progress_interval, max_targets and dispatch_rate must be > 0, default_ttl <= max_ttl, ack_timeout <= max_retry_interval");
         }
         if !(8..=15).contains(&self.compression.client_max_window_bits) {
             return bad("compression.client_max_window_bits must be 8..=15");
