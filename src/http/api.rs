@@ -55,6 +55,13 @@ fn unauthorized(e: AuthError) -> Response {
     refuse(e.status(), e)
 }
 
+/// What every read does first: checks the token is a viewer's or an operator's,
+/// and waits until everything the hub did before this request is in the store.
+async fn readable(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    authorize(app, headers, READERS).map_err(unauthorized)?;
+    app.notifier.store().barrier().await.map_err(unavailable)
+}
+
 fn unavailable(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "store");
     refuse(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
@@ -207,22 +214,23 @@ pub struct SummaryBody {
 }
 
 impl SummaryBody {
-    fn new(c: CampaignRow, counts: Counts) -> Self {
-        let severity = crate::proto::notification::Severity::try_from(c.severity)
+    fn new(row: CampaignRow, counts: Counts) -> Self {
+        let n = row.notification;
+        let severity = crate::proto::notification::Severity::try_from(n.severity)
             .map(request::severity_name)
             .unwrap_or("unspecified")
             .to_owned();
         SummaryBody {
-            id: c.id,
+            id: n.id,
             severity,
-            title: c.title,
-            body: c.body,
-            targets: serde_json::from_str(&c.targets_json).unwrap_or_default(),
-            created_by: c.created_by,
-            created_ms: c.created_ms,
-            expires_ms: c.expires_ms,
-            completed_ms: c.completed_ms,
-            complete: c.completed_ms.is_some(),
+            title: n.title,
+            body: n.body,
+            targets: serde_json::from_str(&n.targets_json).unwrap_or_default(),
+            created_by: n.created_by,
+            created_ms: n.created_ms,
+            expires_ms: n.expires_ms,
+            completed_ms: row.completed_ms,
+            complete: row.completed_ms.is_some(),
             counts: counts.into(),
         }
     }
@@ -285,9 +293,6 @@ pub async fn status(
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    if let Err(e) = authorize(&app, &headers, READERS) {
-        return unauthorized(e);
-    }
     let state = match q.state.as_deref().map(DeliveryState::parse) {
         None => None,
         Some(Some(s)) => Some(s),
@@ -298,17 +303,17 @@ pub async fn status(
             )
         }
     };
-    let store = app.notifier.store();
-    // Everything the hub did before this request is in the store before we read.
-    if let Err(e) = store.barrier().await {
-        return unavailable(e);
+    if let Err(r) = readable(&app, &headers).await {
+        return r;
     }
-    match store
+    match app
+        .notifier
+        .store()
         .status(id.clone(), state, q.after, page_limit(q.limit))
         .await
     {
         Ok(Some(s)) => Json(StatusBody {
-            payload: STANDARD.encode(&s.campaign.payload),
+            payload: STANDARD.encode(&s.campaign.notification.payload),
             summary: SummaryBody::new(s.campaign, s.counts),
             devices: s.devices.into_iter().map(Into::into).collect(),
             next: s.next,
@@ -336,14 +341,10 @@ pub async fn list(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(e) = authorize(&app, &headers, READERS) {
-        return unauthorized(e);
+    if let Err(r) = readable(&app, &headers).await {
+        return r;
     }
-    let store = app.notifier.store();
-    if let Err(e) = store.barrier().await {
-        return unavailable(e);
-    }
-    match store.recent(page_limit(q.limit)).await {
+    match app.notifier.store().recent(page_limit(q.limit)).await {
         Ok(rows) => Json(ListBody {
             notifications: rows
                 .into_iter()
@@ -432,14 +433,15 @@ pub async fn devices(
     headers: HeaderMap,
     Query(q): Query<DevicesQuery>,
 ) -> Response {
-    if let Err(e) = authorize(&app, &headers, READERS) {
-        return unauthorized(e);
+    if let Err(r) = readable(&app, &headers).await {
+        return r;
     }
-    let store = app.notifier.store();
-    if let Err(e) = store.barrier().await {
-        return unavailable(e);
-    }
-    match store.devices(q.after, page_limit(q.limit)).await {
+    match app
+        .notifier
+        .store()
+        .devices(q.after, page_limit(q.limit))
+        .await
+    {
         Ok(rows) => Json(DevicesOut {
             devices: rows.into_iter().map(Into::into).collect(),
         })

@@ -268,18 +268,11 @@ impl Notifier {
         }
         for c in snapshot.campaigns {
             let row = &c.row;
-            let n = NewNotification {
-                id: row.id.clone(),
-                severity: row.severity,
-                title: row.title.clone(),
-                body: row.body.clone(),
-                payload: row.payload.clone(),
-                targets_json: row.targets_json.clone(),
-                created_by: row.created_by.clone(),
-                created_ms: row.created_ms,
-                expires_ms: row.expires_ms,
-            };
-            let meta = Arc::new(Meta::new(row.seq, &n, c.deliveries.len() as u32));
+            let meta = Arc::new(Meta::new(
+                row.seq,
+                &row.notification,
+                c.deliveries.len() as u32,
+            ));
             let mut campaign = Campaign {
                 meta: meta.clone(),
                 devices: HashMap::with_capacity(c.deliveries.len()),
@@ -302,7 +295,7 @@ impl Notifier {
                     },
                 );
             }
-            state.by_id.insert(row.id.clone(), row.seq);
+            state.by_id.insert(row.notification.id.clone(), row.seq);
             // Evaluated on the first tick: it may have completed just before a crash.
             state.dirty.insert(row.seq);
             state.campaigns.insert(row.seq, campaign);

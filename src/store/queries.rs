@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{DeliveryState, StoreError};
+use super::{DeliveryState, NewNotification, StoreError};
 
 /// A registered device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,15 +20,7 @@ pub struct DeviceRow {
 #[derive(Clone, Debug)]
 pub struct CampaignRow {
     pub seq: i64,
-    pub id: String,
-    pub severity: i32,
-    pub title: String,
-    pub body: String,
-    pub payload: Vec<u8>,
-    pub targets_json: String,
-    pub created_by: String,
-    pub created_ms: u64,
-    pub expires_ms: u64,
+    pub notification: NewNotification,
     pub completed_ms: Option<u64>,
 }
 
@@ -115,15 +107,17 @@ const CAMPAIGN_COLUMNS: &str = "seq, id, severity, title, body, payload, targets
 fn campaign(r: &Row<'_>) -> rusqlite::Result<CampaignRow> {
     Ok(CampaignRow {
         seq: r.get(0)?,
-        id: r.get(1)?,
-        severity: r.get(2)?,
-        title: r.get(3)?,
-        body: r.get(4)?,
-        payload: r.get(5)?,
-        targets_json: r.get(6)?,
-        created_by: r.get(7)?,
-        created_ms: r.get::<_, i64>(8)? as u64,
-        expires_ms: r.get::<_, i64>(9)? as u64,
+        notification: NewNotification {
+            id: r.get(1)?,
+            severity: r.get(2)?,
+            title: r.get(3)?,
+            body: r.get(4)?,
+            payload: r.get(5)?,
+            targets_json: r.get(6)?,
+            created_by: r.get(7)?,
+            created_ms: r.get::<_, i64>(8)? as u64,
+            expires_ms: r.get::<_, i64>(9)? as u64,
+        },
         completed_ms: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
     })
 }
@@ -289,7 +283,7 @@ pub fn delivery(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{schema, writer, NewNotification, Op};
+    use super::super::{schema, writer, Op};
     use super::*;
 
     fn new(id: &str) -> NewNotification {
