@@ -17,6 +17,7 @@ use telehub::ws::handshake::ServerDeflatePolicy;
 use telehub::ws::{Config, Error, ProtocolError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use wire::*;
 
@@ -29,21 +30,33 @@ enum Send {
     Chopped(usize),
 }
 
-/// Sends `bytes` to a fresh echo server, expects exactly `replies` (first byte and
-/// payload of each frame), then closes normally and expects the server to finish
-/// cleanly.
-async fn exchange(bytes: &[u8], send: Send, replies: &[Reply]) {
+/// A fresh echo server, and a connection to it that has sent `bytes`.
+async fn send_to_echo(bytes: &[u8], send: Send) -> (TcpStream, JoinHandle<Result<(), Error>>) {
     let (addr, task) = echo_server(Config::default(), None).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     match send {
         Send::Whole => s.write_all(bytes).await.unwrap(),
         Send::Chopped(n) => write_chopped(&mut s, bytes, n).await,
     }
+    (s, task)
+}
+
+/// Reads one frame per expected reply and compares (payloads by equality, so a
+/// large mismatch does not flood the output).
+async fn expect_replies(s: &mut TcpStream, replies: &[Reply]) {
     for want in replies {
-        let got = read_frame(&mut s).await;
+        let got = read_frame(s).await;
         assert_eq!((got.0, got.1.len()), (want.0, want.1.len()), "reply header");
         assert!(got.1 == want.1, "reply payload differs");
     }
+}
+
+/// Sends `bytes` to a fresh echo server, expects exactly `replies` (first byte and
+/// payload of each frame), then closes normally and expects the server to finish
+/// cleanly.
+async fn exchange(bytes: &[u8], send: Send, replies: &[Reply]) {
+    let (mut s, task) = send_to_echo(bytes, send).await;
+    expect_replies(&mut s, replies).await;
     s.write_all(&frame(CLOSE, &close_body(1000, b"")))
         .await
         .unwrap();
@@ -54,15 +67,8 @@ async fn exchange(bytes: &[u8], send: Send, replies: &[Reply]) {
 /// Sends `bytes`, expects `replies` first, then a Close with `code` and nothing after
 /// it (in particular no pong and no echo for what followed the offending frame).
 async fn fails_after(bytes: &[u8], send: Send, replies: &[Reply], code: u16) -> Error {
-    let (addr, task) = echo_server(Config::default(), None).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    match send {
-        Send::Whole => s.write_all(bytes).await.unwrap(),
-        Send::Chopped(n) => write_chopped(&mut s, bytes, n).await,
-    }
-    for want in replies {
-        assert_eq!(&read_frame(&mut s).await, want);
-    }
+    let (mut s, task) = send_to_echo(bytes, send).await;
+    expect_replies(&mut s, replies).await;
     expect_close(&mut s, code).await;
     server_error(task).await
 }
