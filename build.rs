@@ -1,9 +1,31 @@
 //! Compiles `proto/telehub/v1/telehub.proto` with protox (pure Rust, no system
-//! `protoc`), generates prost types and pbjson serde impls for the JSON mapping.
+//! `protoc`), generates prost types and pbjson serde impls for the JSON mapping,
+//! and lists the dashboard's files (`dashboards/`) for the hub to embed.
 
-use std::{env, error::Error, path::PathBuf};
+use std::{
+    env,
+    error::Error,
+    fmt::Write as _,
+    hash::{Hash, Hasher},
+    path::{Path, PathBuf},
+};
+
+/// File types the hub serves from `dashboards/`; everything else there (the npm
+/// manifest and lockfile, the vendoring script, node_modules) is build input only.
+const SERVED: &[&str] = &[
+    "html",
+    "js",
+    "css",
+    "svg",
+    "png",
+    "ico",
+    "txt",
+    "webmanifest",
+];
 
 fn main() -> Result<(), Box<dyn Error>> {
+    dashboard_assets()?;
+
     let proto = "proto/telehub/v1/telehub.proto";
     println!("cargo:rerun-if-changed={proto}");
     let out = PathBuf::from(env::var("OUT_DIR")?);
@@ -23,5 +45,60 @@ fn main() -> Result<(), Box<dyn Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&set)?
         .build(&[".telehub.v1"])?;
+    Ok(())
+}
+
+/// Writes `dashboard_assets.rs`: one `Asset` per served file under `dashboards/`,
+/// embedded with `include_bytes!`, with an ETag from its content.
+fn dashboard_assets() -> Result<(), Box<dyn Error>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    println!("cargo:rerun-if-changed=dashboards");
+    let mut files = Vec::new();
+    collect(&root, &mut files)?;
+    files.sort();
+    let mut out = String::from("&[\n");
+    for file in files {
+        let rel = file
+            .strip_prefix(&root)?
+            .to_string_lossy()
+            .replace('\\', "/");
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::fs::read(&file)?.hash(&mut hasher);
+        writeln!(
+            out,
+            "    Asset {{ path: {:?}, body: include_bytes!({:?}), etag: \"\\\"{:016x}\\\"\" }},",
+            format!("/{rel}"),
+            file.to_string_lossy(),
+            hasher.finish()
+        )?;
+    }
+    out.push(']');
+    std::fs::write(
+        PathBuf::from(env::var("OUT_DIR")?).join("dashboard_assets.rs"),
+        out,
+    )?;
+    Ok(())
+}
+
+fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || name == "node_modules" {
+            continue;
+        }
+        if path.is_dir() {
+            collect(&path, files)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| SERVED.contains(&e))
+        {
+            files.push(path);
+        }
+    }
     Ok(())
 }

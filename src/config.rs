@@ -115,6 +115,27 @@ pub struct Dashboard {
     /// Origins allowed on `/v1/dashboard` besides same-origin and localhost
     /// (e.g. "https://ops.example.com"); "*" allows any.
     pub allowed_origins: Vec<String>,
+    /// Telemetry messages kept per series (device, category) and sent to a
+    /// dashboard when it subscribes, so charts fill at once; 0 keeps none.
+    pub history_len: usize,
+    /// Most telemetry messages one Subscribe replays (wide subscriptions get
+    /// fewer messages per series).
+    pub history_replay_max: usize,
+    /// Series one device may have in the history; further categories are counted
+    /// but not kept.
+    pub history_series_per_device: usize,
+    /// Telemetry messages kept in all, shared by the series: with many series each
+    /// keeps fewer than `history_len` (but always its latest).
+    pub history_max_messages: usize,
+    /// Fleet statistics (`WatchFleet`) are sent this often.
+    #[serde(with = "humantime_serde")]
+    pub fleet_interval: Duration,
+    /// A device offline for this long is forgotten: its statistics and history.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
+    /// Serve the dashboard from this directory instead of the copy built into the
+    /// binary (for working on the dashboard without rebuilding the hub).
+    pub assets_dir: Option<PathBuf>,
 }
 
 impl Default for Dashboard {
@@ -123,6 +144,13 @@ impl Default for Dashboard {
             queue_len: 4096,
             max_subscriptions: 256,
             allowed_origins: Vec::new(),
+            history_len: 120,
+            history_replay_max: 20_000,
+            history_series_per_device: 16,
+            history_max_messages: 100_000,
+            fleet_interval: Duration::from_secs(1),
+            forget_after: Duration::from_secs(3600),
+            assets_dir: None,
         }
     }
 }
@@ -245,6 +273,10 @@ impl Config {
         }
         if self.dashboard.queue_len == 0 || self.dashboard.max_subscriptions == 0 {
             return bad("dashboard.queue_len and max_subscriptions must be > 0");
+        }
+        let d = &self.dashboard;
+        if d.fleet_interval.is_zero() || d.forget_after.is_zero() {
+            return bad("dashboard.fleet_interval and forget_after must be > 0");
         }
         if self.limits.ping_interval.is_zero() || self.limits.idle_timeout.is_zero() {
             return bad("limits.ping_interval and idle_timeout must be > 0");

@@ -79,6 +79,9 @@ struct ServeArgs {
     /// Messages a device may send at once above the rate.
     #[arg(long, env = "TELEHUB_BURST")]
     burst: Option<u32>,
+    /// Serve the dashboard from this directory instead of the built-in copy.
+    #[arg(long, env = "TELEHUB_DASHBOARD_DIR")]
+    dashboard_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -113,6 +116,9 @@ struct DemoArgs {
     data_dir: PathBuf,
     #[arg(long, default_value = "certs")]
     certs_dir: PathBuf,
+    /// Serve the dashboard from this directory instead of the built-in copy.
+    #[arg(long, env = "TELEHUB_DASHBOARD_DIR")]
+    dashboard_dir: Option<PathBuf>,
 }
 
 /// mimalloc instead of the system allocator: connections allocate and free short-lived
@@ -181,6 +187,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.burst {
         config.rate.burst = v;
     }
+    if let Some(v) = args.dashboard_dir {
+        config.dashboard.assets_dir = Some(v);
+    }
     let server = Server::bind(config).await?;
     let addr = server.local_addr()?;
     let scheme = if server.app().config.plaintext {
@@ -201,12 +210,13 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 /// The hub and a simulated fleet in one process, until Ctrl-C.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let config = Config {
+    let mut config = Config {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         certs_dir: args.certs_dir.clone(),
         ..Config::default()
     };
+    config.dashboard.assets_dir = args.dashboard_dir;
     let server = Server::bind(config).await.context(
         "starting the demo hub (is another telehub using the port? try --listen 127.0.0.1:0)",
     )?;

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub closed_slow: Counter,
     /// Read from the transport at scrape time (see `encode`).
     pub inflate_context_bytes: Gauge,
+    /// Devices the fleet view remembers (online, or offline within forget_after).
+    pub fleet_devices: Gauge,
     pub notifications_accepted: Family<SeverityLabel, Counter>,
     pub notifications_delivered: Counter,
     pub notifications_redelivered: Counter,
@@ -204,6 +206,11 @@ impl Metrics {
             "telehub_inflate_context_bytes",
             "Memory held for clients that compress with context takeover (their retained deflate windows)",
             m.inflate_context_bytes.clone(),
+        );
+        r.register(
+            "telehub_fleet_devices",
+            "Devices the fleet view and history remember (online, or offline within dashboard.forget_after)",
+            m.fleet_devices.clone(),
         );
         m
     }

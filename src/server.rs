@@ -32,7 +32,7 @@ use crate::{
     app::App,
     auth::TokenKey,
     config::Config,
-    hub::Hub,
+    hub::{HistoryLimits, Hub},
     metrics::Metrics,
     notify::Notifier,
     shutdown::{Shutdown, Trigger},
@@ -148,7 +148,16 @@ impl Server {
             open_notifications = snapshot.campaigns.len(),
             "store opened"
         );
-        let hub = Hub::new(metrics.clone());
+        let d = &config.dashboard;
+        let hub = Hub::with_history(
+            metrics.clone(),
+            HistoryLimits {
+                len: d.history_len,
+                replay_max: d.history_replay_max,
+                series_per_device: d.history_series_per_device,
+                max_messages: d.history_max_messages,
+            },
+        );
         let notifier = Notifier::new(
             store,
             snapshot,
@@ -198,6 +207,11 @@ impl Server {
         } = self;
         let router = crate::http::router(app.clone());
         tokio::spawn(app.notifier.clone().run(trigger.subscribe()));
+        tokio::spawn(app.hub.clone().run_fleet_stats(
+            app.config.dashboard.fleet_interval,
+            app.config.dashboard.forget_after,
+            trigger.subscribe(),
+        ));
         // Kept past the drain so the last acks are committed before we return.
         let store = app.notifier.store().clone();
         tokio::pin!(signal);

@@ -1,4 +1,4 @@
-//! HTTP routes on the one listener: the dashboard page, `/healthz`, `/metrics`,
+//! HTTP routes on the one listener: the dashboard (see [`assets`]), `/healthz`, `/metrics`,
 //! the two WebSocket endpoints (see [`upgrade`]) and the REST API (see [`api`]).
 //!
 //! Every refusal is a plain-text body with a status that says what went wrong:
@@ -6,6 +6,7 @@
 //! origin, 426 unsupported WebSocket version.
 
 pub mod api;
+pub mod assets;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -20,12 +21,9 @@ use axum::{
 
 use crate::app::App;
 
-/// The dashboard page, built into the binary so the hub serves it with no files around.
-const INDEX_HTML: &str = include_str!("../../dashboards/index.html");
-
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(assets::serve))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/device", get(upgrade::device))
@@ -34,21 +32,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/notifications/{id}", get(api::status))
         .route("/v1/devices", get(api::devices))
         .route("/v1/devices/{id}", put(api::put_device))
+        .route("/{*file}", get(assets::serve))
         .with_state(app)
-}
-
-async fn index() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; connect-src 'self' wss: ws:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
-            ),
-        ],
-        INDEX_HTML,
-    )
-        .into_response()
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {

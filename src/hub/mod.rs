@@ -13,6 +13,7 @@
 //! are computed once and shared by every subscriber.
 
 pub mod category;
+pub mod fleet;
 pub mod index;
 pub mod outbox;
 pub mod presence;
@@ -36,6 +37,7 @@ use crate::{
 };
 
 pub use category::Pattern;
+pub use fleet::{HistoryLimits, Record};
 pub use index::Filter;
 pub use outbox::{Drained, Outbox, Pushed};
 pub use presence::DeviceInfo;
@@ -86,18 +88,28 @@ impl Encoded {
 /// pbjson writes doubles as JSON numbers, so a NaN or infinite reading (a failed
 /// sensor reports NaN) would come out as `null`; proto3 JSON spells them as the
 /// strings "NaN", "Infinity" and "-Infinity", which this patches in. Only telemetry
-/// carrying such a reading takes the slower path.
+/// (or history) carrying such a reading takes the slower path.
 fn to_json(envelope: &Envelope) -> String {
     use crate::proto::reading::Value as Reading;
-    let patch: Vec<(usize, f64)> = match &envelope.body {
-        Some(Body::Telemetry(t)) => t
-            .readings
+    let patch_of = |prefix: String, t: &crate::proto::Telemetry| {
+        t.readings
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| match r.value {
-                Some(Reading::Number(n)) if !n.is_finite() => Some((i, n)),
+            .filter_map(move |(i, r)| match r.value {
+                Some(Reading::Number(n)) if !n.is_finite() => {
+                    Some((format!("{prefix}/readings/{i}/number"), n))
+                }
                 _ => None,
             })
+            .collect::<Vec<_>>()
+    };
+    let patch: Vec<(String, f64)> = match &envelope.body {
+        Some(Body::Telemetry(t)) => patch_of("/telemetry".into(), t),
+        Some(Body::History(h)) => h
+            .telemetry
+            .iter()
+            .enumerate()
+            .flat_map(|(j, t)| patch_of(format!("/history/telemetry/{j}"), t))
             .collect(),
         _ => Vec::new(),
     };
@@ -106,7 +118,7 @@ fn to_json(envelope: &Envelope) -> String {
         return serde_json::to_string(envelope).unwrap_or_default();
     }
     let mut value = serde_json::to_value(envelope).unwrap_or_default();
-    for (i, n) in patch {
+    for (pointer, n) in patch {
         let spelled = if n.is_nan() {
             "NaN"
         } else if n > 0.0 {
@@ -114,7 +126,7 @@ fn to_json(envelope: &Envelope) -> String {
         } else {
             "-Infinity"
         };
-        if let Some(slot) = value.pointer_mut(&format!("/telemetry/readings/{i}/number")) {
+        if let Some(slot) = value.pointer_mut(&pointer) {
             *slot = serde_json::Value::String(spelled.into());
         }
     }
@@ -149,6 +161,8 @@ pub struct DeviceSession {
     pub id: u64,
     /// Notified when a newer connection takes this device id over.
     pub kick: Arc<Notify>,
+    /// The device's counters and history.
+    pub record: Arc<Record>,
 }
 
 pub struct Hub {
@@ -158,17 +172,24 @@ pub struct Hub {
     /// Dashboards watching notification progress.
     watchers: RwLock<HashMap<u64, Arc<DashboardHandle>>>,
     devices: Mutex<presence::Registry>,
+    /// Every device seen lately: statistics and recent telemetry.
+    pub fleet: fleet::Fleet,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::with_history(metrics, HistoryLimits::default())
+    }
+
+    pub fn with_history(metrics: Arc<Metrics>, history: HistoryLimits) -> Arc<Self> {
         Arc::new(Self {
             index: RwLock::default(),
             dashboards: RwLock::default(),
             watchers: RwLock::default(),
             devices: Mutex::default(),
+            fleet: fleet::Fleet::new(history),
             next_id: AtomicU64::new(1),
             metrics,
         })
@@ -222,6 +243,7 @@ impl Hub {
         }
         write(&self.dashboards).remove(&handle.id);
         write(&self.watchers).remove(&handle.id);
+        self.fleet.unwatch(handle.id);
         handle.outbox.close();
     }
 
@@ -245,22 +267,37 @@ impl Hub {
     }
 
     /// Adds (or replaces the filter of) `handle`'s subscriptions to `patterns`, all
-    /// under one index lock and sharing one filter.
+    /// under one index lock and sharing one filter, then queues the matching
+    /// series' recent telemetry (`History`).
+    ///
+    /// No gap, and history first: a place in the dashboard's outbox is reserved
+    /// under the index lock, so live telemetry of the new subscriptions queues
+    /// behind it; the history is gathered after, outside the lock. A device
+    /// session records a message before publishing it, so a message is either
+    /// published before the subscription exists (and is in the history) or queued
+    /// live behind the reservation (and maybe in the history too: clients keep only
+    /// telemetry newer than what they hold, see `History` in the proto).
     pub fn subscribe(&self, handle: &Arc<DashboardHandle>, patterns: &[Pattern], filter: Filter) {
+        let history_filter = filter.clone();
         let filter = (!filter.is_empty()).then(|| Arc::new(filter));
-        let mut index = write(&self.index);
-        for p in patterns {
-            let added = index.insert(
-                p,
-                index::Entry {
-                    dashboard: handle.clone(),
-                    filter: filter.clone(),
-                },
-            );
-            if added {
-                handle.patterns.fetch_add(1, Ordering::Relaxed);
+        let reservation = {
+            let mut index = write(&self.index);
+            for p in patterns {
+                let added = index.insert(
+                    p,
+                    index::Entry {
+                        dashboard: handle.clone(),
+                        filter: filter.clone(),
+                    },
+                );
+                if added {
+                    handle.patterns.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        }
+            handle.outbox.reserve()
+        };
+        let history = self.fleet.history(patterns, &history_filter);
+        handle.outbox.fill(reservation, history);
     }
 
     pub fn unsubscribe(&self, handle: &DashboardHandle, patterns: &[Pattern]) {
@@ -314,12 +351,15 @@ impl Hub {
     /// Marks a device online (announcing it if it was offline) and takes over any
     /// older connection of the same device.
     pub fn device_online(&self, info: Arc<DeviceInfo>) -> DeviceSession {
+        let since_ms = now_ms();
+        let mut devices = self.devices();
+        // Under the devices lock, like going offline: the record's online flag
+        // follows the registry's order of connects and disconnects.
         let session = DeviceSession {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             kick: Arc::new(Notify::new()),
+            record: self.fleet.online(&info, since_ms),
         };
-        let since_ms = now_ms();
-        let mut devices = self.devices();
         let connected = devices.connect(presence::Online {
             info: info.clone(),
             session: session.id,
@@ -337,7 +377,28 @@ impl Hub {
     pub fn device_offline(&self, device_id: &str, session: &DeviceSession) {
         let mut devices = self.devices();
         if let Some(info) = devices.disconnect(device_id, session.id) {
-            self.announce(&info.id, presence_message(&info, false, now_ms()));
+            let now = now_ms();
+            self.fleet.offline(device_id, now);
+            self.announce(&info.id, presence_message(&info, false, now));
+        }
+    }
+
+    /// Sends fleet statistics every `interval` until shutdown (see `fleet`).
+    pub async fn run_fleet_stats(
+        self: Arc<Self>,
+        interval: std::time::Duration,
+        forget_after: std::time::Duration,
+        mut shutdown: crate::shutdown::Shutdown,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.recv() => break,
+                _ = tick.tick() => {}
+            }
+            self.fleet.tick(now_ms(), forget_after.as_millis() as u64);
+            self.metrics.fleet_devices.set(self.fleet.devices() as i64);
         }
     }
 

@@ -17,6 +17,9 @@
 //! - Other control messages are never dropped; they may exceed `capacity` by
 //!   `control_headroom`, past which the outbox is marked overflowed and the session
 //!   closes the connection (1008) instead of growing.
+//! - A *reservation* keeps a place in the send order for messages that are built
+//!   outside the hub's locks (a subscription's `History`): nothing queued after it
+//!   is drained until it is filled, so what was queued later is sent later.
 //!
 //! Invariant: the mutex is held only for queue operations, never across `.await`.
 
@@ -54,7 +57,13 @@ enum Item {
     Message(Arc<Encoded>, bool),
     /// The latest message for this key, held in `State::latest`.
     Latest(String),
+    /// A place kept by [`Outbox::reserve`], not filled yet.
+    Reserved(u64),
 }
+
+/// A place in an outbox's send order, to be filled with [`Outbox::fill`].
+#[must_use = "an unfilled reservation holds back everything queued after it"]
+pub struct Reservation(u64);
 
 #[derive(Default)]
 struct State {
@@ -68,6 +77,7 @@ struct State {
     dropped_total: u64,
     overflowed: bool,
     closed: bool,
+    next_reservation: u64,
 }
 
 /// What one [`Outbox::drain`] took.
@@ -176,16 +186,61 @@ impl Outbox {
         true
     }
 
-    /// Moves everything queued into `out` (which is cleared first).
+    /// Keeps the current end of the queue for messages that are not built yet.
+    pub fn reserve(&self) -> Reservation {
+        let mut st = self.lock();
+        st.next_reservation += 1;
+        let id = st.next_reservation;
+        if !st.closed {
+            st.queue.push_back(Item::Reserved(id));
+        }
+        Reservation(id)
+    }
+
+    /// Puts `msgs` (control messages, never dropped) in the reserved place and
+    /// releases what was queued after it.
+    pub fn fill(&self, reservation: Reservation, msgs: Vec<Arc<Encoded>>) {
+        let mut st = self.lock();
+        let Some(at) = st
+            .queue
+            .iter()
+            .position(|item| matches!(item, Item::Reserved(id) if *id == reservation.0))
+        else {
+            return; // closed meanwhile
+        };
+        st.messages += msgs.len();
+        st.queue.remove(at);
+        for (i, m) in msgs.into_iter().enumerate() {
+            st.queue.insert(at + i, Item::Message(m, false));
+        }
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    /// Moves everything queued, up to the first unfilled reservation, into `out`
+    /// (which is cleared first).
     pub fn drain(&self, out: &mut Vec<Arc<Encoded>>) -> Drained {
         out.clear();
         let mut st = self.lock();
-        let State { queue, latest, .. } = &mut *st;
-        out.extend(queue.drain(..).filter_map(|item| match item {
-            Item::Message(m, _) => Some(m),
-            Item::Latest(key) => latest.remove(&key),
-        }));
-        st.messages = 0;
+        let State {
+            queue,
+            latest,
+            messages,
+            ..
+        } = &mut *st;
+        while let Some(item) = queue.front() {
+            if matches!(item, Item::Reserved(_)) {
+                break;
+            }
+            match queue.pop_front() {
+                Some(Item::Message(m, _)) => {
+                    *messages = messages.saturating_sub(1);
+                    out.push(m);
+                }
+                Some(Item::Latest(key)) => out.extend(latest.remove(&key)),
+                _ => {}
+            }
+        }
         Drained {
             dropped: std::mem::take(&mut st.dropped),
             dropped_total: st.dropped_total,
@@ -269,6 +324,29 @@ mod tests {
         assert_eq!(out.len(), 1);
         ob.close();
         assert!(!ob.push_latest("dev-a", msg(5)));
+    }
+
+    #[test]
+    fn a_reservation_holds_back_what_was_queued_after_it() {
+        let ob = Outbox::new(4, 4);
+        ob.push_telemetry(msg(1));
+        let r = ob.reserve();
+        ob.push_telemetry(msg(3));
+        assert!(ob.push_latest("k", msg(4)));
+        let mut out = Vec::new();
+        ob.drain(&mut out);
+        let got: Vec<u64> = out.iter().map(|m| count_of(m)).collect();
+        assert_eq!(got, [1], "nothing after the reservation yet");
+        ob.fill(r, vec![msg(2), msg(21)]);
+        ob.drain(&mut out);
+        let got: Vec<u64> = out.iter().map(|m| count_of(m)).collect();
+        assert_eq!(got, [2, 21, 3, 4]);
+        // A reservation on a closed outbox is simply forgotten.
+        ob.close();
+        let r = ob.reserve();
+        ob.fill(r, vec![msg(5)]);
+        ob.drain(&mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -218,11 +218,16 @@ impl Dashboard {
                 }
                 Ok(None)
             }
+            Some(Body::WatchFleet(w)) => {
+                self.strikes = 0;
+                self.app.hub.fleet.watch(&self.handle, w.watch, crate::hub::now_ms());
+                Ok(None)
+            }
             Some(_) => self
                 .strike(
                     close::POLICY_VIOLATION,
                     Code::Malformed,
-                    "dashboards may send only Subscribe, Unsubscribe, WatchNotifications and (operators) NotificationRequest".into(),
+                    "dashboards may send only Subscribe, Unsubscribe, WatchNotifications, WatchFleet and (operators) NotificationRequest".into(),
                 )
                 .map(Some),
             None => self

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     app::App,
     auth::Claims,
-    hub::{category, now_ms, DeviceInfo, Encoded},
+    hub::{category, now_ms, DeviceInfo, Encoded, Record},
     metrics::RoleMeters,
     notify::AckOutcome,
     proto::{envelope::Body, error::Code, Ack, Envelope, Telemetry, Welcome},
@@ -61,6 +61,7 @@ where
         .device_connected(&info.id, &info.tags, presence.id)
         .await;
     let mut device = Device {
+        record: presence.record.clone(),
         deliveries: Deliveries::new(app.notifier.clone(), info.id.clone(), &app.config.notify),
         info,
         app: app.clone(),
@@ -83,6 +84,8 @@ where
 
 struct Device {
     info: Arc<DeviceInfo>,
+    /// This device's counters and history in the fleet view.
+    record: Arc<Record>,
     app: Arc<App>,
     meters: RoleMeters,
     limiter: DefaultDirectRateLimiter,
@@ -236,6 +239,7 @@ impl Device {
     fn on_telemetry(&mut self, mut t: Telemetry) -> Reply {
         if let Err(not_until) = self.limiter.check() {
             self.app.metrics.rate_limited.inc();
+            self.record.rate_limited();
             let now = Instant::now();
             let seconds = self.limited.record(now);
             let abuse = u64::from(self.app.config.rate.abuse_seconds);
@@ -269,7 +273,8 @@ impl Device {
         self.strikes = 0;
         // The device id comes from the token, never from the frame.
         t.device_id.clone_from(&self.info.id);
-        t.received_ms = now_ms();
+        let now = now_ms();
+        t.received_ms = now;
         let encoded = Encoded::new(Envelope {
             body: Some(Body::Telemetry(t)),
         });
@@ -278,7 +283,13 @@ impl Device {
         };
         let category = t.category.as_str();
         self.app.metrics.telemetry_accepted.inc();
-        self.app.hub.publish(&self.info, category, &encoded);
+        // Recorded before it is published: see `Hub::subscribe`.
+        self.app
+            .hub
+            .fleet
+            .accepted(&self.record, category, &encoded, now);
+        let published = self.app.hub.publish(&self.info, category, &encoded);
+        self.record.dropped(published.dropped);
         Reply::None
     }
 

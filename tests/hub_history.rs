@@ -1,0 +1,277 @@
+//! The recent window per series (`History` on subscribe) and the fleet statistics
+//! (`WatchFleet` / `FleetStats`), against a real hub over TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{number, Client, Hub};
+use telehub::proto::{
+    envelope::Body, DeviceStats, Envelope, FleetStats, History, Telemetry, WatchFleet,
+};
+
+/// Waits until the hub has accepted `n` telemetry messages in all.
+async fn accepted(hub: &Hub, n: u64) {
+    hub.wait_metrics("accepted telemetry", |m| {
+        m.get("telehub_telemetry_accepted_total") >= n as f64
+    })
+    .await;
+}
+
+/// Every History message up to the last one (`more == false`).
+async fn history(dashboard: &mut Client) -> Vec<Telemetry> {
+    let mut all = Vec::new();
+    loop {
+        let h: History = dashboard
+            .expect("History", |b| match b {
+                Body::History(h) => Some(h.clone()),
+                _ => None,
+            })
+            .await;
+        all.extend(h.telemetry);
+        if !h.more {
+            return all;
+        }
+    }
+}
+
+fn seqs(ts: &[Telemetry]) -> Vec<(String, String, u64)> {
+    ts.iter()
+        .map(|t| (t.device_id.clone(), t.category.clone(), t.seq))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_subscription_starts_with_the_recent_window_of_each_matching_series() {
+    let hub = Hub::start().await;
+    let mut d1 = hub.device("d1").await;
+    for i in 0..5 {
+        d1.send_telemetry("env.temperature", vec![number("t", i as f64, "Cel")])
+            .await;
+    }
+    for _ in 0..3 {
+        d1.send_telemetry("power.battery", vec![number("v", 3.7, "V")])
+            .await;
+    }
+    accepted(&hub, 8).await;
+
+    let mut dash = hub.dashboard().await;
+    dash.subscribe(&["env.*"]).await;
+    let h = history(&mut dash).await;
+    let want: Vec<_> = (1..=5)
+        .map(|s| ("d1".to_string(), "env.temperature".to_string(), s))
+        .collect();
+    assert_eq!(seqs(&h), want, "oldest first, only the matching series");
+    assert!(h.iter().all(|t| t.received_ms > 0));
+
+    // Live telemetry follows the history.
+    d1.send_telemetry("env.temperature", vec![number("t", 9.0, "Cel")])
+        .await;
+    assert_eq!(dash.expect_telemetry().await.seq, 9);
+
+    // No series matches: no History at all, just Subscribed.
+    dash.subscribe(&["gps.*"]).await;
+    dash.expect_no_telemetry(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn the_window_is_bounded_and_the_filter_applies() {
+    let hub = Hub::with(|c| {
+        c.dashboard.history_len = 3;
+        c.dashboard.history_replay_max = 4;
+    })
+    .await;
+    let mut north = hub.device_tagged("north-1", &[("fleet", "north")]).await;
+    let mut south = hub.device_tagged("south-1", &[("fleet", "south")]).await;
+    for _ in 0..10 {
+        north.send_telemetry("env.t", vec![]).await;
+        north.send_telemetry("env.h", vec![]).await;
+        south.send_telemetry("env.t", vec![]).await;
+    }
+    accepted(&hub, 30).await;
+
+    // The last 3 of each series, and only north's.
+    let mut dash = hub.dashboard().await;
+    dash.subscribe_filtered(&["env.t"], &[], &[("fleet", "north")])
+        .await;
+    let h = history(&mut dash).await;
+    let seqs: Vec<u64> = h.iter().map(|t| t.seq).collect();
+    assert!(h.iter().all(|t| t.device_id == "north-1"), "{h:?}");
+    assert_eq!(seqs, [15, 17, 19], "north's env.t carries odd seqs");
+
+    // Three series, 4 messages at most: one (the newest) per series.
+    let mut all = hub.dashboard().await;
+    all.subscribe(&["*"]).await;
+    let h = history(&mut all).await;
+    assert_eq!(
+        seqs_of(&h),
+        [
+            ("north-1", "env.h", 20),
+            ("north-1", "env.t", 19),
+            ("south-1", "env.t", 10)
+        ]
+    );
+
+    // A device filter narrows as well.
+    let mut one = hub.dashboard().await;
+    one.subscribe_filtered(&["env.*"], &["south-1"], &[]).await;
+    let h = history(&mut one).await;
+    assert_eq!(h.iter().map(|t| t.seq).collect::<Vec<_>>(), [8, 9, 10]);
+}
+
+fn seqs_of(ts: &[Telemetry]) -> Vec<(&str, &str, u64)> {
+    ts.iter()
+        .map(|t| (t.device_id.as_str(), t.category.as_str(), t.seq))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_long_history_arrives_in_chunks() {
+    let hub = Hub::with(|c| {
+        c.dashboard.history_len = 700;
+        c.rate.per_second = 100_000;
+        c.rate.burst = 100_000;
+    })
+    .await;
+    let mut d = hub.device("d").await;
+    for _ in 0..650 {
+        d.send_telemetry("env.t", vec![]).await;
+    }
+    accepted(&hub, 650).await;
+    let mut dash = hub.dashboard().await;
+    dash.subscribe(&["env.t"]).await;
+    let first: History = dash
+        .expect("History", |b| match b {
+            Body::History(h) => Some(h.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first.telemetry.len(), telehub::hub::fleet::HISTORY_CHUNK);
+    assert!(first.more);
+    let rest = history(&mut dash).await;
+    let all: Vec<u64> = first.telemetry.iter().chain(&rest).map(|t| t.seq).collect();
+    assert_eq!(all, (1..=650).collect::<Vec<_>>());
+}
+
+/// While a device publishes as fast as it can, a dashboard subscribes: the history
+/// and the live messages together have no gap, and history comes first.
+#[tokio::test]
+async fn history_and_live_telemetry_join_without_a_gap() {
+    let hub = Hub::with(|c| {
+        c.dashboard.history_len = 100_000;
+        c.dashboard.history_replay_max = 100_000;
+        c.rate.per_second = 1_000_000;
+        c.rate.burst = 1_000_000;
+    })
+    .await;
+    let mut d = hub.device("d").await;
+    let publisher = tokio::spawn(async move {
+        for _ in 0..3000 {
+            d.send_telemetry("env.t", vec![]).await;
+        }
+        d
+    });
+    accepted(&hub, 200).await;
+    let mut dash = hub.dashboard().await;
+    dash.subscribe(&["env.t"]).await;
+    let h = history(&mut dash).await;
+    assert!(!h.is_empty());
+    let _d = publisher.await.unwrap();
+    let mut last = h.last().unwrap().seq;
+    assert_eq!(
+        h.iter().map(|t| t.seq).collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>()
+    );
+    // Live messages continue from the history: at most an overlap, never a gap.
+    let first_live = dash.expect_telemetry().await.seq;
+    assert!(
+        first_live <= last + 1,
+        "gap: history ended at {last}, live began at {first_live}"
+    );
+    last = first_live;
+    while last < 3000 {
+        let seq = dash.expect_telemetry().await.seq;
+        assert_eq!(seq, last + 1);
+        last = seq;
+    }
+}
+
+async fn fleet_stats(dash: &mut Client) -> FleetStats {
+    dash.expect("FleetStats", |b| match b {
+        Body::FleetStats(f) => Some(f.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Reads FleetStats until `device` satisfies `cond`.
+async fn device_stats(
+    dash: &mut Client,
+    device: &str,
+    cond: impl Fn(&DeviceStats) -> bool,
+) -> DeviceStats {
+    for _ in 0..100 {
+        let f = fleet_stats(dash).await;
+        if let Some(s) = f.devices.iter().find(|s| s.device_id == device) {
+            if cond(s) {
+                return s.clone();
+            }
+        }
+    }
+    panic!("{device}'s statistics never satisfied the condition");
+}
+
+#[tokio::test]
+async fn fleet_statistics_count_messages_refusals_and_presence() {
+    let hub = Hub::with(|c| {
+        c.dashboard.fleet_interval = Duration::from_millis(100);
+        c.dashboard.forget_after = Duration::from_millis(500);
+        c.rate.per_second = 5;
+        c.rate.burst = 5;
+    })
+    .await;
+    let mut dash = hub.dashboard().await;
+    dash.send(&Envelope {
+        body: Some(Body::WatchFleet(WatchFleet { watch: true })),
+    })
+    .await;
+    let full = fleet_stats(&mut dash).await;
+    assert!(full.full);
+    assert!(full.devices.is_empty());
+
+    let mut d = hub.device_tagged("d1", &[("site", "<b>x</b>")]).await;
+    for _ in 0..8 {
+        d.send_telemetry("env.t", vec![]).await;
+    }
+    d.send_telemetry("power.b", vec![]).await;
+    let s = device_stats(&mut dash, "d1", |s| s.messages + s.rate_limited == 9).await;
+    assert!(s.online);
+    assert_eq!(s.tags.get("site").map(String::as_str), Some("<b>x</b>"));
+    assert!((5..=6).contains(&s.messages), "burst 5 (+1 refill): {s:?}");
+    assert!(s.rate_limited >= 3, "{s:?}");
+    assert!(s.last_seen_ms > 0);
+    assert!(s.categories.contains(&"env.t".to_string()), "{s:?}");
+
+    // A second watcher gets the full picture at once.
+    let mut late = hub.dashboard().await;
+    late.send(&Envelope {
+        body: Some(Body::WatchFleet(WatchFleet { watch: true })),
+    })
+    .await;
+    let full = fleet_stats(&mut late).await;
+    assert!(full.full);
+    assert_eq!(full.devices.len(), 1);
+    assert_eq!(full.devices[0].messages, s.messages);
+
+    // Offline, then forgotten.
+    d.close().await;
+    device_stats(&mut dash, "d1", |s| !s.online).await;
+    let mut forgotten = false;
+    for _ in 0..50 {
+        if fleet_stats(&mut dash).await.forgotten == ["d1"] {
+            forgotten = true;
+            break;
+        }
+    }
+    assert!(forgotten, "d1 was never forgotten");
+}
