@@ -252,7 +252,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "telehub demo: {} simulated devices at {} msg/s each",
         args.devices, args.rate
     );
-    println!("  dashboard:      https://{base}/#token={operator}");
+    println!("  dashboard:      https://{base}/#token={operator}&subscribe=*");
     println!("  operator token: {operator}");
     println!(
         "  CA certificate: {} (trust it, or accept the browser warning once)",

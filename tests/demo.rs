@@ -59,7 +59,7 @@ async fn demo_runs_a_fleet_that_a_dashboard_can_watch() {
             let _ = tx.send(line);
         }
     });
-    // "  dashboard:      https://127.0.0.1:PORT/#token=TOKEN"
+    // "  dashboard:      https://127.0.0.1:PORT/#token=TOKEN&subscribe=*"
     let url = loop {
         let line = rx.recv_timeout(T).expect("demo printed no dashboard URL");
         if let Some(url) = line.trim().strip_prefix("dashboard:") {
@@ -67,7 +67,10 @@ async fn demo_runs_a_fleet_that_a_dashboard_can_watch() {
         }
     };
     let rest = url.strip_prefix("https://").expect("https URL");
-    let (authority, token) = rest.split_once("/#token=").expect("URL carries the token");
+    let (authority, fragment) = rest.split_once("/#token=").expect("URL carries the token");
+    // "TOKEN&subscribe=*": the page subscribes a fresh tab to everything.
+    let (token, subscribe) = fragment.split_once('&').expect("URL subscribes");
+    assert_eq!(subscribe, "subscribe=*");
     let addr: SocketAddr = authority.parse().expect("URL host is an address");
 
     let ca = certs_dir.join("ca.pem");

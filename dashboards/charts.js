@@ -1,0 +1,259 @@
+// Live uPlot charts: one div.chart per series (device, category), one line per
+// numeric reading, drawn from the buffers in series.js.
+//
+// Cost control: at most MAX_CHARTS charts exist (the first ones in device order
+// that match the chart filter); a chart is only redrawn in the frame after its
+// series got new points, with one setData per chart per frame however many
+// messages arrived; and sizes follow the container through one ResizeObserver.
+
+import { byId, el, formatValue, naturalCompare, setAttr, showMessage } from "./dom.js";
+import { schedule } from "./frame.js";
+
+export const MAX_CHARTS = 24;
+const PLOT_HEIGHT = 170;
+const PALETTE = ["#2563eb", "#e8590c", "#2f9e44", "#ae3ec9", "#d6336c", "#0c8599", "#74b816", "#f59f00"];
+const AXIS = { stroke: "#5b6475", grid: { stroke: "#eceff3", width: 1 }, ticks: { stroke: "#d5dae1", width: 1 } };
+
+/** Series order on screen: by device (demo-2 before demo-10), then category. */
+function compareSeries(a, b) {
+  return naturalCompare(a.deviceId, b.deviceId) || naturalCompare(a.category, b.category);
+}
+
+// Tick formatters by number of decimals (Intl formatters are costly to create).
+const tickFormats = new Map();
+
+/** Decimals a tick step has: 0.0005 -> 4, 2.5 -> 1, 50 -> 0. */
+function stepDecimals(step) {
+  const text = String(Number(step.toPrecision(3)));
+  const exp = text.indexOf("e-");
+  if (exp >= 0) return Number(text.slice(exp + 2)) + (text.slice(0, exp).split(".")[1] || "").length;
+  return (text.split(".")[1] || "").length;
+}
+
+/**
+ * Y tick labels with exactly the decimals the tick step needs: uPlot's default
+ * keeps at most three, which prints 59.865 twice for ticks 59.8645 and 59.865.
+ */
+function tickValues(self, splits, axisIndex, space, step) {
+  const decimals = Math.min(20, stepDecimals(step));
+  let format = tickFormats.get(decimals);
+  if (!format) {
+    format = new Intl.NumberFormat(undefined, { maximumFractionDigits: decimals, useGrouping: false });
+    tickFormats.set(decimals, format);
+  }
+  return splits.map((v) => (v == null ? "" : format.format(v)));
+}
+
+// Time ticks as a 24-hour clock on one row. uPlot's default adds a second row with
+// the date whose labels run into each other on narrow charts; a live chart spans
+// minutes, and the date is not in doubt.
+const clockSeconds = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+const clockMinutes = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hour12: false });
+
+function timeTicks(self, splits, axisIndex, space, step) {
+  const format = step >= 60 ? clockMinutes : clockSeconds;
+  return splits.map((v) => (v == null ? "" : format.format(v * 1000)));
+}
+
+/** Width of a y axis from its tick labels, so long values are not clipped. */
+function axisSize(self, values) {
+  const longest = (values || []).reduce((n, v) => Math.max(n, String(v ?? "").length), 3);
+  return 14 + longest * 7;
+}
+
+export class Charts {
+  constructor({ store }) {
+    this.store = store;
+    this.container = byId("charts");
+    this.note = byId("charts-note");
+    this.empty = byId("charts-empty");
+    this.filterInput = byId("chart-filter");
+    this.charts = new Map(); // series key -> chart record (see create)
+    this.byPlotBox = new WeakMap(); // observed element -> chart record
+    this.dirty = new Set(); // series keys with points not drawn yet
+    this.selectionDirty = false; // series appeared or vanished, or the filter changed
+    this.filter = "";
+    this.flush = this.flush.bind(this);
+
+    // Resizes are applied in the next frame rather than inside the observer, so a
+    // redraw never feeds back into the same layout pass (no ResizeObserver loops).
+    this.resizeObserver = new ResizeObserver((entries) => {
+      for (const entry of entries) {
+        const chart = this.byPlotBox.get(entry.target);
+        if (chart) chart.wantWidth = Math.floor(entry.contentRect.width);
+      }
+      schedule(this.flush);
+    });
+    this.filterInput.addEventListener("input", () => {
+      this.filter = this.filterInput.value.trim().toLowerCase();
+      this.selectionDirty = true;
+      schedule(this.flush);
+    });
+  }
+
+  /** A series got a new point (called per message: only bookkeeping here). */
+  touched(series, created) {
+    if (created) this.selectionDirty = true;
+    else if (this.charts.has(series.key)) this.dirty.add(series.key);
+    else return;
+    schedule(this.flush);
+  }
+
+  /** Series were dropped from the store (unsubscribed): their charts go too. */
+  removed(seriesList) {
+    if (!seriesList.length) return;
+    for (const series of seriesList) this.destroy(series.key);
+    this.selectionDirty = true;
+    schedule(this.flush);
+  }
+
+  clear() {
+    for (const key of [...this.charts.keys()]) this.destroy(key);
+    this.selectionDirty = true;
+    schedule(this.flush);
+  }
+
+  matchesFilter(series) {
+    const f = this.filter;
+    return !f || series.deviceId.toLowerCase().includes(f) || series.category.toLowerCase().includes(f);
+  }
+
+  flush() {
+    if (this.selectionDirty) this.select();
+    for (const chart of this.charts.values()) {
+      if (chart.wantWidth && chart.wantWidth !== chart.width && chart.plot) {
+        chart.width = chart.wantWidth;
+        chart.plot.setSize({ width: chart.width, height: PLOT_HEIGHT });
+      }
+    }
+    for (const key of this.dirty) {
+      const chart = this.charts.get(key);
+      if (chart) this.draw(chart);
+    }
+    this.dirty.clear();
+  }
+
+  /** Decides which series have charts and puts the charts in order. */
+  select() {
+    this.selectionDirty = false;
+    const all = [...this.store.series.values()];
+    const matching = all.filter((s) => this.matchesFilter(s)).sort(compareSeries);
+    const wanted = matching.slice(0, MAX_CHARTS);
+    const wantedKeys = new Set(wanted.map((s) => s.key));
+    for (const key of [...this.charts.keys()]) if (!wantedKeys.has(key)) this.destroy(key);
+
+    let previous = null;
+    for (const series of wanted) {
+      let chart = this.charts.get(series.key);
+      const isNew = !chart;
+      if (isNew) chart = this.create(series);
+      // Move nodes only when out of place: moving a canvas is cheap but not free.
+      const expected = previous ? previous.nextSibling : this.container.firstChild;
+      if (expected !== chart.root) this.container.insertBefore(chart.root, expected);
+      previous = chart.root;
+      if (isNew) this.draw(chart);
+    }
+
+    this.empty.hidden = all.length > 0;
+    let note = "";
+    if (matching.length > wanted.length) {
+      note = `showing ${wanted.length} of ${matching.length} series; filter by device to see others`;
+    } else if (this.filter && matching.length < all.length) {
+      note = `${matching.length} of ${all.length} series match the filter`;
+    }
+    showMessage(this.note, note);
+  }
+
+  create(series) {
+    const plotBox = el("div", { class: "chart-plot" });
+    const placeholder = el("p", { class: "hint", text: "no numeric readings (see latest telemetry)" });
+    const root = el(
+      "div",
+      {
+        class: "chart",
+        attrs: { "data-device": series.deviceId, "data-category": series.category, "data-points": 0 },
+      },
+      el(
+        "div",
+        { class: "chart-head" },
+        el("span", { class: "chart-device", text: series.deviceId, title: series.deviceId }),
+        el("span", { class: "chart-category", text: series.category, title: series.category }),
+      ),
+      plotBox,
+      placeholder,
+    );
+    const chart = { series, root, plotBox, placeholder, plot: null, layout: -1, width: 0, wantWidth: 0 };
+    this.charts.set(series.key, chart);
+    this.byPlotBox.set(plotBox, chart);
+    this.resizeObserver.observe(plotBox);
+    return chart;
+  }
+
+  destroy(key) {
+    const chart = this.charts.get(key);
+    if (!chart) return;
+    this.resizeObserver.unobserve(chart.plotBox);
+    chart.plot?.destroy();
+    chart.root.remove();
+    this.charts.delete(key);
+    this.dirty.delete(key);
+  }
+
+  draw(chart) {
+    const { series } = chart;
+    if (chart.layout !== series.layout) this.build(chart);
+    else chart.plot?.setData([series.xs, ...series.ys]);
+    setAttr(chart.root, "data-points", series.xs.length);
+  }
+
+  /** (Re)creates the uPlot instance: first draw, or a reading appeared. */
+  build(chart) {
+    const { series } = chart;
+    chart.plot?.destroy();
+    chart.plot = null;
+    chart.layout = series.layout;
+    chart.placeholder.hidden = series.columns.length > 0;
+    if (!series.columns.length) return; // text-only series: nothing to plot
+
+    // Every reading gets its own y scale, so each line shows its own movement
+    // (latitude next to longitude, volts next to percent); the first two readings
+    // get an axis each, drawn in their line's colour so it is clear which is which.
+    const lines = series.columns.map((column, i) => ({
+      label: column.unit ? `${column.name} (${column.unit})` : column.name,
+      scale: `y${i}`,
+      stroke: PALETTE[i % PALETTE.length],
+      width: 1.5,
+      spanGaps: true,
+      points: { show: false },
+      value: (u, v) => (v == null ? "–" : formatValue(v) + (column.unit ? " " + column.unit : "")),
+    }));
+    const axes = [{ ...AXIS, values: timeTicks, space: 70, size: 32 }];
+    for (let i = 0; i < Math.min(2, lines.length); i++) {
+      axes.push({
+        ...AXIS,
+        scale: `y${i}`,
+        side: i === 0 ? 3 : 1,
+        stroke: PALETTE[i],
+        size: axisSize,
+        values: tickValues,
+        grid: { ...AXIS.grid, show: i === 0 },
+      });
+    }
+
+    chart.width = chart.wantWidth || chart.plotBox.clientWidth || 320;
+    chart.plot = new uPlot(
+      {
+        width: chart.width,
+        height: PLOT_HEIGHT,
+        scales: { x: { time: true } },
+        series: [{ label: "time" }, ...lines],
+        axes,
+        legend: { live: true },
+        // Drag-to-zoom fights with live data (every setData rescales), so it is off.
+        cursor: { drag: { x: false, y: false, setScale: false } },
+      },
+      [series.xs, ...series.ys],
+      chart.plotBox,
+    );
+  }
+}

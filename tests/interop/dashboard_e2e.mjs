@@ -1,0 +1,395 @@
+#!/usr/bin/env node
+// The dashboard end to end, in a real browser: Debian's Chromium (/usr/bin/chromium, or
+// $TELEHUB_CHROMIUM) driven by playwright-core, against the hub of `telehub demo` that
+// tests/dashboard_browser.rs started (hub + simulated fleet + one hostile device).
+//
+//   node dashboard_e2e.mjs URL SERVER_PEM OUT_DIR VIEWER_TOKEN
+//
+// URL is the demo's `https://127.0.0.1:PORT/#token=<operator>`; SERVER_PEM the hub's
+// certificate, the only one the browser trusts (by its SPKI hash: no CA is installed
+// and certificate errors are not ignored wholesale); OUT_DIR receives laptop.png,
+// phone.png, and failure.png when a step fails.
+//
+// Steps (each wait bounded, each failure names what was expected and what was seen):
+//   b. log in through #token= in the URL; the token leaves the address bar
+//   c. subscribe env.*: the History replay fills a chart at once, then live points
+//   d. the fleet table: every demo device online, the hostile device's tags as text
+//   e. XSS: the hostile device's markup is shown as text, never run or rendered
+//   f. a CRITICAL notification to fleet=north reaches 100 % acknowledged
+//   g. a phone-width viewport has no horizontal page scroll
+//   h. the hub restarts (the Rust test does it when we print RESTART-HUB and answers
+//      RESTARTED on stdin): the page reconnects, resubscribes, and charts grow again
+//   i. a viewer token: the notifications section stays hidden
+//   a. (throughout) no console error or warning and no uncaught exception, except the
+//      browser's own connection-failure messages while the hub is down in step h.
+//
+// Exit 0 when everything held; non-zero (after saving failure.png) otherwise.
+
+import { X509Certificate, createHash } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch (e) {
+  console.error(`dashboard_e2e.mjs: ${e.message}; playwright-core is missing: run \`bash .ci/run\` (it runs \`npm ci\` in tests/interop)`);
+  process.exit(1);
+}
+
+const [demoUrl, serverPem, outDir, viewerToken] = process.argv.slice(2);
+if (!demoUrl || !serverPem || !outDir || !viewerToken) {
+  console.error('usage: dashboard_e2e.mjs URL SERVER_PEM OUT_DIR VIEWER_TOKEN');
+  process.exit(2);
+}
+// The demo's URL subscribes a fresh tab to everything (`&subscribe=*`); the main
+// flow subscribes by hand to see History fill a chart, so it drops that part; the
+// viewer (step i) opens the URL as the demo prints it.
+const url = demoUrl.replace(/&subscribe=[^&]*/, '');
+check(url !== demoUrl, `the demo's dashboard URL has no &subscribe=: ${demoUrl}`);
+const executablePath = process.env.TELEHUB_CHROMIUM || '/usr/bin/chromium';
+mkdirSync(outDir, { recursive: true });
+
+// The whole run is bounded even if a wait below forgets to be (the Rust test kills us
+// later than this).
+const OVERALL_MS = 100_000;
+setTimeout(() => {
+  console.error(`dashboard_e2e.mjs: FAILED: the whole run took over ${OVERALL_MS} ms`);
+  process.exit(3);
+}, OVERALL_MS).unref();
+
+const HOSTILE_ID = 'evil<script>window.__pwned=1</script>';
+const HOSTILE_TAG = '<img src=x onerror="window.__pwned=2">';
+const HOSTILE_NAME = '<b>bold</b>';
+const HOSTILE_TEXT = '<script>window.__pwned=3</script>';
+
+const started = Date.now();
+const log = (msg) => console.log(`[e2e +${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`);
+
+// RESTARTED lines from the Rust test, on stdin.
+const stdinLines = [];
+let stdinWaiter = null;
+createInterface({ input: process.stdin }).on('line', (line) => {
+  stdinLines.push(line.trim());
+  if (stdinWaiter) stdinWaiter();
+});
+async function waitForStdin(word, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (!stdinLines.includes(word)) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`no ${word} on stdin within ${timeoutMs} ms`);
+    await new Promise((resolve) => {
+      stdinWaiter = resolve;
+      setTimeout(resolve, Math.min(left, 200));
+    });
+    stdinWaiter = null;
+  }
+}
+
+/** Base64 SHA-256 of the certificate's SubjectPublicKeyInfo: Chromium's SPKI pin. */
+function spkiHash(pemFile) {
+  const cert = new X509Certificate(readFileSync(pemFile));
+  const der = cert.publicKey.export({ type: 'spki', format: 'der' });
+  return createHash('sha256').update(der).digest('base64');
+}
+
+// (a) Everything the page complains about. `allowNetworkErrors` is set while the hub is
+// down on purpose (step h): the browser itself then logs each refused reconnect.
+const problems = [];
+let allowNetworkErrors = false;
+let tolerated = 0;
+function watch(page, label) {
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error' && msg.type() !== 'warning') return;
+    const loc = msg.location();
+    const text = `${label} console.${msg.type()}: ${msg.text()}${loc?.url ? ` (${loc.url}:${loc.lineNumber})` : ''}`;
+    if (allowNetworkErrors && /WebSocket connection to 'wss:\/\/127\.0\.0\.1:\d+\/v1\/dashboard' failed|net::ERR_CONNECTION_(REFUSED|RESET|CLOSED)/.test(msg.text())) {
+      tolerated++;
+      return;
+    }
+    problems.push(text);
+    console.log(`[e2e] ${text}`);
+  });
+  page.on('pageerror', (err) => {
+    const text = `${label} uncaught: ${err.stack || err.message}`;
+    problems.push(text);
+    console.log(`[e2e] ${text}`);
+  });
+}
+
+/** Waits until `fn(arg)` in the page is truthy, failing with `what` and a diagnostic. */
+async function until(page, what, fn, arg, timeoutMs = 10_000, diag = null) {
+  try {
+    return await page.waitForFunction(fn, arg, { timeout: timeoutMs, polling: 100 });
+  } catch (e) {
+    let seen = '';
+    if (diag) {
+      try {
+        seen = `; seen: ${JSON.stringify(await page.evaluate(diag, arg))}`;
+      } catch (d) {
+        seen = `; (diagnostic failed: ${d.message})`;
+      }
+    }
+    throw new Error(`${what}: not within ${timeoutMs} ms${seen} (${e.message.split('\n')[0]})`);
+  }
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+// In-page helpers (run with page.evaluate / waitForFunction; no closures over Node state).
+const connState = () => document.querySelector('#conn-state')?.getAttribute('data-state') ?? null;
+const chartPoints = (category) =>
+  [...document.querySelectorAll('#charts div.chart')]
+    .filter((c) => c.getAttribute('data-category') === category)
+    .map((c) => ({ device: c.getAttribute('data-device'), points: Number(c.getAttribute('data-points') || 0) }));
+const charts = () =>
+  [...document.querySelectorAll('#charts div.chart')].map((c) => ({
+    device: c.getAttribute('data-device'),
+    category: c.getAttribute('data-category'),
+    points: Number(c.getAttribute('data-points') || 0),
+  }));
+
+/** Clicks `form`'s submit button (a <button> without type submits too). */
+async function submit(page, form) {
+  const button = page.locator(`${form} button[type=submit], ${form} input[type=submit], ${form} button:not([type])`).first();
+  await button.click({ timeout: 5_000 });
+}
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  // Playwright adds a fresh temporary --user-data-dir of its own.
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    // Trust exactly the hub's certificate key, for this browser only.
+    `--ignore-certificate-errors-spki-list=${spkiHash(serverPem)}`,
+  ],
+  timeout: 30_000,
+});
+let page = null;
+let exitCode = 0;
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  page = await context.newPage();
+  watch(page, 'operator page');
+
+  // (b) Log in through the URL fragment.
+  log(`opening ${url.replace(/#token=.*/, '#token=…')}`);
+  await page.goto(url, { timeout: 15_000, waitUntil: 'load' });
+  await until(page, '#conn-state[data-state=open]', () => document.querySelector('#conn-state')?.getAttribute('data-state') === 'open',
+    null, 10_000, connState);
+  await until(page, '#role says "operator"', () => document.querySelector('#role')?.textContent.trim() === 'operator',
+    null, 5_000, () => document.querySelector('#role')?.textContent ?? null);
+  const address = page.url();
+  check(!address.includes('token='), `the token is still in the address bar: ${address}`);
+  const stored = await page.evaluate(() => sessionStorage.getItem('telehub_token'));
+  check(stored && url.endsWith(stored), 'sessionStorage "telehub_token" does not hold the token from the URL');
+  log('b: logged in as operator, token moved out of the address bar');
+
+  // (c) Subscribe env.* after ~2 s of fleet traffic: History fills the chart at once.
+  await page.waitForTimeout(2_000);
+  const early = (await page.evaluate(chartPoints, 'env.temperature')).filter((c) => c.points > 0);
+  check(early.length === 0, `env.temperature charts hold points before any subscription (${JSON.stringify(early)}): the History check below would prove nothing`);
+  await page.fill('form#subscribe input#pattern', 'env.*', { timeout: 5_000 });
+  await submit(page, 'form#subscribe');
+  const subscribedAt = Date.now();
+  await until(page, 'ul#subscriptions lists env.*', () => !!document.querySelector('ul#subscriptions li[data-pattern="env.*"]'),
+    null, 5_000, () => [...document.querySelectorAll('ul#subscriptions li')].map((li) => li.getAttribute('data-pattern')));
+  await until(page, 'within 1.5 s of subscribing env.*, a div.chart[data-category="env.temperature"] with data-points >= 3 (History replay)',
+    () => [...document.querySelectorAll('#charts div.chart')].some((c) => c.getAttribute('data-category') === 'env.temperature' && Number(c.getAttribute('data-points')) >= 3),
+    null, Math.max(100, 1_500 - (Date.now() - subscribedAt)), charts);
+  const before = await page.evaluate(chartPoints, 'env.temperature');
+  const best = before.reduce((a, b) => (b.points > a.points ? b : a));
+  log(`c: History filled ${before.length} env.temperature charts at once (${best.device}: ${best.points} points)`);
+  await until(page, `live points: the env.temperature chart of ${best.device} grows past ${best.points}`,
+    ([device, n]) => [...document.querySelectorAll('#charts div.chart')].some((c) => c.getAttribute('data-category') === 'env.temperature' && c.getAttribute('data-device') === device && Number(c.getAttribute('data-points')) > n),
+    [best.device, best.points], 5_000, charts);
+  log('c: charts grow with live telemetry');
+
+  // (d) The fleet table.
+  await until(page, 'table#fleet has >= 12 rows whose td.state is "online"',
+    () => [...document.querySelectorAll('table#fleet tbody tr[data-device]')].filter((tr) => tr.querySelector('td.state')?.textContent.trim() === 'online').length >= 12,
+    null, 10_000, () => [...document.querySelectorAll('table#fleet tbody tr')].map((tr) => [tr.getAttribute('data-device'), tr.querySelector('td.state')?.textContent]));
+  await until(page, 'table#fleet has the hostile device\'s row, its tags cell showing the markup as text',
+    ([id, tag]) => {
+      const tr = [...document.querySelectorAll('table#fleet tbody tr[data-device]')].find((r) => r.getAttribute('data-device') === id);
+      return tr && tr.querySelector('td.tags')?.textContent.includes(tag) && tr.querySelector('td.device')?.textContent.includes(id);
+    },
+    [HOSTILE_ID, HOSTILE_TAG], 10_000,
+    ([id]) => {
+      const tr = [...document.querySelectorAll('table#fleet tbody tr[data-device]')].find((r) => r.getAttribute('data-device') === id);
+      return tr ? { device: tr.querySelector('td.device')?.textContent, tags: tr.querySelector('td.tags')?.textContent } : 'no row';
+    });
+  const fleetCount = await page.evaluate(() => document.querySelector('#fleet-count')?.textContent ?? null);
+  log(`d: fleet table complete (#fleet-count: ${JSON.stringify(fleetCount)})`);
+
+  // (e) XSS: the hostile device's telemetry is text only.
+  await page.fill('form#subscribe input#pattern', 'env.evil', { timeout: 5_000 });
+  await submit(page, 'form#subscribe');
+  await until(page, 'the #latest row of the hostile device in env.evil shows the reading name and text verbatim',
+    ([id, name, text]) => {
+      const tr = [...document.querySelectorAll('table#latest tbody tr[data-category="env.evil"]')].find((r) => r.getAttribute('data-device') === id);
+      return tr && tr.textContent.includes(name) && tr.textContent.includes(text);
+    },
+    [HOSTILE_ID, HOSTILE_NAME, HOSTILE_TEXT], 10_000,
+    () => [...document.querySelectorAll('table#latest tbody tr[data-category="env.evil"]')].map((r) => r.textContent));
+  const xss = await page.evaluate(() => ({
+    pwned: typeof window.__pwned === 'undefined' ? null : String(window.__pwned),
+    img: document.querySelectorAll('img[src="x"]').length,
+    bold: [...document.querySelectorAll('b')].filter((b) => b.textContent.includes('bold')).length,
+    scripts: [...document.querySelectorAll('script')].filter((s) => s.textContent.includes('__pwned')).length,
+  }));
+  check(xss.pwned === null, `window.__pwned was set to ${xss.pwned}: hub data ran as script`);
+  check(xss.img === 0, `${xss.img} <img src=x> element(s) in the document: hub data rendered as HTML`);
+  check(xss.bold === 0, `${xss.bold} <b> element(s) containing "bold": hub data rendered as HTML`);
+  check(xss.scripts === 0, `${xss.scripts} <script> element(s) with __pwned in the document`);
+  log('e: hostile markup shown as text, nothing ran');
+
+  // (f) A CRITICAL notification to fleet=north, acknowledged by every target.
+  const known = await page.evaluate(() => [...document.querySelectorAll('#campaigns div.campaign')].map((c) => c.getAttribute('data-id')));
+  await until(page, 'section#notifications is visible for an operator', () => {
+    const s = document.querySelector('section#notifications');
+    return s && !s.hasAttribute('hidden');
+  }, null, 5_000);
+  await page.selectOption('select#notify-target', 'tags', { timeout: 5_000 });
+  await page.fill('input#notify-tags', 'fleet=north', { timeout: 5_000 });
+  await page.selectOption('select#notify-severity', 'CRITICAL', { timeout: 5_000 });
+  await page.fill('input#notify-title', 'e2e: north fleet check', { timeout: 5_000 });
+  await page.fill('textarea#notify-body', 'Sent by tests/dashboard_browser.rs; please acknowledge.', { timeout: 5_000 });
+  await page.fill('input#notify-ttl', '300', { timeout: 5_000 });
+  await submit(page, 'form#notify');
+  const sentAt = Date.now();
+  await until(page, '#notify-result[data-state=accepted]', () => document.querySelector('#notify-result')?.getAttribute('data-state') === 'accepted',
+    null, 5_000, () => {
+      const r = document.querySelector('#notify-result');
+      return r ? { state: r.getAttribute('data-state'), text: r.textContent } : null;
+    });
+  const handle = await until(page, 'a new div.campaign in #campaigns', (known) =>
+    [...document.querySelectorAll('#campaigns div.campaign')].map((c) => c.getAttribute('data-id')).find((id) => !known.includes(id)),
+    known, 5_000, () => [...document.querySelectorAll('#campaigns div.campaign')].map((c) => c.getAttribute('data-id')));
+  const id = await handle.jsonValue();
+  const resultText = await page.evaluate(() => document.querySelector('#notify-result').textContent);
+  check(resultText.includes(id), `#notify-result (${JSON.stringify(resultText)}) does not name the campaign id ${id}`);
+  const campaignState = (id) => {
+    const c = [...document.querySelectorAll('#campaigns div.campaign')].find((d) => d.getAttribute('data-id') === id);
+    if (!c) return null;
+    const a = (n) => c.getAttribute(`data-${n}`);
+    return {
+      targets: a('targets'), pending: a('pending'), delivered: a('delivered'), acknowledged: a('acknowledged'), expired: a('expired'),
+      complete: a('complete'), percent: a('percent'),
+      stragglers: c.querySelector('.stragglers') ? c.querySelectorAll('.stragglers tbody tr').length : 'no .stragglers',
+      text: c.textContent.replace(/\s+/g, ' ').slice(0, 200),
+    };
+  };
+  await until(page, `campaign ${id} reaches data-complete="true" and data-percent="100"`, (id) => {
+    const c = [...document.querySelectorAll('#campaigns div.campaign')].find((d) => d.getAttribute('data-id') === id);
+    return c && c.getAttribute('data-complete') === 'true' && c.getAttribute('data-percent') === '100';
+  }, id, Math.max(100, 20_000 - (Date.now() - sentAt)), campaignState);
+  await until(page, `campaign ${id}: its .stragglers table is empty`, (id) => {
+    const c = [...document.querySelectorAll('#campaigns div.campaign')].find((d) => d.getAttribute('data-id') === id);
+    return c && c.querySelector('.stragglers') && c.querySelectorAll('.stragglers tbody tr').length === 0;
+  }, id, 5_000, campaignState);
+  const done = await page.evaluate(campaignState, id);
+  check(Number(done.targets) >= 1 && done.acknowledged === done.targets,
+    `campaign ${id} complete but acknowledged (${done.acknowledged}) != targets (${done.targets})`);
+  log(`f: campaign ${id}: ${done.acknowledged}/${done.targets} acknowledged in ${Date.now() - sentAt} ms`);
+  await page.screenshot({ path: join(outDir, 'laptop.png'), timeout: 10_000, animations: 'disabled' });
+
+  // (g) Phone width: no horizontal page scroll.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(300);
+  const widths = await page.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth,
+    wide: [...document.querySelectorAll('body *')]
+      .filter((e) => e.getBoundingClientRect().right > 391)
+      .slice(0, 5)
+      .map((e) => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}${e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\s+/).join('.') : ''}`),
+  }));
+  await page.screenshot({ path: join(outDir, 'phone.png'), fullPage: true, timeout: 10_000, animations: 'disabled' });
+  check(widths.scroll <= 391, `at 390 px wide the page scrolls horizontally: scrollWidth ${widths.scroll}; widest: ${widths.wide.join(', ')}`);
+  log(`g: phone width ok (scrollWidth ${widths.scroll})`);
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  // (h) The hub restarts; the page reconnects and catches up.
+  // Every state #conn-state passes through, however briefly.
+  await page.evaluate(() => {
+    window.__e2eStates = [];
+    new MutationObserver(() => {
+      const s = document.querySelector('#conn-state')?.getAttribute('data-state');
+      if (window.__e2eStates.at(-1) !== s) window.__e2eStates.push(s);
+    }).observe(document.body, { attributes: true, attributeFilter: ['data-state'], subtree: true, childList: true });
+  });
+  allowNetworkErrors = true;
+  console.log('RESTART-HUB');
+  await until(page, '#conn-state leaves "open" when the hub stops', () => window.__e2eStates.some((s) => s !== 'open'),
+    null, 15_000, () => window.__e2eStates);
+  // The hub is down: nothing arrives until the page reconnects.
+  const beforeRestart = await page.evaluate(charts);
+  log(`h: connection states so far: ${JSON.stringify(await page.evaluate(() => window.__e2eStates))}`);
+  await waitForStdin('RESTARTED', 40_000);
+  const restartedAt = Date.now();
+  await until(page, '#conn-state back to "open" within 20 s of the restart', () => document.querySelector('#conn-state')?.getAttribute('data-state') === 'open',
+    null, 20_000, connState);
+  allowNetworkErrors = false;
+  log(`h: states ${JSON.stringify(await page.evaluate(() => window.__e2eStates))}`);
+  log(`h: reconnected ${Date.now() - restartedAt} ms after the restart (${tolerated} browser connection-failure messages tolerated meanwhile)`);
+  const subs = await page.evaluate(() => [...document.querySelectorAll('ul#subscriptions li')].map((li) => li.getAttribute('data-pattern')));
+  check(subs.includes('env.*'), `after the reconnect ul#subscriptions lists ${JSON.stringify(subs)}, not env.*`);
+  await until(page, 'a chart\'s data-points grows after the restart', (before) =>
+    [...document.querySelectorAll('#charts div.chart')].some((c) => {
+      const old = before.find((b) => b.device === c.getAttribute('data-device') && b.category === c.getAttribute('data-category'));
+      return old && Number(c.getAttribute('data-points')) > old.points;
+    }), beforeRestart, 10_000, charts);
+  log('h: charts grow again after the restart');
+
+  // (i) A viewer sees no notification form.
+  const viewer = await context.newPage();
+  watch(viewer, 'viewer page');
+  const viewerUrl = demoUrl.replace(/#token=[^&]*/, '#token=' + encodeURIComponent(viewerToken));
+  await viewer.goto(viewerUrl, { timeout: 15_000, waitUntil: 'load' });
+  await until(viewer, 'viewer: #conn-state[data-state=open]', () => document.querySelector('#conn-state')?.getAttribute('data-state') === 'open',
+    null, 10_000, connState);
+  await until(viewer, 'viewer: #role says "viewer"', () => document.querySelector('#role')?.textContent.trim() === 'viewer',
+    null, 5_000, () => document.querySelector('#role')?.textContent ?? null);
+  const hidden = await viewer.evaluate(() => document.querySelector('section#notifications')?.hasAttribute('hidden') ?? 'missing');
+  check(hidden === true, `viewer: section#notifications hidden attribute: ${hidden}`);
+  check(!viewer.url().includes('token='), `viewer: the token is still in the address bar: ${viewer.url()}`);
+  // The demo URL's `subscribe=*`: a fresh tab is subscribed to everything, and the
+  // History replay fills its charts at once.
+  await until(viewer, 'viewer: ul#subscriptions lists "*"', () => !!document.querySelector('ul#subscriptions li[data-pattern="*"]'),
+    null, 5_000, () => document.querySelector('ul#subscriptions')?.textContent ?? null);
+  await until(viewer, 'viewer: an env.temperature chart with >= 3 points', () => [...document.querySelectorAll('div.chart[data-category="env.temperature"]')].some((c) => Number(c.getAttribute('data-points')) >= 3),
+    null, 3_000, () => document.querySelector('#charts')?.textContent?.slice(0, 200) ?? null);
+  log('i: viewer logged in; notifications section hidden; subscribe=* filled the charts');
+  await viewer.close();
+
+  // (a) Nothing complained along the way.
+  check(problems.length === 0, `the page reported ${problems.length} console error(s)/warning(s) or uncaught exception(s):\n  ${problems.join('\n  ')}`);
+  log('a: no console errors or warnings, no uncaught exceptions');
+  log('PASSED');
+} catch (e) {
+  exitCode = 1;
+  console.error(`dashboard_e2e.mjs: FAILED: ${e.message}`);
+  if (problems.length) console.error(`console problems so far:\n  ${problems.join('\n  ')}`);
+  if (page) {
+    try {
+      await page.screenshot({ path: join(outDir, 'failure.png'), fullPage: true, timeout: 10_000, animations: 'disabled' });
+      console.error(`dashboard_e2e.mjs: screenshot in ${join(outDir, 'failure.png')}`);
+    } catch (s) {
+      console.error(`dashboard_e2e.mjs: no failure screenshot: ${s.message}`);
+    }
+  }
+} finally {
+  await browser.close().catch(() => {});
+}
+process.exit(exitCode);
