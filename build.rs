@@ -52,12 +52,17 @@ fn main() -> Result<(), Box<dyn Error>> {
 /// embedded with `include_bytes!`, with an ETag from its content.
 fn dashboard_assets() -> Result<(), Box<dyn Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
-    println!("cargo:rerun-if-changed=dashboards");
+    // Not the directory itself: cargo would scan it whole, node_modules included,
+    // which `npm ci` recreates on every CI run, and rebuild the crate each time.
+    // Every embedded file and subdirectory instead; a new file at the top is always
+    // referenced by a changed one (index.html or a module importing it).
+    println!("cargo:rerun-if-changed=dashboards/index.html");
     let mut files = Vec::new();
     collect(&root, &mut files)?;
     files.sort();
     let mut out = String::from("&[\n");
     for file in files {
+        println!("cargo:rerun-if-changed={}", file.display());
         let rel = file
             .strip_prefix(&root)?
             .to_string_lossy()
@@ -85,12 +90,16 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
         return Ok(());
     }
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') || name == "node_modules" {
+        // Symlinks are not followed (no loops, nothing from outside the tree).
+        let kind = entry.file_type()?;
+        if name.starts_with('.') || name == "node_modules" || kind.is_symlink() {
             continue;
         }
-        if path.is_dir() {
+        if kind.is_dir() {
+            println!("cargo:rerun-if-changed={}", path.display());
             collect(&path, files)?;
         } else if path
             .extension()

@@ -4,8 +4,10 @@
 // vendor/ is committed so that `cargo build` alone embeds a working dashboard; CI
 // runs `npm ci && npm run build` and fails if vendor/ then differs from what is
 // committed. No bundling, no minifying, no dependencies: a plain byte copy.
+// A file whose bytes are already right is left untouched (not even its mtime), so
+// this check does not make cargo rebuild the hub that embeds vendor/.
 
-import { copyFileSync, mkdirSync, readFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -22,6 +24,12 @@ const files = [
 const { version } = JSON.parse(readFileSync(join(uplot, "package.json"), "utf8"));
 mkdirSync(vendor, { recursive: true });
 for (const [from, to] of files) {
-  copyFileSync(join(uplot, from), join(vendor, to));
+  const source = join(uplot, from);
+  const target = join(vendor, to);
+  if (existsSync(target) && readFileSync(target).equals(readFileSync(source))) {
+    console.log(`vendor/${to} = uplot@${version}/${from}`);
+    continue;
+  }
+  copyFileSync(source, target);
   console.log(`vendor/${to} <- uplot@${version}/${from}`);
 }

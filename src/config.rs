@@ -124,9 +124,9 @@ pub struct Dashboard {
     /// Series one device may have in the history; further categories are counted
     /// but not kept.
     pub history_series_per_device: usize,
-    /// Telemetry messages kept in all, shared by the series: with many series each
-    /// keeps fewer than `history_len` (but always its latest).
-    pub history_max_messages: usize,
+    /// Bytes of telemetry the history keeps in all, shared equally by the series:
+    /// with many series each keeps fewer than `history_len` messages.
+    pub history_max_bytes: usize,
     /// Fleet statistics (`WatchFleet`) are sent this often.
     #[serde(with = "humantime_serde")]
     pub fleet_interval: Duration,
@@ -147,7 +147,7 @@ impl Default for Dashboard {
             history_len: 120,
             history_replay_max: 20_000,
             history_series_per_device: 16,
-            history_max_messages: 100_000,
+            history_max_bytes: 32 << 20,
             fleet_interval: Duration::from_secs(1),
             forget_after: Duration::from_secs(3600),
             assets_dir: None,

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub inflate_context_bytes: Gauge,
     /// Devices the fleet view remembers (online, or offline within forget_after).
     pub fleet_devices: Gauge,
+    /// Bytes the recent-history windows hold (see `hub::fleet`).
+    pub history_bytes: Gauge,
     pub notifications_accepted: Family<SeverityLabel, Counter>,
     pub notifications_delivered: Counter,
     pub notifications_redelivered: Counter,
@@ -211,6 +213,11 @@ impl Metrics {
             "telehub_fleet_devices",
             "Devices the fleet view and history remember (online, or offline within dashboard.forget_after)",
             m.fleet_devices.clone(),
+        );
+        r.register(
+            "telehub_history_bytes",
+            "Bytes of telemetry kept for History replays (budget: dashboard.history_max_bytes)",
+            m.history_bytes.clone(),
         );
         m
     }

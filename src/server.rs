@@ -155,7 +155,7 @@ impl Server {
                 len: d.history_len,
                 replay_max: d.history_replay_max,
                 series_per_device: d.history_series_per_device,
-                max_messages: d.history_max_messages,
+                max_bytes: d.history_max_bytes,
             },
         );
         let notifier = Notifier::new(

@@ -64,13 +64,9 @@ pub async fn serve(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap) ->
 /// A file from `dir`, for dashboard development. Only plain relative paths to
 /// served file types are looked up: no `..`, no hidden files, no node_modules.
 async fn from_dir(dir: &Path, path: &str) -> Response {
-    let relative = path.trim_start_matches('/');
-    let plain = relative.split('/').all(|segment| {
-        !segment.is_empty() && !segment.starts_with('.') && segment != "node_modules"
-    });
-    if !plain || content_type(path).is_none() {
+    let Some(relative) = servable(path) else {
         return refuse(StatusCode::NOT_FOUND, format!("no such page: {path}"));
-    }
+    };
     match tokio::fs::read(dir.join(relative)).await {
         Ok(body) => {
             let mut response = respond(path, body);
@@ -81,6 +77,20 @@ async fn from_dir(dir: &Path, path: &str) -> Response {
         }
         Err(_) => refuse(StatusCode::NOT_FOUND, format!("no such page: {path}")),
     }
+}
+
+/// The relative path to read for a request path, if it names a served file type
+/// through plain segments only (the URL path is not percent-decoded, so `%2e%2e`
+/// stays a literal, harmless name).
+fn servable(path: &str) -> Option<&str> {
+    let relative = path.strip_prefix('/')?;
+    let plain = relative.split('/').all(|segment| {
+        !segment.is_empty()
+            && !segment.starts_with('.')
+            && segment != "node_modules"
+            && !segment.contains('\\')
+    });
+    (plain && content_type(path).is_some()).then_some(relative)
 }
 
 fn respond(path: &str, body: Vec<u8>) -> Response {
@@ -119,6 +129,31 @@ fn content_type(path: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_paths_to_served_types_are_read_from_disk() {
+        assert_eq!(servable("/index.html"), Some("index.html"));
+        assert_eq!(
+            servable("/vendor/uPlot.min.css"),
+            Some("vendor/uPlot.min.css")
+        );
+        for bad in [
+            "/../secret.html",
+            "/vendor/../../x.js",
+            "/./app.js",
+            "/.git/config.txt",
+            "/node_modules/uplot/dist/uPlot.js",
+            "//etc/x.js",
+            "/a\\..\\b.js",
+            "/package.json",
+            "/build.mjs",
+            "/README.md",
+            "/dir/",
+            "relative.js",
+        ] {
+            assert_eq!(servable(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_page_and_everything_it_needs_are_embedded() {

@@ -65,7 +65,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 pub fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            // The message may echo a request path: never let it be sniffed as HTML.
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         format!("{message}\n"),
     )
         .into_response()

@@ -9,12 +9,15 @@
 //! dashboards take, each for a few pointer copies: publishing never contends with
 //! other devices, and no lock is held across `.await`.
 //!
-//! Memory is bounded: at most `history_max_messages` messages in all, shared fairly
-//! (a series keeps at most `history_max_messages / series`, and never more than
-//! `history_len`, but always its latest message), at most
-//! `history_series_per_device` series per device (further categories are neither
-//! kept nor listed), for the devices seen within `forget_after`. The messages are
-//! the `Arc<Encoded>` fan-out already built, so keeping them copies nothing.
+//! Memory is bounded in bytes. A window keeps the telemetry's protobuf encoding only
+//! (a `Bytes` handle on the buffer the fan-out already made, not a copy, and not the
+//! fan-out's other cached forms), at most `history_len` messages, within an equal
+//! share of `history_max_bytes` among all series: a series that grows past its share
+//! drops its oldest messages at once, and every window is trimmed to the current share
+//! at each statistics tick, so the total exceeds the budget only by what arrives
+//! within one tick. A device keeps at most `history_series_per_device` series
+//! (further categories are neither kept nor listed), for the devices seen within
+//! `forget_after`.
 //!
 //! Counters are not durable: they start at zero when the hub starts.
 
@@ -26,11 +29,20 @@ use std::{
     },
 };
 
-use super::{DashboardHandle, DeviceInfo, Encoded, Filter, Pattern};
-use crate::proto::{envelope::Body, DeviceStats, Envelope, FleetStats, History, Telemetry};
+use bytes::Bytes;
+use prost::Message as _;
 
-/// Telemetry messages per `History` envelope: replays go out in chunks of this many.
-pub const HISTORY_CHUNK: usize = 500;
+use super::{DashboardHandle, DeviceInfo, Encoded, Filter, Pattern, WireFormat};
+use crate::proto::{envelope::Body, DeviceStats, Envelope, FleetStats, History};
+
+/// A `History` envelope carries telemetry up to this many protobuf bytes; longer
+/// replays go out in several. Under 64 KiB, the message limit of the hub's own
+/// client side, so any client that takes the hub's largest telemetry takes these.
+pub const HISTORY_CHUNK_BYTES: usize = 60 * 1024;
+
+/// What one kept message costs besides its bytes (the `Bytes` handle and the shared
+/// buffer's header), so that a budget of tiny messages is still a real bound.
+const ENTRY_OVERHEAD: usize = 64;
 
 /// How much history the hub keeps and replays (from `[dashboard]` in the config).
 #[derive(Clone, Copy, Debug)]
@@ -41,8 +53,8 @@ pub struct HistoryLimits {
     pub replay_max: usize,
     /// Series kept per device.
     pub series_per_device: usize,
-    /// Messages kept in all, shared by the series.
-    pub max_messages: usize,
+    /// Bytes kept in all, shared equally by the series.
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryLimits {
@@ -51,8 +63,34 @@ impl Default for HistoryLimits {
             len: 120,
             replay_max: 20_000,
             series_per_device: 16,
-            max_messages: 100_000,
+            max_bytes: 32 << 20,
         }
+    }
+}
+
+/// One series' recent telemetry: encoded `Envelope{telemetry}`s, oldest first.
+#[derive(Default)]
+struct Window {
+    messages: VecDeque<Bytes>,
+    /// Accounted size of `messages` (see [`ENTRY_OVERHEAD`]).
+    bytes: usize,
+    /// When its newest message was accepted.
+    last_ms: u64,
+}
+
+impl Window {
+    /// Drops the oldest messages until at most `len` messages and `share` bytes
+    /// remain; returns the bytes freed.
+    fn trim(&mut self, len: usize, share: usize) -> usize {
+        let mut freed = 0;
+        while self.messages.len() > len || (self.bytes > share && !self.messages.is_empty()) {
+            if let Some(m) = self.messages.pop_front() {
+                let size = m.len() + ENTRY_OVERHEAD;
+                self.bytes -= size;
+                freed += size;
+            }
+        }
+        freed
     }
 }
 
@@ -66,8 +104,7 @@ pub struct Record {
     messages: AtomicU64,
     rate_limited: AtomicU64,
     dropped: AtomicU64,
-    /// Recent telemetry per category, oldest first.
-    series: Mutex<BTreeMap<String, VecDeque<Arc<Encoded>>>>,
+    series: Mutex<BTreeMap<String, Window>>,
 }
 
 impl Record {
@@ -87,50 +124,8 @@ impl Record {
         lock(&self.info).clone()
     }
 
-    /// Counts an accepted telemetry message and keeps it in its series' window.
-    /// `series_total` counts the series of every device (see [`Fleet`]).
-    fn accepted(
-        &self,
-        category: &str,
-        msg: &Arc<Encoded>,
-        limits: &HistoryLimits,
-        series_total: &AtomicUsize,
-        now: u64,
-    ) {
-        self.messages.fetch_add(1, Ordering::Relaxed);
-        self.last_seen_ms.store(now, Ordering::Relaxed);
-        let mut series = lock(&self.series);
-        if !series.contains_key(category) {
-            if series.len() >= limits.series_per_device {
-                return;
-            }
-            series.insert(category.to_owned(), VecDeque::new());
-            series_total.fetch_add(1, Ordering::Relaxed);
-        }
-        let Some(window) = series.get_mut(category) else {
-            return;
-        };
-        if limits.len == 0 {
-            return;
-        }
-        // This series' fair share of the budget (at least its latest message).
-        let share = limits.max_messages / series_total.load(Ordering::Relaxed).max(1);
-        let keep = limits.len.min(share).max(1);
-        while window.len() >= keep {
-            window.pop_front();
-        }
-        window.push_back(msg.clone());
-    }
-
     pub fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Deliveries of this device's telemetry that slow dashboards dropped.
-    pub fn dropped(&self, n: u64) {
-        if n > 0 {
-            self.dropped.fetch_add(n, Ordering::Relaxed);
-        }
     }
 
     fn stats(&self, rate: f64) -> DeviceStats {
@@ -173,8 +168,10 @@ struct Ticks {
 #[derive(Default)]
 pub struct Fleet {
     records: std::sync::RwLock<HashMap<String, Arc<Record>>>,
-    /// Series of every record, for each series' share of `limits.max_messages`.
+    /// Series of every record, for each series' share of `limits.max_bytes`.
     series_total: AtomicUsize,
+    /// Accounted bytes of every window.
+    kept_bytes: AtomicUsize,
     ticks: Mutex<Ticks>,
     pub limits: HistoryLimits,
 }
@@ -201,11 +198,6 @@ impl Fleet {
         record
     }
 
-    /// Counts an accepted telemetry message and keeps it in the device's history.
-    pub fn accepted(&self, record: &Record, category: &str, msg: &Arc<Encoded>, now: u64) {
-        record.accepted(category, msg, &self.limits, &self.series_total, now);
-    }
-
     pub fn offline(&self, device_id: &str, now: u64) {
         if let Some(r) = super::read(&self.records).get(device_id) {
             r.online.store(false, Ordering::Relaxed);
@@ -213,68 +205,138 @@ impl Fleet {
         }
     }
 
+    /// Devices remembered.
     pub fn devices(&self) -> usize {
         super::read(&self.records).len()
     }
 
+    /// Bytes the history holds (accounted as the budget counts them).
+    pub fn history_bytes(&self) -> usize {
+        self.kept_bytes.load(Ordering::Relaxed)
+    }
+
+    fn share(&self) -> usize {
+        self.limits.max_bytes / self.series_total.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Counts an accepted telemetry message and keeps it in its series' window.
+    pub fn accepted(&self, record: &Record, category: &str, msg: &Encoded, now: u64) {
+        record.messages.fetch_add(1, Ordering::Relaxed);
+        record.last_seen_ms.store(now, Ordering::Relaxed);
+        let mut series = lock(&record.series);
+        if !series.contains_key(category) {
+            if series.len() >= self.limits.series_per_device {
+                return;
+            }
+            series.insert(category.to_owned(), Window::default());
+            self.series_total.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(window) = series.get_mut(category) else {
+            return;
+        };
+        window.last_ms = now;
+        if self.limits.len == 0 {
+            return;
+        }
+        let bytes = msg.message(WireFormat::Protobuf).payload().clone();
+        let size = bytes.len() + ENTRY_OVERHEAD;
+        window.messages.push_back(bytes);
+        window.bytes += size;
+        let freed = window.trim(self.limits.len, self.share());
+        // Add before subtracting: the counter never wraps below zero.
+        self.kept_bytes.fetch_add(size, Ordering::Relaxed);
+        self.kept_bytes.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// A slow dashboard's outbox dropped this (older) telemetry message to make room:
+    /// counted against the device that sent it.
+    pub fn dropped(&self, msg: &Encoded) {
+        if let Some(Body::Telemetry(t)) = &msg.envelope().body {
+            if let Some(r) = super::read(&self.records).get(&t.device_id) {
+                r.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The recent telemetry a new subscription to `patterns` with `filter` would
     /// have received: per series oldest first, at most `limits.len` per series and
-    /// `limits.replay_max` in all (wide subscriptions get fewer per series), as
-    /// `History` envelopes of at most [`HISTORY_CHUNK`] messages.
+    /// `limits.replay_max` in all (wide subscriptions get fewer per series; past
+    /// `replay_max` series, the latest message of the most recently active ones), as
+    /// `History` envelopes of about [`HISTORY_CHUNK_BYTES`] each.
     pub fn history(&self, patterns: &[Pattern], filter: &Filter) -> Vec<Arc<Encoded>> {
-        if self.limits.len == 0 {
+        if self.limits.len == 0 || self.limits.replay_max == 0 {
             return Vec::new();
         }
         let records: Vec<Arc<Record>> = super::read(&self.records).values().cloned().collect();
-        let mut matched: Vec<(String, String, Vec<Arc<Encoded>>)> = Vec::new();
+        // (device, category, last_ms, messages)
+        let mut matched: Vec<(String, String, u64, Vec<Bytes>)> = Vec::new();
         for record in records {
             let info = record.info();
             if !filter.matches(&info.id, &info.tags) {
                 continue;
             }
             for (category, window) in lock(&record.series).iter() {
-                if !window.is_empty() && patterns.iter().any(|p| p.matches(category)) {
+                if !window.messages.is_empty() && patterns.iter().any(|p| p.matches(category)) {
                     matched.push((
                         info.id.clone(),
                         category.clone(),
-                        window.iter().cloned().collect(),
+                        window.last_ms,
+                        window.messages.iter().cloned().collect(),
                     ));
                 }
             }
         }
-        if matched.is_empty() {
-            return Vec::new();
+        if matched.len() > self.limits.replay_max {
+            matched.sort_by_key(|m| std::cmp::Reverse(m.2));
+            matched.truncate(self.limits.replay_max);
         }
         matched.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        let per_series = (self.limits.replay_max / matched.len()).max(1);
-        let telemetry: Vec<Telemetry> = matched
+        let per_series = (self.limits.replay_max / matched.len().max(1)).max(1);
+
+        let mut chunks: Vec<History> = Vec::new();
+        let mut chunk = History::default();
+        let mut chunk_bytes = 0;
+        for bytes in matched
             .iter()
-            .flat_map(|(_, _, window)| window[window.len().saturating_sub(per_series)..].iter())
-            .filter_map(|m| match &m.envelope().body {
-                Some(Body::Telemetry(t)) => Some(t.clone()),
-                _ => None,
-            })
-            .collect();
-        let chunks = telemetry.len().div_ceil(HISTORY_CHUNK);
-        telemetry
-            .chunks(HISTORY_CHUNK)
-            .enumerate()
-            .map(|(i, chunk)| {
+            .flat_map(|(_, _, _, window)| &window[window.len().saturating_sub(per_series)..])
+        {
+            // Kept bytes are `Envelope{telemetry}` encodings made by this hub.
+            let Ok(Envelope {
+                body: Some(Body::Telemetry(t)),
+            }) = Envelope::decode(bytes.clone())
+            else {
+                continue;
+            };
+            if chunk_bytes + bytes.len() > HISTORY_CHUNK_BYTES && !chunk.telemetry.is_empty() {
+                chunk.more = true;
+                chunks.push(std::mem::take(&mut chunk));
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes.len();
+            chunk.telemetry.push(t);
+        }
+        if !chunk.telemetry.is_empty() {
+            chunks.push(chunk);
+        }
+        chunks
+            .into_iter()
+            .map(|h| {
                 Encoded::new(Envelope {
-                    body: Some(Body::History(History {
-                        telemetry: chunk.to_vec(),
-                        more: i + 1 < chunks,
-                    })),
+                    body: Some(Body::History(h)),
                 })
             })
             .collect()
     }
 
-    /// Starts (with a full snapshot) or stops sending fleet statistics to a dashboard.
+    /// Starts (with a full snapshot) or stops sending fleet statistics to a
+    /// dashboard. Asking again while watching changes nothing.
     pub fn watch(&self, handle: &Arc<DashboardHandle>, on: bool, now: u64) {
         let mut ticks = lock(&self.ticks);
         if !on {
             ticks.watchers.remove(&handle.id);
+            return;
+        }
+        if ticks.watchers.contains_key(&handle.id) {
             return;
         }
         let mut devices: Vec<DeviceStats> =
@@ -296,32 +358,47 @@ impl Fleet {
     }
 
     /// One statistics interval: forgets devices offline for `forget_after_ms`,
-    /// recomputes every device's statistics and sends the changes to watchers.
-    /// Returns the FleetStats sent (None: nothing changed).
+    /// trims every window to its current share of the budget, recomputes every
+    /// device's statistics and sends the changes to watchers. Returns the
+    /// FleetStats sent (None: nothing changed).
     pub fn tick(&self, now: u64, forget_after_ms: u64) -> Option<Arc<Encoded>> {
-        let forgotten: Vec<String> = {
+        let stale = |r: &Record| {
+            !r.online.load(Ordering::Relaxed)
+                && now.saturating_sub(r.last_seen_ms.load(Ordering::Relaxed)) >= forget_after_ms
+        };
+        // The write lock (which device connects wait for) only when there is
+        // something to forget.
+        let mut forgotten = Vec::new();
+        if super::read(&self.records).values().any(|r| stale(r)) {
             let mut records = super::write(&self.records);
-            let stale: Vec<String> = records
+            let ids: Vec<String> = records
                 .iter()
-                .filter(|(_, r)| {
-                    !r.online.load(Ordering::Relaxed)
-                        && now.saturating_sub(r.last_seen_ms.load(Ordering::Relaxed))
-                            >= forget_after_ms
-                })
+                .filter(|(_, r)| stale(r))
                 .map(|(id, _)| id.clone())
                 .collect();
-            for id in &stale {
-                if let Some(r) = records.remove(id) {
-                    let series = lock(&r.series).len();
-                    self.series_total.fetch_sub(series, Ordering::Relaxed);
+            for id in ids {
+                if let Some(r) = records.remove(&id) {
+                    let series = lock(&r.series);
+                    self.series_total.fetch_sub(series.len(), Ordering::Relaxed);
+                    let bytes: usize = series.values().map(|w| w.bytes).sum();
+                    self.kept_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 }
+                forgotten.push(id);
             }
-            stale
-        };
+        }
         let records: Vec<(String, Arc<Record>)> = super::read(&self.records)
             .iter()
             .map(|(id, r)| (id.clone(), r.clone()))
             .collect();
+
+        let share = self.share();
+        for (_, record) in &records {
+            let freed: usize = lock(&record.series)
+                .values_mut()
+                .map(|w| w.trim(self.limits.len, share))
+                .sum();
+            self.kept_bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
 
         let mut ticks = lock(&self.ticks);
         let elapsed_s = now.saturating_sub(ticks.last_tick_ms) as f64 / 1000.0;
@@ -343,6 +420,8 @@ impl Fleet {
             }
             ticks.reported.insert(id, Reported { stats, messages });
         }
+        // A device forgotten above that reconnected since is in `changed`, not gone.
+        forgotten.retain(|id| !changed.iter().any(|s| &s.device_id == id));
         let forgotten: Vec<String> = forgotten
             .into_iter()
             .filter(|id| ticks.reported.remove(id).is_some())
@@ -375,7 +454,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{hub::Hub, metrics::Metrics};
+    use crate::{hub::Hub, metrics::Metrics, proto::Telemetry};
 
     fn telemetry(device: &str, category: &str, seq: u64) -> Arc<Encoded> {
         Encoded::new(Envelope {
@@ -401,7 +480,7 @@ mod tests {
             len: 2,
             replay_max: 100,
             series_per_device: 2,
-            max_messages: 100,
+            max_bytes: 1 << 20,
         };
         let fleet = Fleet::new(limits);
         let info = Arc::new(DeviceInfo {
@@ -419,12 +498,12 @@ mod tests {
         fleet.accepted(&record, "b", &telemetry("d", "b", 11), 1_500);
         fleet.accepted(&record, "c", &telemetry("d", "c", 12), 1_500);
         record.rate_limited();
-        record.dropped(3);
+        fleet.dropped(&telemetry("d", "a", 1));
         let tick = fleet.tick(3_000, 60_000).unwrap();
         let s = &stats_of(&tick).devices[0];
         assert_eq!(s.messages, 12);
         assert_eq!(s.rate, 6.0, "12 messages in 2 s");
-        assert_eq!((s.rate_limited, s.dropped), (1, 3));
+        assert_eq!((s.rate_limited, s.dropped), (1, 1));
         assert_eq!(
             s.categories,
             ["a", "b"],
@@ -459,17 +538,24 @@ mod tests {
     }
 
     #[test]
-    fn the_message_budget_is_shared_by_the_series() {
+    fn the_byte_budget_is_shared_by_the_series() {
+        // Each test message is 11 bytes encoded, 75 as accounted.
+        let size = telemetry("d0", "a", 20)
+            .message(WireFormat::Protobuf)
+            .payload()
+            .len()
+            + ENTRY_OVERHEAD;
+        assert_eq!(size, 75);
         let limits = HistoryLimits {
             len: 10,
             replay_max: 1000,
             series_per_device: 16,
-            max_messages: 12,
+            max_bytes: 4 * 3 * size + 10,
         };
         let fleet = Fleet::new(limits);
-        let kept = |fleet: &Fleet, p: &str| -> usize {
+        let kept = |fleet: &Fleet| -> usize {
             fleet
-                .history(&[Pattern::parse(p).unwrap()], &Filter::default())
+                .history(&[Pattern::parse("*").unwrap()], &Filter::default())
                 .iter()
                 .map(|m| match &m.envelope().body {
                     Some(Body::History(h)) => h.telemetry.len(),
@@ -478,39 +564,87 @@ mod tests {
                 .sum()
         };
         let mut records = Vec::new();
-        for d in 0..4 {
+        for d in 0..5 {
             let info = Arc::new(DeviceInfo {
                 id: format!("d{d}"),
                 tags: Default::default(),
             });
             records.push(fleet.online(&info, 0));
         }
-        for seq in 0..20 {
+        for seq in 20..40 {
             fleet.accepted(&records[0], "a", &telemetry("d0", "a", seq), 1);
         }
-        assert_eq!(kept(&fleet, "*"), 10, "alone, a series keeps history_len");
-        // Four series share 12: each keeps 3, d0 shrinking as it publishes again.
+        assert_eq!(kept(&fleet), 10, "alone, a series keeps history_len");
+        // Four series share the budget: 3 messages each, d0 shrinking as it
+        // publishes again.
         for seq in 20..40 {
-            for (i, r) in records.iter().enumerate() {
+            for (i, r) in records.iter().enumerate().take(4) {
                 fleet.accepted(r, "a", &telemetry(&format!("d{i}"), "a", seq), 1);
             }
         }
-        assert_eq!(kept(&fleet, "*"), 12);
+        assert_eq!(kept(&fleet), 12);
+        assert_eq!(fleet.history_bytes(), 12 * size);
+        // A fifth series: the next tick trims the idle ones to the new share (2 each).
+        fleet.accepted(&records[4], "a", &telemetry("d4", "a", 20), 1);
+        assert_eq!(kept(&fleet), 13);
+        fleet.tick(2, 60_000);
+        assert_eq!(kept(&fleet), 9, "4 × 2 + d4's one");
+        assert_eq!(fleet.history_bytes(), 9 * size);
     }
 
     #[test]
-    fn publishing_counts_what_slow_dashboards_dropped() {
+    fn a_wide_replay_takes_the_latest_of_the_most_recently_active_series() {
+        let limits = HistoryLimits {
+            len: 10,
+            replay_max: 2,
+            series_per_device: 16,
+            max_bytes: 1 << 20,
+        };
+        let fleet = Fleet::new(limits);
+        for (d, at) in [("d0", 5), ("d1", 9), ("d2", 7)] {
+            let info = Arc::new(DeviceInfo {
+                id: d.into(),
+                tags: Default::default(),
+            });
+            let r = fleet.online(&info, 0);
+            for seq in 1..=3 {
+                fleet.accepted(&r, "a", &telemetry(d, "a", seq), at);
+            }
+        }
+        let h = fleet.history(&[Pattern::parse("*").unwrap()], &Filter::default());
+        let Some(Body::History(h)) = &h[0].envelope().body else {
+            panic!()
+        };
+        let got: Vec<(&str, u64)> = h
+            .telemetry
+            .iter()
+            .map(|t| (t.device_id.as_str(), t.seq))
+            .collect();
+        assert_eq!(got, [("d1", 3), ("d2", 3)]);
+    }
+
+    #[test]
+    fn dropped_telemetry_is_counted_against_the_device_that_sent_it() {
         let hub = Hub::new(Arc::new(Metrics::new()));
-        let dash = hub.register_dashboard(1);
+        let dash = hub.register_dashboard(2);
         hub.subscribe(&dash, &[Pattern::parse("*").unwrap()], Filter::default());
-        let info = Arc::new(DeviceInfo {
-            id: "d".into(),
-            tags: Default::default(),
-        });
-        let session = hub.device_online(info.clone());
-        for seq in 1..=3 {
-            let out = hub.publish(&info, "a", &telemetry("d", "a", seq));
-            session.record.dropped(out.dropped);
+        let device = |id: &str| {
+            Arc::new(DeviceInfo {
+                id: id.into(),
+                tags: Default::default(),
+            })
+        };
+        let (fast, slow) = (device("fast"), device("slow"));
+        let _sessions = (
+            hub.device_online(fast.clone()),
+            hub.device_online(slow.clone()),
+        );
+        // The queue holds 2: fast's two messages fill it, slow's two push them out.
+        for seq in 1..=2 {
+            hub.publish(&fast, "a", &telemetry("fast", "a", seq));
+        }
+        for seq in 1..=2 {
+            hub.publish(&slow, "a", &telemetry("slow", "a", seq));
         }
         hub.fleet.tick(1, 60_000);
         let watcher = hub.register_dashboard(16);
@@ -525,9 +659,15 @@ mod tests {
             })
             .unwrap();
         assert!(full.full);
-        assert_eq!(
-            full.devices[0].dropped, 2,
-            "queue of 1: two of three dropped"
-        );
+        let dropped: Vec<(&str, u64)> = full
+            .devices
+            .iter()
+            .map(|d| (d.device_id.as_str(), d.dropped))
+            .collect();
+        assert_eq!(dropped, [("fast", 2), ("slow", 0)]);
+        // Watching again sends no second snapshot.
+        hub.fleet.watch(&watcher, true, 3);
+        watcher.outbox.drain(&mut out);
+        assert!(out.is_empty());
     }
 }

@@ -333,9 +333,11 @@ impl Hub {
                 }
                 match d.outbox.push_telemetry(msg.clone()) {
                     Pushed::Queued => out.delivered += 1,
-                    Pushed::DroppedOldest => {
+                    Pushed::DroppedOldest(evicted) => {
                         out.delivered += 1;
                         out.dropped += 1;
+                        // Counted against the device whose message was lost.
+                        self.fleet.dropped(&evicted);
                     }
                     Pushed::Closed => {}
                 }
@@ -399,6 +401,9 @@ impl Hub {
             }
             self.fleet.tick(now_ms(), forget_after.as_millis() as u64);
             self.metrics.fleet_devices.set(self.fleet.devices() as i64);
+            self.metrics
+                .history_bytes
+                .set(i64::try_from(self.fleet.history_bytes()).unwrap_or(i64::MAX));
         }
     }
 
@@ -537,6 +542,26 @@ mod tests {
         };
         assert!(matches!(t.readings[1].value, Some(Value::Number(n)) if n.is_nan()));
         assert_eq!(t.readings[3].value, Some(Value::Number(f64::NEG_INFINITY)));
+
+        // The same readings replayed in a History, second of two.
+        let history = Encoded::new(Envelope {
+            body: Some(Body::History(crate::proto::History {
+                telemetry: vec![Telemetry::default(), t.clone()],
+                more: false,
+            })),
+        });
+        let text = String::from_utf8(history.message(WireFormat::Json).payload().to_vec()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["history"]["telemetry"][1]["readings"][2]["number"],
+            serde_json::json!("Infinity"),
+            "{text}"
+        );
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        let Some(Body::History(h)) = back.body else {
+            panic!("{text}")
+        };
+        assert!(matches!(h.telemetry[1].readings[1].value, Some(Value::Number(n)) if n.is_nan()));
     }
 
     fn queued(d: &DashboardHandle) -> usize {

@@ -33,11 +33,11 @@ use tokio::sync::Notify;
 use super::Encoded;
 
 /// What happened to a pushed telemetry message.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// Queued, and the oldest telemetry was dropped to make room.
-    DroppedOldest,
+    /// Queued, and the oldest telemetry (this one) was dropped to make room; or,
+    /// when only control messages are queued, the new message itself was dropped.
+    DroppedOldest(Arc<Encoded>),
     /// The dashboard is gone; nothing was queued.
     Closed,
 }
@@ -120,16 +120,18 @@ impl Outbox {
                 .iter()
                 .position(|item| matches!(item, Item::Message(_, true)))
             {
-                st.queue.remove(i);
+                let evicted = st.queue.remove(i);
                 st.messages -= 1;
                 st.dropped += 1;
                 st.dropped_total += 1;
-                result = Pushed::DroppedOldest;
+                if let Some(Item::Message(old, _)) = evicted {
+                    result = Pushed::DroppedOldest(old);
+                }
             } else {
                 // Only control messages are queued: drop the new telemetry instead.
                 st.dropped += 1;
                 st.dropped_total += 1;
-                return Pushed::DroppedOldest;
+                return Pushed::DroppedOldest(msg);
             }
         }
         let was_empty = st.queue.is_empty();
@@ -359,6 +361,6 @@ mod tests {
         assert!(ob.drain(&mut out).overflowed);
         assert_eq!(out.len(), 2);
         ob.close();
-        assert_eq!(ob.push_telemetry(msg(4)), Pushed::Closed);
+        assert!(matches!(ob.push_telemetry(msg(4)), Pushed::Closed));
     }
 }

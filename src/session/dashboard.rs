@@ -7,8 +7,12 @@
 //! compression parameters gets. When the outbox dropped telemetry since the last
 //! batch, a `Dropped{count,total}` notice goes first.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, num::NonZeroU32, sync::Arc, time::Duration};
 
+use governor::{
+    clock::{Clock, DefaultClock},
+    DefaultDirectRateLimiter, Quota, RateLimiter,
+};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -29,6 +33,13 @@ use crate::{
     },
     ws,
 };
+
+/// Subscribes a dashboard may send per second, and at once: each replays history
+/// (up to `dashboard.history_replay_max` messages), so a client looping on Subscribe
+/// must not make the hub copy history without end. The burst covers a page
+/// resubscribing everything after a reconnect.
+const SUBSCRIBES_PER_SECOND: u32 = 5;
+const SUBSCRIBE_BURST: u32 = 64;
 
 /// Runs one dashboard connection to its end.
 pub async fn run<S>(
@@ -51,6 +62,10 @@ pub async fn run<S>(
         meters,
         patterns: BTreeMap::new(),
         strikes: 0,
+        subscribes: RateLimiter::direct(
+            Quota::per_second(NonZeroU32::new(SUBSCRIBES_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(SUBSCRIBE_BURST).unwrap_or(NonZeroU32::MIN)),
+        ),
     };
     let welcome = Envelope {
         body: Some(Body::Welcome(Welcome {
@@ -90,6 +105,8 @@ struct Dashboard {
     /// This dashboard's subscriptions by their text form (what `Subscribed` lists).
     patterns: BTreeMap<String, Pattern>,
     strikes: u32,
+    /// Paces Subscribes (see [`SUBSCRIBES_PER_SECOND`]).
+    subscribes: DefaultDirectRateLimiter,
 }
 
 impl Dashboard {
@@ -307,6 +324,16 @@ impl Dashboard {
 
     /// Applies a Subscribe atomically: every pattern is valid, or none is added.
     fn on_subscribe(&mut self, s: Subscribe) -> Result<Option<Envelope>, Close> {
+        if let Err(not_until) = self.subscribes.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Ok(Some(error_envelope(
+                Code::RateLimited,
+                format!(
+                    "at most {SUBSCRIBES_PER_SECOND} Subscribes per second (burst {SUBSCRIBE_BURST}); nothing of this one was applied"
+                ),
+                wait.as_millis().clamp(1, u32::MAX as u128) as u32,
+            )));
+        }
         let mut parsed = Vec::with_capacity(s.categories.len());
         for c in &s.categories {
             match Pattern::parse(c) {

@@ -62,6 +62,7 @@ where
         .await;
     let mut device = Device {
         record: presence.record.clone(),
+        last_received_ms: 0,
         deliveries: Deliveries::new(app.notifier.clone(), info.id.clone(), &app.config.notify),
         info,
         app: app.clone(),
@@ -86,6 +87,7 @@ struct Device {
     info: Arc<DeviceInfo>,
     /// This device's counters and history in the fleet view.
     record: Arc<Record>,
+    last_received_ms: u64,
     app: Arc<App>,
     meters: RoleMeters,
     limiter: DefaultDirectRateLimiter,
@@ -273,7 +275,10 @@ impl Device {
         self.strikes = 0;
         // The device id comes from the token, never from the frame.
         t.device_id.clone_from(&self.info.id);
-        let now = now_ms();
+        // Never earlier than this device's previous message, even if the hub's clock
+        // steps back: clients order a series by (received_ms, seq).
+        let now = now_ms().max(self.last_received_ms);
+        self.last_received_ms = now;
         t.received_ms = now;
         let encoded = Encoded::new(Envelope {
             body: Some(Body::Telemetry(t)),
@@ -288,8 +293,7 @@ impl Device {
             .hub
             .fleet
             .accepted(&self.record, category, &encoded, now);
-        let published = self.app.hub.publish(&self.info, category, &encoded);
-        self.record.dropped(published.dropped);
+        self.app.hub.publish(&self.info, category, &encoded);
         Reply::None
     }
 
