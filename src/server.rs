@@ -158,6 +158,18 @@ impl Server {
                 max_bytes: d.history_max_bytes,
             },
         );
+        // Devices seen within `forget_after` before this start are listed offline
+        // (their counters start from zero) until they reconnect.
+        let since = crate::hub::now_ms().saturating_sub(d.forget_after.as_millis() as u64);
+        for device in &snapshot.devices {
+            if let Some(seen) = device.last_seen_ms.filter(|&t| t >= since) {
+                let info = crate::hub::DeviceInfo {
+                    id: device.id.clone(),
+                    tags: device.tags.clone(),
+                };
+                hub.fleet.remember_offline(Arc::new(info), seen);
+            }
+        }
         let notifier = Notifier::new(
             store,
             snapshot,

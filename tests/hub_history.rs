@@ -324,3 +324,33 @@ async fn fleet_statistics_count_messages_refusals_and_presence() {
     }
     assert!(forgotten, "d1 was never forgotten");
 }
+
+/// After a restart, the fleet view still lists the devices seen within
+/// `forget_after` (offline until they reconnect), from the device registry.
+#[tokio::test]
+async fn a_restarted_hub_lists_recently_seen_devices_offline() {
+    let root = common::temp_dir("fleet-restart");
+    let on_dirs = |c: &mut telehub::config::Config| {
+        c.data_dir = root.join("data");
+        c.certs_dir = root.join("certs");
+        c.dashboard.fleet_interval = Duration::from_millis(100);
+    };
+    let hub = Hub::with(on_dirs).await;
+    let mut d = hub.device_tagged("d1", &[("fleet", "north")]).await;
+    d.send_telemetry("env.t", vec![]).await;
+    accepted(&hub, 1).await;
+    hub.stop().await;
+
+    let hub = Hub::with(on_dirs).await;
+    let mut dash = hub.dashboard().await;
+    dash.send(&Envelope {
+        body: Some(Body::WatchFleet(WatchFleet { watch: true })),
+    })
+    .await;
+    let s = device_stats(&mut dash, "d1", |_| true).await;
+    assert!(!s.online);
+    assert!(s.last_seen_ms > 0);
+    assert_eq!(s.tags.get("fleet").map(String::as_str), Some("north"));
+    hub.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}

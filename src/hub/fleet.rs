@@ -198,6 +198,14 @@ impl Fleet {
         record
     }
 
+    /// Remembers a device from the registry as offline (at startup, so the fleet
+    /// view lists the devices seen before a restart), unless already known.
+    pub fn remember_offline(&self, info: Arc<DeviceInfo>, last_seen_ms: u64) {
+        super::write(&self.records)
+            .entry(info.id.clone())
+            .or_insert_with(|| Arc::new(Record::new(info, last_seen_ms)));
+    }
+
     pub fn offline(&self, device_id: &str, now: u64) {
         if let Some(r) = super::read(&self.records).get(device_id) {
             r.online.store(false, Ordering::Relaxed);
