@@ -69,26 +69,38 @@ const conn = new Connection({
   },
 });
 
-const subscriptions = new Subscriptions({
-  conn,
-  onPrune(keep) {
-    const removed = store.retain(keep);
-    charts.removed(removed);
-    latest.removed(removed);
-  },
-});
+/** Drops the series for which keep(series) is false, with their charts and rows. */
+function pruneSeries(keep) {
+  const removed = store.retain(keep);
+  charts.removed(removed);
+  latest.removed(removed);
+}
+
+const subscriptions = new Subscriptions({ conn, onPrune: pruneSeries });
 // `#subscribe=PATTERN` (what `telehub demo` prints) subscribes a tab that has no
 // subscriptions yet; one that has some keeps them.
 const initialPattern = fragment.get("subscribe");
 if (initialPattern) subscriptions.subscribeIfNone(initialPattern);
 const fleet = new FleetView({
   onCategories: (categories) => categories.forEach((c) => subscriptions.addKnown(c)),
+  onForgotten(ids) {
+    const forgotten = new Set(ids);
+    pruneSeries((series) => !forgotten.has(series.deviceId));
+  },
 });
 const notifications = new Notifications({ conn });
 
 function addTelemetry(telemetry) {
+  // Sent before an Unsubscribe reached the hub: its series are being pruned, and
+  // this must not bring them back.
+  if (!subscriptions.wants(telemetry.category || "")) return;
   const added = store.add(telemetry);
   if (!added) return; // already held (History overlapping live data)
+  if (added.evicted) {
+    // The store made room (MAX_SERIES): the least recently updated series went.
+    charts.removed(added.evicted);
+    latest.removed(added.evicted);
+  }
   charts.touched(added.series, added.created);
   latest.touched(added.series, added.created);
   if (added.created) subscriptions.addKnown(added.series.category);

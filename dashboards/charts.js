@@ -5,19 +5,19 @@
 // that match the chart filter); a chart is only redrawn in the frame after its
 // series got new points, with one setData per chart per frame however many
 // messages arrived; and sizes follow the container through one ResizeObserver.
+// Choosing which series get charts looks at every series, so it runs at most every
+// SELECT_MS rather than in every frame in which a series appeared (a History replay
+// or a churning fleet creates series in most frames).
 
-import { byId, el, formatValue, naturalCompare, setAttr, showMessage } from "./dom.js";
-import { schedule } from "./frame.js";
+import { byId, el, formatValue, setAttr, showMessage } from "./dom.js";
+import { schedule, scheduleAtMost } from "./frame.js";
+import { MAX_COLUMNS, firstSeries } from "./series.js";
 
 export const MAX_CHARTS = 24;
+const SELECT_MS = 250;
 const PLOT_HEIGHT = 170;
 const PALETTE = ["#2563eb", "#e8590c", "#2f9e44", "#ae3ec9", "#d6336c", "#0c8599", "#74b816", "#f59f00"];
 const AXIS = { stroke: "#5b6475", grid: { stroke: "#eceff3", width: 1 }, ticks: { stroke: "#d5dae1", width: 1 } };
-
-/** Series order on screen: by device (demo-2 before demo-10), then category. */
-function compareSeries(a, b) {
-  return naturalCompare(a.deviceId, b.deviceId) || naturalCompare(a.category, b.category);
-}
 
 // Tick formatters by number of decimals (Intl formatters are costly to create).
 const tickFormats = new Map();
@@ -74,6 +74,7 @@ export class Charts {
     this.selectionDirty = false; // series appeared or vanished, or the filter changed
     this.filter = "";
     this.flush = this.flush.bind(this);
+    this.reselect = this.reselect.bind(this);
 
     // Resizes are applied in the next frame rather than inside the observer, so a
     // redraw never feeds back into the same layout pass (no ResizeObserver loops).
@@ -87,30 +88,36 @@ export class Charts {
     this.filterInput.addEventListener("input", () => {
       this.filter = this.filterInput.value.trim().toLowerCase();
       this.selectionDirty = true;
-      schedule(this.flush);
+      schedule(this.reselect); // typing: answer at once
     });
   }
 
   /** A series got a new point (called per message: only bookkeeping here). */
   touched(series, created) {
-    if (created) this.selectionDirty = true;
-    else if (this.charts.has(series.key)) this.dirty.add(series.key);
-    else return;
-    schedule(this.flush);
+    if (created) {
+      this.selectionDirty = true;
+      scheduleAtMost(this.reselect, SELECT_MS);
+    } else if (this.charts.has(series.key)) {
+      this.dirty.add(series.key);
+      schedule(this.flush);
+    }
   }
 
-  /** Series were dropped from the store (unsubscribed): their charts go too. */
+  /**
+   * Series were dropped from the store (unsubscribed, evicted, device forgotten):
+   * their charts go at once; others may take their places at the next selection.
+   */
   removed(seriesList) {
     if (!seriesList.length) return;
     for (const series of seriesList) this.destroy(series.key);
     this.selectionDirty = true;
-    schedule(this.flush);
+    scheduleAtMost(this.reselect, SELECT_MS);
   }
 
   clear() {
     for (const key of [...this.charts.keys()]) this.destroy(key);
     this.selectionDirty = true;
-    schedule(this.flush);
+    schedule(this.reselect);
   }
 
   matchesFilter(series) {
@@ -118,8 +125,12 @@ export class Charts {
     return !f || series.deviceId.toLowerCase().includes(f) || series.category.toLowerCase().includes(f);
   }
 
-  flush() {
+  reselect() {
     if (this.selectionDirty) this.select();
+  }
+
+  /** Per frame: pending resizes and the charts whose series got points. */
+  flush() {
     for (const chart of this.charts.values()) {
       if (chart.wantWidth && chart.wantWidth !== chart.width && chart.plot) {
         chart.width = chart.wantWidth;
@@ -136,9 +147,8 @@ export class Charts {
   /** Decides which series have charts and puts the charts in order. */
   select() {
     this.selectionDirty = false;
-    const all = [...this.store.series.values()];
-    const matching = all.filter((s) => this.matchesFilter(s)).sort(compareSeries);
-    const wanted = matching.slice(0, MAX_CHARTS);
+    const total = this.store.size;
+    const { shown: wanted, matching } = firstSeries(this.store.series.values(), MAX_CHARTS, (s) => this.matchesFilter(s));
     const wantedKeys = new Set(wanted.map((s) => s.key));
     for (const key of [...this.charts.keys()]) if (!wantedKeys.has(key)) this.destroy(key);
 
@@ -154,12 +164,12 @@ export class Charts {
       if (isNew) this.draw(chart);
     }
 
-    this.empty.hidden = all.length > 0;
+    this.empty.hidden = total > 0;
     let note = "";
-    if (matching.length > wanted.length) {
-      note = `showing ${wanted.length} of ${matching.length} series; filter by device to see others`;
-    } else if (this.filter && matching.length < all.length) {
-      note = `${matching.length} of ${all.length} series match the filter`;
+    if (matching > wanted.length) {
+      note = `showing ${wanted.length} of ${matching} series; filter by device to see others`;
+    } else if (this.filter && matching < total) {
+      note = `${matching} of ${total} series match the filter`;
     }
     showMessage(this.note, note);
   }
@@ -167,6 +177,11 @@ export class Charts {
   create(series) {
     const plotBox = el("div", { class: "chart-plot" });
     const placeholder = el("p", { class: "hint", text: "no numeric readings (see latest telemetry)" });
+    const capNote = el("p", {
+      class: "hint",
+      text: `only the first ${MAX_COLUMNS} numeric readings are charted (see latest telemetry for the rest)`,
+      hidden: true,
+    });
     const root = el(
       "div",
       {
@@ -181,8 +196,9 @@ export class Charts {
       ),
       plotBox,
       placeholder,
+      capNote,
     );
-    const chart = { series, root, plotBox, placeholder, plot: null, layout: -1, width: 0, wantWidth: 0 };
+    const chart = { series, root, plotBox, placeholder, capNote, plot: null, layout: -1, width: 0, wantWidth: 0 };
     this.charts.set(series.key, chart);
     this.byPlotBox.set(plotBox, chart);
     this.resizeObserver.observe(plotBox);
@@ -213,6 +229,7 @@ export class Charts {
     chart.plot = null;
     chart.layout = series.layout;
     chart.placeholder.hidden = series.columns.length > 0;
+    chart.capNote.hidden = !series.columnsCapped;
     if (!series.columns.length) return; // text-only series: nothing to plot
 
     // Every reading gets its own y scale, so each line shows its own movement

@@ -12,6 +12,10 @@ export const TOKEN_KEY = "telehub_token";
 // same millisecond after a hub restart.
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 15_000;
+// The backoff starts over only once a connection has stayed up this long. Resetting
+// it on the welcome would let a hub that accepts and then closes at once (a policy
+// close, 1008, say) be hit every 0.5 s forever.
+const STABLE_MS = 10_000;
 
 /**
  * Reads the address bar's fragment: `#token=…` moves into sessionStorage and, like
@@ -46,6 +50,7 @@ export class Connection {
     this.welcomedOnce = false;
     this.failures = 0;
     this.retryTimer = 0;
+    this.stableTimer = 0; // resets `failures` once a connection has lasted STABLE_MS
     // Bumped by login/logout so that late callbacks of an old socket are ignored.
     this.generation = 0;
   }
@@ -85,6 +90,7 @@ export class Connection {
   reset() {
     this.generation++;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.stableTimer);
     const ws = this.ws;
     this.ws = null;
     this.welcomed = false;
@@ -127,7 +133,10 @@ export class Connection {
       if (envelope.welcome) {
         this.welcomed = true;
         this.welcomedOnce = true;
-        this.failures = 0;
+        clearTimeout(this.stableTimer);
+        this.stableTimer = setTimeout(() => {
+          if (ws === this.ws) this.failures = 0;
+        }, STABLE_MS);
         this.onState("open", "connected");
         this.onWelcome(envelope.welcome);
       } else {
@@ -136,6 +145,7 @@ export class Connection {
     });
     ws.addEventListener("close", (event) => {
       if (ws !== this.ws) return;
+      clearTimeout(this.stableTimer);
       this.ws = null;
       const wasWelcomed = this.welcomed;
       this.welcomed = false;

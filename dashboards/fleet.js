@@ -11,9 +11,14 @@ import { schedule } from "./frame.js";
 export const MAX_ROWS = 500;
 
 export class FleetView {
-  /** onCategories(categories): categories devices have published (for the picker). */
-  constructor({ onCategories }) {
+  /**
+   * onCategories(categories): categories devices have published (for the picker).
+   * onForgotten(ids): the hub forgot these devices (offline too long): their
+   * series should go as well.
+   */
+  constructor({ onCategories, onForgotten }) {
     this.onCategories = onCategories;
+    this.onForgotten = onForgotten;
     this.tbody = byId("fleet").tBodies[0];
     this.count = byId("fleet-count");
     this.note = byId("fleet-note");
@@ -53,7 +58,11 @@ export class FleetView {
       });
       if (d.categories?.length) this.onCategories(d.categories);
     }
-    for (const id of stats.forgotten || []) this.devices.delete(id);
+    // Their rows go with the next render; without this a long-running tab would
+    // keep every device (and its charts) that ever came and went.
+    const forgotten = stats.forgotten || [];
+    for (const id of forgotten) this.devices.delete(id);
+    if (forgotten.length) this.onForgotten(forgotten);
     schedule(this.render);
   }
 

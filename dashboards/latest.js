@@ -2,8 +2,9 @@
 // text (text readings verbatim), updated at most 4 times a second and only for the
 // series that changed; at most MAX_ROWS rows so a large fleet cannot bog it down.
 
-import { byId, clockTime, el, formatValue, naturalCompare, setText, showMessage } from "./dom.js";
+import { byId, clockTime, el, formatValue, setText, showMessage } from "./dom.js";
 import { scheduleAtMost } from "./frame.js";
+import { firstSeries } from "./series.js";
 
 export const MAX_ROWS = 500;
 // Readable text changes at most four times a second; a 500-row table relaid out
@@ -39,8 +40,10 @@ export class LatestTable {
     scheduleAtMost(this.flush, REFRESH_MS);
   }
 
+  /** Series were dropped from the store: their rows go at the next refresh. */
   removed(seriesList) {
     if (!seriesList.length) return;
+    for (const series of seriesList) this.dirty.delete(series.key);
     this.orderDirty = true;
     scheduleAtMost(this.flush, REFRESH_MS);
   }
@@ -64,10 +67,7 @@ export class LatestTable {
 
   reorder() {
     this.orderDirty = false;
-    const all = [...this.store.series.values()].sort(
-      (a, b) => naturalCompare(a.deviceId, b.deviceId) || naturalCompare(a.category, b.category),
-    );
-    const shown = all.slice(0, MAX_ROWS);
+    const { shown, matching: total } = firstSeries(this.store.series.values(), MAX_ROWS);
     const keep = new Set(shown.map((s) => s.key));
     for (const key of [...this.rows.keys()]) if (!keep.has(key)) this.rows.delete(key);
     const trs = shown.map((series) => {
@@ -80,7 +80,7 @@ export class LatestTable {
       return row.tr;
     });
     this.tbody.replaceChildren(...trs);
-    showMessage(this.note, all.length > shown.length ? `showing ${shown.length} of ${all.length} series` : "");
+    showMessage(this.note, total > shown.length ? `showing ${shown.length} of ${total} series` : "");
   }
 
   create(series) {

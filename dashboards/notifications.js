@@ -4,14 +4,54 @@
 // Counts come live from NotificationProgress; the list is seeded from the REST API
 // on connect so it is not empty after a reload. Which devices are still missing
 // (the stragglers) is only available over REST, so each open campaign on screen is
-// polled every STRAGGLER_POLL_MS until it completes, plus once more after that.
+// polled every STRAGGLER_POLL_MS, until it completes (plus once more for the final
+// list), is gone from the hub (404: pruned), or is past its expiry. The REST answer
+// carries the counts and `complete` too, and they are used: the hub only reports
+// progress of campaigns still open when the page (re)connects, so a campaign that
+// completed meanwhile would otherwise look open (and be polled) forever.
 
 import { byId, clockTime, durationText, el, num, parseList, parseTags, relativeTime, setAttr, setText, showMessage, tagsText } from "./dom.js";
 import { schedule } from "./frame.js";
 
-const MAX_CAMPAIGNS = 30;
+// Campaigns kept in memory (completed ones are dropped first), and shown.
+const MAX_KEPT = 50;
+const MAX_SHOWN = 30;
 const STRAGGLER_POLL_MS = 2000;
 const STRAGGLER_LIMIT = 50;
+// After expiresMs, one more fetch this much later (the hub expires the remaining
+// deliveries then), and no more.
+const EXPIRY_GRACE_MS = 2000;
+
+/** How far a campaign's counts are: they only grow towards completion. */
+function progressOf(c) {
+  return c.complete ? Infinity : c.delivered + c.acknowledged + c.expired;
+}
+
+/** A REST summary (GET /v1/notifications and /v1/notifications/{id}) as campaign fields. */
+function restFields(n) {
+  const counts = n.counts || {};
+  return {
+    severity: String(n.severity || "info").toUpperCase(),
+    title: n.title || "",
+    targetsText: targetsText(n.targets),
+    targets: num(counts.total),
+    pending: num(counts.pending),
+    delivered: num(counts.delivered),
+    acknowledged: num(counts.acknowledged),
+    expired: num(counts.expired),
+    createdMs: num(n.created_ms),
+    expiresMs: num(n.expires_ms),
+    complete: Boolean(n.complete),
+  };
+}
+
+/** An HTTP error with its status, so a 404 can be told from a hub that is down. */
+class HttpError extends Error {
+  constructor(path, status) {
+    super(`${path}: HTTP ${status}`);
+    this.status = status;
+  }
+}
 
 /** integer 0..100: acknowledged/targets for CRITICAL, (delivered+acknowledged)/targets otherwise. */
 export function percentDone(c) {
@@ -83,6 +123,11 @@ export class Notifications {
 
   /** After the hub's welcome: only operators see the panel and watch campaigns. */
   welcomed(role) {
+    // Requests sent on an earlier connection will never be answered.
+    if (this.requests.size) {
+      this.requests.clear();
+      this.setResult("error", "the connection dropped before the hub answered; check the campaigns, then send again if needed");
+    }
     this.operator = role === "operator";
     this.section.hidden = !this.operator;
     if (!this.operator) return;
@@ -143,7 +188,7 @@ export class Notifications {
     const targets = num(accepted.targets);
     this.setResult("accepted", `accepted: ${accepted.id} for ${targets} device${targets === 1 ? "" : "s"}`);
     if (!this.campaigns.has(accepted.id)) {
-      this.upsert(accepted.id, {
+      this.add(accepted.id, {
         severity: request.severity,
         title: request.title,
         targets,
@@ -165,7 +210,7 @@ export class Notifications {
   }
 
   onProgress(p) {
-    this.upsert(p.id, {
+    this.add(p.id, {
       severity: p.severity || "INFO",
       title: p.title || "",
       targets: num(p.targets),
@@ -180,13 +225,21 @@ export class Notifications {
     schedule(this.render);
   }
 
+  /** Creates or updates a campaign and keeps the list within MAX_KEPT. */
+  add(id, fields) {
+    const campaign = this.upsert(id, fields);
+    this.prune();
+    return campaign;
+  }
+
   upsert(id, fields) {
     let campaign = this.campaigns.get(id);
     if (!campaign) {
       campaign = {
         id, severity: "INFO", title: "", targetsText: "", targets: 0, pending: 0, delivered: 0,
         acknowledged: 0, expired: 0, createdMs: 0, expiresMs: 0, complete: false,
-        view: null, stragglers: null, fetching: false, finalFetched: false,
+        // gone: the hub no longer has it (404); expiredFetched: fetched after expiry.
+        view: null, stragglers: null, fetching: false, finalFetched: false, gone: false, expiredFetched: false,
       };
       this.campaigns.set(id, campaign);
     }
@@ -194,13 +247,44 @@ export class Notifications {
     return campaign;
   }
 
+  /**
+   * Keeps the MAX_KEPT newest campaigns, dropping the oldest finished ones (complete
+   * or gone) first and only then the oldest open ones: a busy operator's tab would
+   * otherwise keep (and poll) every campaign it ever saw.
+   */
+  prune() {
+    let excess = this.campaigns.size - MAX_KEPT;
+    if (excess <= 0) return;
+    const oldestFirst = [...this.campaigns.values()].sort(newestFirst).reverse();
+    for (const finishedOnly of [true, false]) {
+      for (const c of oldestFirst) {
+        if (excess <= 0) break;
+        if (finishedOnly && !(c.complete || c.gone)) continue;
+        if (this.campaigns.delete(c.id)) excess--;
+      }
+    }
+    schedule(this.render);
+  }
+
   async authorizedJson(path) {
     const response = await fetch(path, {
       headers: { Authorization: "Bearer " + this.conn.token },
       cache: "no-store",
     });
-    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    if (!response.ok) throw new HttpError(path, response.status);
     return response.json();
+  }
+
+  /**
+   * Applies a REST summary of a campaign we hold, unless live progress is already
+   * further along (counts only grow towards completion).
+   */
+  merge(campaign, fields) {
+    if (progressOf(campaign) > progressOf(fields)) {
+      campaign.targetsText ||= fields.targetsText;
+    } else {
+      Object.assign(campaign, fields, { targetsText: campaign.targetsText || fields.targetsText });
+    }
   }
 
   /** Recent campaigns from REST, so the list survives a reload. */
@@ -212,36 +296,19 @@ export class Notifications {
       this.setResult("error", `could not load recent notifications: ${err.message}`);
       return;
     }
-    const list = Array.isArray(data) ? data : data.notifications || [];
-    for (const n of list) {
+    for (const n of data.notifications || []) {
+      // Progress messages may already be newer than this snapshot.
       const known = this.campaigns.get(n.id);
-      const counts = n.counts || {};
-      const fields = {
-        severity: String(n.severity || "info").toUpperCase(),
-        title: n.title || "",
-        targetsText: targetsText(n.targets),
-        targets: num(counts.total),
-        pending: num(counts.pending),
-        delivered: num(counts.delivered),
-        acknowledged: num(counts.acknowledged),
-        expired: num(counts.expired),
-        createdMs: num(n.created_ms),
-        expiresMs: num(n.expires_ms),
-        complete: Boolean(n.complete),
-      };
-      // Progress messages may already be newer than this snapshot: counts only grow
-      // towards completion, so keep whichever is further along.
-      const progressOf = (c) => (c.complete ? Infinity : c.delivered + c.acknowledged + c.expired);
-      if (known && progressOf(known) > progressOf(fields)) known.targetsText ||= fields.targetsText;
-      else this.upsert(n.id, fields);
+      if (known) this.merge(known, restFields(n));
+      else this.add(n.id, restFields(n));
     }
     schedule(this.render);
   }
 
   render() {
-    const ordered = [...this.campaigns.values()].sort((a, b) => b.createdMs - a.createdMs || (a.id < b.id ? 1 : -1));
-    const shown = ordered.slice(0, MAX_CAMPAIGNS);
-    for (const campaign of ordered.slice(MAX_CAMPAIGNS)) campaign.view = null;
+    const ordered = [...this.campaigns.values()].sort(newestFirst);
+    const shown = ordered.slice(0, MAX_SHOWN);
+    for (const campaign of ordered.slice(MAX_SHOWN)) campaign.view = null;
     const now = Date.now();
     const nodes = shown.map((campaign) => {
       if (!campaign.view) {
@@ -250,7 +317,7 @@ export class Notifications {
           // Finished before we saw it: nothing is outstanding, no need to ask.
           campaign.stragglers = { devices: [], more: false };
           campaign.finalFetched = true;
-        } else {
+        } else if (this.needsFetch(campaign, now)) {
           this.fetchStragglers(campaign); // at once, not only at the next poll
         }
       }
@@ -298,13 +365,14 @@ export class Notifications {
       "data-targets": c.targets, "data-pending": c.pending, "data-delivered": c.delivered,
       "data-acknowledged": c.acknowledged, "data-expired": c.expired,
       "data-complete": c.complete ? "true" : "false", "data-percent": percent,
-      "data-severity": c.severity,
+      "data-severity": c.severity, "data-gone": c.gone ? "true" : "false",
     };
     for (const [name, value] of Object.entries(attrs)) setAttr(v.root, name, value);
     setText(v.severity, c.severity);
     setText(v.title, c.title || "(no title)");
     const expires = c.expiresMs > now ? `expires in ${durationText(c.expiresMs - now)}` : "past its expiry";
-    const parts = [c.id, `sent ${clockTime(c.createdMs)}`, c.targetsText, c.complete ? "complete" : expires];
+    const state = c.gone ? "no longer on the hub" : c.complete ? "complete" : expires;
+    const parts = [c.id, `sent ${clockTime(c.createdMs)}`, c.targetsText, state];
     setText(v.meta, parts.filter(Boolean).join(" · "));
     v.fill.style.width = `${percent}%`;
     setAttr(v.bar, "aria-valuenow", percent);
@@ -341,7 +409,8 @@ export class Notifications {
       );
     }
     let note = "";
-    if (s.error) note = `could not load stragglers: ${s.error}`;
+    if (c.gone) note = "the hub has pruned this notification; its final state is unknown";
+    else if (s.error) note = `could not load stragglers: ${s.error}`;
     else if (s.devices.length) {
       const n = `${s.devices.length}${s.more ? "+" : ""}`;
       note = `${n} device${s.devices.length === 1 ? "" : "s"} not acknowledged yet`;
@@ -352,16 +421,29 @@ export class Notifications {
 
   pollStragglers() {
     if (!this.operator || !this.conn.isOpen) return;
+    const now = Date.now();
     for (const campaign of this.campaigns.values()) {
-      // Open campaigns on screen, and a completed one once more for its final state.
-      if (campaign.view && (!campaign.complete || !campaign.finalFetched)) this.fetchStragglers(campaign);
+      if (campaign.view && this.needsFetch(campaign, now)) this.fetchStragglers(campaign);
     }
+  }
+
+  /**
+   * Whether a campaign's stragglers are worth asking for: while it is open and not
+   * past its expiry; once more after it completes (for the final list) and once
+   * more after its expiry (in case its completion never reaches us); never once the
+   * hub has forgotten it.
+   */
+  needsFetch(c, now) {
+    if (c.gone) return false;
+    if (c.complete) return !c.finalFetched;
+    if (c.expiresMs && now > c.expiresMs + EXPIRY_GRACE_MS) return !c.expiredFetched;
+    return true;
   }
 
   async fetchStragglers(campaign) {
     if (campaign.fetching || !this.operator) return;
-    if (campaign.complete && campaign.finalFetched) return;
     campaign.fetching = true;
+    const startedMs = Date.now();
     const wasComplete = campaign.complete;
     const base = `/v1/notifications/${encodeURIComponent(campaign.id)}?limit=${STRAGGLER_LIMIT}&state=`;
     try {
@@ -373,12 +455,30 @@ export class Notifications {
         devices: [...(pending.devices || []), ...(delivered.devices || [])],
         more: Boolean(pending.next || delivered.next),
       };
-      if (wasComplete) campaign.finalFetched = true;
+      // Each answer carries the counts and `complete` as of its moment; the later
+      // one (further along) wins, unless live progress is further still.
+      const [a, b] = [restFields(pending), restFields(delivered)];
+      this.merge(campaign, progressOf(a) >= progressOf(b) ? a : b);
+      // The lists are final only if both answers were taken after completion
+      // (otherwise one more fetch follows).
+      if (wasComplete || (pending.complete && delivered.complete)) campaign.finalFetched = true;
+      if (campaign.expiresMs && startedMs > campaign.expiresMs + EXPIRY_GRACE_MS) campaign.expiredFetched = true;
     } catch (err) {
-      campaign.stragglers = { devices: campaign.stragglers?.devices || [], error: err.message };
+      if (err.status === 404) {
+        // Pruned by the hub's retention: nothing more will ever come.
+        campaign.gone = true;
+        campaign.stragglers = { devices: [], more: false };
+      } else {
+        campaign.stragglers = { devices: campaign.stragglers?.devices || [], error: err.message };
+      }
     } finally {
       campaign.fetching = false;
     }
     schedule(this.render);
   }
+}
+
+/** Campaign order on screen: newest first (ids break ties, so the order is stable). */
+function newestFirst(a, b) {
+  return b.createdMs - a.createdMs || (a.id < b.id ? 1 : -1);
 }

@@ -6,11 +6,24 @@
 // for, with each pattern's filter, kept in sessionStorage and resent after every
 // reconnect (the hub forgets a dashboard's subscriptions when it disconnects); the
 // list on screen is the hub's `subscribed` reply, i.e. what is really in force.
+//
+// The hub answers each Subscribe with exactly one `subscribed` or one `error`, and
+// each Unsubscribe with one `subscribed`, in the order they were sent. `inFlight`
+// keeps what was sent in that order, so each reply is matched with its request:
+// an INVALID_SUBSCRIPTION names no pattern, and series are pruned only once the
+// hub confirms (until then its telemetry is still arriving and would recreate them;
+// wants() drops that meanwhile).
 
 import { byId, el, parseList, parseTags, showMessage, tagsText } from "./dom.js";
-import { schedule } from "./frame.js";
+import { scheduleAtMost } from "./frame.js";
 
 const STORAGE_KEY = "telehub_subscriptions";
+// Categories offered in the picker: the most recently seen ones. Devices choose
+// categories, so without a cap one inventing them would grow the page (and a
+// datalist nobody can scroll) without bound.
+const MAX_KNOWN = 500;
+// The picker is rebuilt (and re-sorted) at most this often.
+const DATALIST_MS = 1000;
 
 /** Whether a subscription pattern ("a.b", "a.*" or "*") covers a category, as the hub matches. */
 export function patternMatches(pattern, category) {
@@ -29,7 +42,8 @@ function sameFilter(a, b) {
 export class Subscriptions {
   /**
    * conn: the Connection (to send). onPrune(keep): drop series for which
-   * keep(series) is false (their subscription was removed or its filter changed).
+   * keep(series) is false (their subscription was removed or its filter changed,
+   * as the hub has confirmed).
    */
   constructor({ conn, onPrune }) {
     this.conn = conn;
@@ -45,9 +59,11 @@ export class Subscriptions {
 
     this.desired = this.load(); // pattern -> { deviceIds, tags }
     this.active = []; // patterns from the latest `subscribed`
-    // The pattern of the latest Subscribe, to know which one an INVALID_SUBSCRIPTION refers to.
-    this.lastSent = null;
-    this.known = new Set(); // exact categories seen in telemetry or fleet stats
+    // Subscribes and Unsubscribes sent on this connection and not answered yet,
+    // oldest first: { kind, pattern, filter, previous, prune } (see send()).
+    this.inFlight = [];
+    // Exact categories seen in telemetry or fleet stats, least recently seen first.
+    this.known = new Set();
     this.renderDatalist = this.renderDatalist.bind(this);
 
     this.form.addEventListener("submit", (event) => {
@@ -85,28 +101,56 @@ export class Subscriptions {
     const previous = this.desired.get(pattern);
     this.desired.set(pattern, filter);
     this.save();
-    if (previous && !sameFilter(previous, filter)) {
-      // The hub replaces the pattern's filter and replays History for the new one;
-      // series only this pattern brought in may no longer match, so start afresh.
-      this.onPrune((series) => !patternMatches(pattern, series.category) || this.coveredByOthers(pattern, series.category));
+    // A changed filter: the hub replaces the pattern's filter and replays History
+    // for the new one; series only this pattern brought in may no longer match, so
+    // once the hub has switched, start afresh.
+    const prune =
+      previous && !sameFilter(previous, filter)
+        ? () => this.onPrune((series) => !patternMatches(pattern, series.category) || this.coveredByOthers(pattern, series.category))
+        : null;
+    // What to go back to if the hub refuses: the filter in force, if there is one.
+    const inForce = this.active.includes(pattern) ? previous : undefined;
+    if (!this.send(pattern, filter, inForce, prune)) {
+      prune?.(); // no reply will come; the resend after reconnecting replays History
+      showMessage(this.error, "not connected: the subscription is sent when the hub is back");
     }
-    this.send(pattern, filter);
-    if (!this.conn.isOpen) showMessage(this.error, "not connected: the subscription is sent when the hub is back");
   }
 
-  send(pattern, filter) {
+  /**
+   * Sends one Subscribe and remembers it until the hub answers. `previous`: the
+   * filter to restore if it is refused (undefined: forget the pattern); `prune`:
+   * what to drop once the hub confirms. False when not connected (nothing sent).
+   */
+  send(pattern, filter, previous = undefined, prune = null) {
     const subscribe = { categories: [pattern] };
     if (filter.deviceIds.length) subscribe.deviceIds = filter.deviceIds;
     if (Object.keys(filter.tags).length) subscribe.tags = filter.tags;
-    this.lastSent = pattern;
-    this.conn.send({ subscribe });
+    if (!this.conn.send({ subscribe })) return false;
+    this.inFlight.push({ kind: "subscribe", pattern, filter, previous, prune });
+    return true;
   }
 
   unsubscribe(pattern) {
     this.desired.delete(pattern);
     this.save();
-    this.conn.send({ unsubscribe: { categories: [pattern] } });
-    this.onPrune((series) => this.coveredByOthers(null, series.category));
+    // From now on wants() drops its telemetry; its series stay on screen until the
+    // hub's `subscribed` confirms (messages already on their way would otherwise
+    // recreate them right after the prune).
+    const prune = () => this.onPrune((series) => this.coveredByOthers(null, series.category));
+    if (this.conn.send({ unsubscribe: { categories: [pattern] } })) {
+      this.inFlight.push({ kind: "unsubscribe", pattern, prune });
+    } else {
+      prune(); // not connected: nothing is in force on the hub anyway
+    }
+  }
+
+  /**
+   * Whether telemetry of `category` is still wanted: it matches a pattern the user
+   * has not removed. Telemetry in flight when a pattern was removed is dropped here.
+   */
+  wants(category) {
+    for (const pattern of this.desired.keys()) if (patternMatches(pattern, category)) return true;
+    return false;
   }
 
   coveredByOthers(except, category) {
@@ -118,12 +162,24 @@ export class Subscriptions {
 
   /** After (re)connecting: the hub starts with no subscriptions, so send them all. */
   resend() {
+    // Requests of the previous connection will never be answered; what they would
+    // have pruned goes now (the hub of this connection has none of it).
+    const unanswered = this.inFlight;
+    this.inFlight = [];
+    this.active = [];
+    for (const request of unanswered) request.prune?.();
     for (const [pattern, filter] of this.desired) this.send(pattern, filter);
   }
 
-  /** The hub's `subscribed`: the complete list now in force. */
+  /** The hub's `subscribed`: the complete list now in force, answering our oldest request. */
   onSubscribed(subscribed) {
+    const request = this.inFlight.shift();
     this.active = subscribed.categories || [];
+    this.render();
+    request?.prune?.();
+  }
+
+  render() {
     const items = this.active.map((pattern) => {
       const filter = this.desired.get(pattern);
       const parts = [];
@@ -147,20 +203,39 @@ export class Subscriptions {
     this.empty.hidden = items.length > 0;
   }
 
-  /** An INVALID_SUBSCRIPTION error: the last pattern sent was refused. */
+  /** An INVALID_SUBSCRIPTION error: the hub refused our oldest unanswered Subscribe. */
   onError(error) {
-    showMessage(this.error, error.message || error.code);
-    if (this.lastSent !== null && !this.active.includes(this.lastSent)) {
-      this.desired.delete(this.lastSent);
-      this.save();
+    const request = this.inFlight.shift();
+    const why = error.message || error.code;
+    if (request?.kind !== "subscribe") {
+      showMessage(this.error, why); // not ours to attribute (cannot happen with this hub)
+      return;
     }
+    showMessage(this.error, `${request.pattern}: ${why}`);
+    // Unless the user has asked again meanwhile, go back to what the hub has: the
+    // previous filter, or no such subscription (so it is not resent forever).
+    if (this.desired.get(request.pattern) !== request.filter) return;
+    if (request.previous) {
+      this.desired.set(request.pattern, request.previous);
+    } else {
+      this.desired.delete(request.pattern);
+      this.onPrune((series) => this.coveredByOthers(null, series.category));
+    }
+    this.save();
   }
 
   /** A category seen in telemetry or fleet stats, offered in the pattern picker. */
   addKnown(category) {
-    if (!category || this.known.has(category)) return;
+    if (!category) return;
+    if (this.known.has(category)) {
+      // Seen again: move it to the recent end, so the cap evicts stale ones first.
+      this.known.delete(category);
+      this.known.add(category);
+      return;
+    }
     this.known.add(category);
-    schedule(this.renderDatalist);
+    if (this.known.size > MAX_KNOWN) this.known.delete(this.known.values().next().value);
+    scheduleAtMost(this.renderDatalist, DATALIST_MS);
   }
 
   renderDatalist() {
@@ -179,8 +254,10 @@ export class Subscriptions {
   clear() {
     this.desired.clear();
     sessionStorage.removeItem(STORAGE_KEY);
+    this.inFlight = [];
     this.known.clear();
-    this.onSubscribed({ categories: [] });
+    this.active = [];
+    this.render();
     this.renderDatalist();
     showMessage(this.error, "");
   }
