@@ -29,16 +29,36 @@ use std::{
     },
 };
 
-use bytes::Bytes;
-use prost::Message as _;
+use bytes::{Bytes, BytesMut};
 
 use super::{DashboardHandle, DeviceInfo, Encoded, Filter, Pattern, WireFormat};
-use crate::proto::{envelope::Body, DeviceStats, Envelope, FleetStats, History};
+use crate::proto::{envelope::Body, DeviceStats, Envelope, FleetStats};
 
 /// A `History` envelope carries telemetry up to this many protobuf bytes; longer
 /// replays go out in several. Under 64 KiB, the message limit of the hub's own
 /// client side, so any client that takes the hub's largest telemetry takes these.
 pub const HISTORY_CHUNK_BYTES: usize = 60 * 1024;
+
+/// The first byte of an encoded `Envelope{telemetry}` and of a `History.telemetry`
+/// element: field 1, length-delimited.
+const TELEMETRY_KEY: u8 = 1 << 3 | 2;
+
+/// `Envelope{history: History{telemetry: <elements>, more}}` as bytes.
+fn history_envelope(elements: &[u8], more: bool) -> Arc<Encoded> {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let history_len = elements.len() + if more { 2 } else { 0 };
+    let mut out = BytesMut::with_capacity(history_len + 6);
+    encode_key(HISTORY_FIELD, WireType::LengthDelimited, &mut out);
+    encode_varint(history_len as u64, &mut out);
+    out.extend_from_slice(elements);
+    if more {
+        prost::encoding::bool::encode(2, &true, &mut out);
+    }
+    Encoded::from_binary(out.freeze())
+}
+
+/// `Envelope.history`'s field number (telehub.proto).
+const HISTORY_FIELD: u32 = 15;
 
 /// What one kept message costs besides its bytes (the `Bytes` handle and the shared
 /// buffer's header), so that a budget of tiny messages is still a real bound.
@@ -301,39 +321,29 @@ impl Fleet {
         matched.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let per_series = (self.limits.replay_max / matched.len().max(1)).max(1);
 
-        let mut chunks: Vec<History> = Vec::new();
-        let mut chunk = History::default();
-        let mut chunk_bytes = 0;
+        // Each kept message is `Envelope{telemetry: T}` = field 1, length, T: the very
+        // bytes of one `History.telemetry` element (also field 1). A History is thus
+        // the kept bytes back to back, wrapped as Envelope field 15: no decoding,
+        // no copies of the telemetry as structs.
+        let mut chunks = Vec::new();
+        let mut chunk = BytesMut::new();
         for bytes in matched
             .iter()
             .flat_map(|(_, _, _, window)| &window[window.len().saturating_sub(per_series)..])
         {
-            // Kept bytes are `Envelope{telemetry}` encodings made by this hub.
-            let Ok(Envelope {
-                body: Some(Body::Telemetry(t)),
-            }) = Envelope::decode(bytes.clone())
-            else {
+            if bytes.first() != Some(&TELEMETRY_KEY) {
                 continue;
-            };
-            if chunk_bytes + bytes.len() > HISTORY_CHUNK_BYTES && !chunk.telemetry.is_empty() {
-                chunk.more = true;
-                chunks.push(std::mem::take(&mut chunk));
-                chunk_bytes = 0;
             }
-            chunk_bytes += bytes.len();
-            chunk.telemetry.push(t);
+            if chunk.len() + bytes.len() > HISTORY_CHUNK_BYTES && !chunk.is_empty() {
+                chunks.push(history_envelope(&chunk, true));
+                chunk.clear();
+            }
+            chunk.extend_from_slice(bytes);
         }
-        if !chunk.telemetry.is_empty() {
-            chunks.push(chunk);
+        if !chunk.is_empty() {
+            chunks.push(history_envelope(&chunk, false));
         }
         chunks
-            .into_iter()
-            .map(|h| {
-                Encoded::new(Envelope {
-                    body: Some(Body::History(h)),
-                })
-            })
-            .collect()
     }
 
     /// Starts (with a full snapshot) or stops sending fleet statistics to a
@@ -601,6 +611,35 @@ mod tests {
     }
 
     #[test]
+    fn an_assembled_history_is_exactly_what_prost_would_encode() {
+        let kept: Vec<Arc<Encoded>> = (1..=3).map(|seq| telemetry("d", "a", seq)).collect();
+        let elements: Vec<u8> = kept
+            .iter()
+            .flat_map(|m| m.message(WireFormat::Protobuf).payload().to_vec())
+            .collect();
+        for more in [false, true] {
+            let want = Envelope {
+                body: Some(Body::History(crate::proto::History {
+                    telemetry: kept
+                        .iter()
+                        .map(|m| match &m.envelope().body {
+                            Some(Body::Telemetry(t)) => t.clone(),
+                            _ => unreachable!(),
+                        })
+                        .collect(),
+                    more,
+                })),
+            };
+            let got = history_envelope(&elements, more);
+            assert_eq!(
+                got.message(WireFormat::Protobuf).payload().as_ref(),
+                prost::Message::encode_to_vec(&want).as_slice()
+            );
+            assert_eq!(got.envelope(), &want);
+        }
+    }
+
+    #[test]
     fn a_wide_replay_takes_the_latest_of_the_most_recently_active_series() {
         let limits = HistoryLimits {
             len: 10,
@@ -635,7 +674,8 @@ mod tests {
     fn dropped_telemetry_is_counted_against_the_device_that_sent_it() {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let dash = hub.register_dashboard(2);
-        hub.subscribe(&dash, &[Pattern::parse("*").unwrap()], Filter::default());
+        hub.subscribe(&dash, &[Pattern::parse("*").unwrap()], Filter::default())
+            .run(&hub.fleet, WireFormat::Protobuf);
         let device = |id: &str| {
             Arc::new(DeviceInfo {
                 id: id.into(),

@@ -53,7 +53,9 @@ pub enum WireFormat {
 
 /// One envelope, encoded at most once per wire format.
 pub struct Encoded {
-    envelope: Envelope,
+    /// Set at construction, or decoded from `binary` on first use (an envelope
+    /// assembled as bytes, see [`Encoded::from_binary`]).
+    envelope: OnceLock<Envelope>,
     binary: SharedMessage,
     json: OnceLock<SharedMessage>,
 }
@@ -62,14 +64,29 @@ impl Encoded {
     pub fn new(envelope: Envelope) -> Arc<Self> {
         let binary = SharedMessage::binary(Bytes::from(prost::Message::encode_to_vec(&envelope)));
         Arc::new(Self {
-            envelope,
+            envelope: OnceLock::from(envelope),
             binary,
             json: OnceLock::new(),
         })
     }
 
+    /// An envelope the hub encoded itself, as bytes (e.g. a `History` assembled
+    /// from kept telemetry without decoding it); decoded only if a JSON client or
+    /// [`Encoded::envelope`] needs it.
+    pub fn from_binary(bytes: Bytes) -> Arc<Self> {
+        Arc::new(Self {
+            envelope: OnceLock::new(),
+            binary: SharedMessage::binary(bytes),
+            json: OnceLock::new(),
+        })
+    }
+
     pub fn envelope(&self) -> &Envelope {
-        &self.envelope
+        self.envelope.get_or_init(|| {
+            // Only the hub's own encodings get here, so decoding cannot fail; an
+            // empty envelope would be the harmless answer if it did.
+            prost::Message::decode(self.binary.payload().clone()).unwrap_or_default()
+        })
     }
 
     /// The message for `format`; the JSON text is produced on first use only.
@@ -78,7 +95,7 @@ impl Encoded {
             WireFormat::Protobuf => &self.binary,
             WireFormat::Json => self
                 .json
-                .get_or_init(|| SharedMessage::text(to_json(&self.envelope))),
+                .get_or_init(|| SharedMessage::text(to_json(self.envelope()))),
         }
     }
 }
@@ -146,6 +163,40 @@ pub struct DashboardHandle {
 impl DashboardHandle {
     pub fn id(&self) -> u64 {
         self.id
+    }
+}
+
+/// A subscription's `History`, still to be gathered (see [`Hub::subscribe`]).
+/// Gathering a large replay takes milliseconds of CPU, so sessions run it off the
+/// async workers (`spawn_blocking`). Dropped without running, it releases the
+/// reserved place empty: the dashboard then simply gets no history.
+#[must_use = "until it runs or is dropped, the dashboard's later messages are held back"]
+pub struct HistoryJob {
+    handle: Arc<DashboardHandle>,
+    reservation: Option<outbox::Reservation>,
+    patterns: Vec<Pattern>,
+    filter: Filter,
+}
+
+impl HistoryJob {
+    /// Gathers the history into the reserved place, encoded for `format` here so
+    /// that the dashboard's session only writes it.
+    pub fn run(mut self, fleet: &fleet::Fleet, format: WireFormat) {
+        let history = fleet.history(&self.patterns, &self.filter);
+        for m in &history {
+            m.message(format);
+        }
+        if let Some(r) = self.reservation.take() {
+            self.handle.outbox.fill(r, history);
+        }
+    }
+}
+
+impl Drop for HistoryJob {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.handle.outbox.fill(r, Vec::new());
+        }
     }
 }
 
@@ -267,8 +318,8 @@ impl Hub {
     }
 
     /// Adds (or replaces the filter of) `handle`'s subscriptions to `patterns`, all
-    /// under one index lock and sharing one filter, then queues the matching
-    /// series' recent telemetry (`History`).
+    /// under one index lock and sharing one filter. Returns the job that gathers
+    /// the matching series' recent telemetry (`History`) for the dashboard.
     ///
     /// No gap, and history first: a place in the dashboard's outbox is reserved
     /// under the index lock, so live telemetry of the new subscriptions queues
@@ -277,7 +328,12 @@ impl Hub {
     /// published before the subscription exists (and is in the history) or queued
     /// live behind the reservation (and maybe in the history too: clients keep only
     /// telemetry newer than what they hold, see `History` in the proto).
-    pub fn subscribe(&self, handle: &Arc<DashboardHandle>, patterns: &[Pattern], filter: Filter) {
+    pub fn subscribe(
+        &self,
+        handle: &Arc<DashboardHandle>,
+        patterns: &[Pattern],
+        filter: Filter,
+    ) -> HistoryJob {
         let history_filter = filter.clone();
         let filter = (!filter.is_empty()).then(|| Arc::new(filter));
         let reservation = {
@@ -296,8 +352,12 @@ impl Hub {
             }
             handle.outbox.reserve()
         };
-        let history = self.fleet.history(patterns, &history_filter);
-        handle.outbox.fill(reservation, history);
+        HistoryJob {
+            handle: handle.clone(),
+            reservation: Some(reservation),
+            patterns: patterns.to_vec(),
+            filter: history_filter,
+        }
     }
 
     pub fn unsubscribe(&self, handle: &DashboardHandle, patterns: &[Pattern]) {
@@ -576,13 +636,15 @@ mod tests {
         let a = hub.register_dashboard(16);
         let b = hub.register_dashboard(16);
         for p in ["env.*", "*", "env.temperature"] {
-            hub.subscribe(&a, &[Pattern::parse(p).unwrap()], Filter::default());
+            hub.subscribe(&a, &[Pattern::parse(p).unwrap()], Filter::default())
+                .run(&hub.fleet, WireFormat::Protobuf);
         }
         let north = Filter {
             tags: [("fleet".to_string(), "north".to_string())].into(),
             ..Default::default()
         };
-        hub.subscribe(&b, &[Pattern::parse("env.*").unwrap()], north);
+        hub.subscribe(&b, &[Pattern::parse("env.*").unwrap()], north)
+            .run(&hub.fleet, WireFormat::Protobuf);
 
         let d1 = device("d1", &[("fleet", "north")]);
         let d2 = device("d2", &[("fleet", "south")]);

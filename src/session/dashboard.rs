@@ -379,7 +379,9 @@ impl Dashboard {
             device_ids: s.device_ids.into_iter().collect(),
             tags: s.tags.into_iter().collect(),
         };
-        self.app.hub.subscribe(&self.handle, &parsed, filter);
+        let history = self.app.hub.subscribe(&self.handle, &parsed, filter);
+        let (hub, format) = (self.app.hub.clone(), self.format);
+        tokio::task::spawn_blocking(move || history.run(&hub.fleet, format));
         for p in parsed {
             self.patterns.insert(p.to_string(), p);
         }
