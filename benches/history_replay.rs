@@ -65,7 +65,7 @@ fn main() {
         fleet.tick(1, u64::MAX);
         let all = [Pattern::parse("*").unwrap_or(Pattern::All)];
         let n: usize = fleet
-            .history(&all, &Filter::default())
+            .history(&all, &Filter::default(), u64::MAX)
             .iter()
             .map(|m| match &m.envelope().body {
                 Some(Body::History(h)) => h.telemetry.len(),
@@ -73,10 +73,10 @@ fn main() {
             })
             .sum();
         let protobuf_ms = median_ms(|| {
-            std::hint::black_box(fleet.history(&all, &Filter::default()));
+            std::hint::black_box(fleet.history(&all, &Filter::default(), u64::MAX));
         });
         let json_ms = median_ms(|| {
-            for c in &fleet.history(&all, &Filter::default()) {
+            for c in &fleet.history(&all, &Filter::default(), u64::MAX) {
                 std::hint::black_box(c.message(WireFormat::Json));
             }
         });

@@ -70,6 +70,14 @@ async fn a_subscription_starts_with_the_recent_window_of_each_matching_series() 
         .await;
     assert_eq!(dash.expect_telemetry().await.seq, 9);
 
+    // What a device sends after the Subscribed reply arrives live, never in the
+    // History (which is gathered after the reply, but only from before it).
+    dash.subscribe(&["power.*"]).await;
+    d1.send_telemetry("power.battery", vec![]).await;
+    let h = history(&mut dash).await;
+    assert_eq!(h.iter().map(|t| t.seq).collect::<Vec<_>>(), [6, 7, 8]);
+    assert_eq!(dash.expect_telemetry().await.seq, 10);
+
     // No series matches: no History at all, just Subscribed.
     dash.subscribe(&["gps.*"]).await;
     dash.expect_no_telemetry(Duration::from_millis(300)).await;

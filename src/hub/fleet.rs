@@ -91,7 +91,8 @@ impl Default for HistoryLimits {
 /// One series' recent telemetry: encoded `Envelope{telemetry}`s, oldest first.
 #[derive(Default)]
 struct Window {
-    messages: VecDeque<Bytes>,
+    /// Each with its [`Fleet::cut`] sequence number.
+    messages: VecDeque<(u64, Bytes)>,
     /// Accounted size of `messages` (see [`ENTRY_OVERHEAD`]).
     bytes: usize,
     /// When its newest message was accepted.
@@ -104,7 +105,7 @@ impl Window {
     fn trim(&mut self, len: usize, share: usize) -> usize {
         let mut freed = 0;
         while self.messages.len() > len || (self.bytes > share && !self.messages.is_empty()) {
-            if let Some(m) = self.messages.pop_front() {
+            if let Some((_, m)) = self.messages.pop_front() {
                 let size = m.len() + ENTRY_OVERHEAD;
                 self.bytes -= size;
                 freed += size;
@@ -192,6 +193,8 @@ pub struct Fleet {
     series_total: AtomicUsize,
     /// Accounted bytes of every window.
     kept_bytes: AtomicUsize,
+    /// Numbers kept messages in the order they were kept (see [`Fleet::cut`]).
+    kept_seq: AtomicU64,
     ticks: Mutex<Ticks>,
     pub limits: HistoryLimits,
 }
@@ -268,7 +271,9 @@ impl Fleet {
         }
         let bytes = msg.message(WireFormat::Protobuf).payload().clone();
         let size = bytes.len() + ENTRY_OVERHEAD;
-        window.messages.push_back(bytes);
+        // Numbered before the device session publishes it: see `cut`.
+        let seq = self.kept_seq.fetch_add(1, Ordering::SeqCst);
+        window.messages.push_back((seq, bytes));
         window.bytes += size;
         let freed = window.trim(self.limits.len, self.share());
         // Add before subtracting: the counter never wraps below zero.
@@ -286,12 +291,22 @@ impl Fleet {
         }
     }
 
-    /// The recent telemetry a new subscription to `patterns` with `filter` would
-    /// have received: per series oldest first, at most `limits.len` per series and
+    /// The point that separates a new subscription's history from its live
+    /// telemetry. Taken under the index write lock, after the subscription is in the
+    /// index: a message kept before it may also have been published live (an
+    /// overlap clients drop), a message kept after it is published after the
+    /// subscription exists, so it arrives live and is left out of the history. A
+    /// client thus never sees history newer than its `Subscribed`.
+    pub fn cut(&self) -> u64 {
+        self.kept_seq.load(Ordering::SeqCst)
+    }
+
+    /// The recent telemetry, kept before `cut`, that a new subscription to
+    /// `patterns` with `filter` would have received: per series oldest first, at most `limits.len` per series and
     /// `limits.replay_max` in all (wide subscriptions get fewer per series; past
     /// `replay_max` series, the latest message of the most recently active ones), as
     /// `History` envelopes of about [`HISTORY_CHUNK_BYTES`] each.
-    pub fn history(&self, patterns: &[Pattern], filter: &Filter) -> Vec<Arc<Encoded>> {
+    pub fn history(&self, patterns: &[Pattern], filter: &Filter, cut: u64) -> Vec<Arc<Encoded>> {
         if self.limits.len == 0 || self.limits.replay_max == 0 {
             return Vec::new();
         }
@@ -304,13 +319,17 @@ impl Fleet {
                 continue;
             }
             for (category, window) in lock(&record.series).iter() {
-                if !window.messages.is_empty() && patterns.iter().any(|p| p.matches(category)) {
-                    matched.push((
-                        info.id.clone(),
-                        category.clone(),
-                        window.last_ms,
-                        window.messages.iter().cloned().collect(),
-                    ));
+                if !patterns.iter().any(|p| p.matches(category)) {
+                    continue;
+                }
+                let kept: Vec<Bytes> = window
+                    .messages
+                    .iter()
+                    .take_while(|(seq, _)| *seq < cut)
+                    .map(|(_, bytes)| bytes.clone())
+                    .collect();
+                if !kept.is_empty() {
+                    matched.push((info.id.clone(), category.clone(), window.last_ms, kept));
                 }
             }
         }
@@ -535,7 +554,11 @@ mod tests {
         assert!(fleet.tick(5_000, 60_000).is_none());
 
         // The window keeps the newest `len` messages per series.
-        let h = fleet.history(&[Pattern::parse("a").unwrap()], &Filter::default());
+        let h = fleet.history(
+            &[Pattern::parse("a").unwrap()],
+            &Filter::default(),
+            u64::MAX,
+        );
         let Some(Body::History(h)) = &h[0].envelope().body else {
             panic!()
         };
@@ -551,7 +574,11 @@ mod tests {
         assert_eq!(fleet.devices(), 0);
         assert_eq!(fleet.series_total.load(Ordering::Relaxed), 0);
         assert!(fleet
-            .history(&[Pattern::parse("*").unwrap()], &Filter::default())
+            .history(
+                &[Pattern::parse("*").unwrap()],
+                &Filter::default(),
+                u64::MAX
+            )
             .is_empty());
     }
 
@@ -573,7 +600,11 @@ mod tests {
         let fleet = Fleet::new(limits);
         let kept = |fleet: &Fleet| -> usize {
             fleet
-                .history(&[Pattern::parse("*").unwrap()], &Filter::default())
+                .history(
+                    &[Pattern::parse("*").unwrap()],
+                    &Filter::default(),
+                    u64::MAX,
+                )
                 .iter()
                 .map(|m| match &m.envelope().body {
                     Some(Body::History(h)) => h.telemetry.len(),
@@ -658,7 +689,11 @@ mod tests {
                 fleet.accepted(&r, "a", &telemetry(d, "a", seq), at);
             }
         }
-        let h = fleet.history(&[Pattern::parse("*").unwrap()], &Filter::default());
+        let h = fleet.history(
+            &[Pattern::parse("*").unwrap()],
+            &Filter::default(),
+            u64::MAX,
+        );
         let Some(Body::History(h)) = &h[0].envelope().body else {
             panic!()
         };

@@ -174,6 +174,8 @@ impl DashboardHandle {
 pub struct HistoryJob {
     handle: Arc<DashboardHandle>,
     reservation: Option<outbox::Reservation>,
+    /// Messages kept from here on arrive live (see `fleet::Fleet::cut`).
+    cut: u64,
     patterns: Vec<Pattern>,
     filter: Filter,
 }
@@ -182,7 +184,7 @@ impl HistoryJob {
     /// Gathers the history into the reserved place, encoded for `format` here so
     /// that the dashboard's session only writes it.
     pub fn run(mut self, fleet: &fleet::Fleet, format: WireFormat) {
-        let history = fleet.history(&self.patterns, &self.filter);
+        let history = fleet.history(&self.patterns, &self.filter, self.cut);
         for m in &history {
             m.message(format);
         }
@@ -323,11 +325,13 @@ impl Hub {
     ///
     /// No gap, and history first: a place in the dashboard's outbox is reserved
     /// under the index lock, so live telemetry of the new subscriptions queues
-    /// behind it; the history is gathered after, outside the lock. A device
-    /// session records a message before publishing it, so a message is either
-    /// published before the subscription exists (and is in the history) or queued
-    /// live behind the reservation (and maybe in the history too: clients keep only
-    /// telemetry newer than what they hold, see `History` in the proto).
+    /// behind it; the history is gathered later, off the lock, but only from what
+    /// was kept before the subscription (`fleet::Fleet::cut`). A device session
+    /// keeps a message before publishing it, so a message is either published
+    /// before the subscription exists (and is in the history) or queued live
+    /// behind the reservation (and, if it was kept just before the cut, in the
+    /// history too: clients keep only telemetry newer than what they hold, see
+    /// `History` in the proto).
     pub fn subscribe(
         &self,
         handle: &Arc<DashboardHandle>,
@@ -336,7 +340,7 @@ impl Hub {
     ) -> HistoryJob {
         let history_filter = filter.clone();
         let filter = (!filter.is_empty()).then(|| Arc::new(filter));
-        let reservation = {
+        let (reservation, cut) = {
             let mut index = write(&self.index);
             for p in patterns {
                 let added = index.insert(
@@ -350,11 +354,12 @@ impl Hub {
                     handle.patterns.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            handle.outbox.reserve()
+            (handle.outbox.reserve(), self.fleet.cut())
         };
         HistoryJob {
             handle: handle.clone(),
             reservation: Some(reservation),
+            cut,
             patterns: patterns.to_vec(),
             filter: history_filter,
         }
