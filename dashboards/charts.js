@@ -15,6 +15,13 @@ import { MAX_COLUMNS, firstSeries } from "./series.js";
 
 export const MAX_CHARTS = 24;
 const SELECT_MS = 250;
+/**
+ * A series with nothing newer than this (by the hub's clock, relative to the newest
+ * message the page holds) is stale: it keeps its data but yields its chart slot to
+ * live series. Selection is redone this often too, since series go stale silently.
+ */
+const STALE_MS = 60_000;
+const RESELECT_EVERY_MS = 5_000;
 const PLOT_HEIGHT = 170;
 const PALETTE = ["#2563eb", "#e8590c", "#2f9e44", "#ae3ec9", "#d6336c", "#0c8599", "#74b816", "#f59f00"];
 const AXIS = { stroke: "#5b6475", grid: { stroke: "#eceff3", width: 1 }, ticks: { stroke: "#d5dae1", width: 1 } };
@@ -85,6 +92,10 @@ export class Charts {
       }
       schedule(this.flush);
     });
+    setInterval(() => {
+      this.selectionDirty = true;
+      scheduleAtMost(this.reselect, SELECT_MS);
+    }, RESELECT_EVERY_MS);
     this.filterInput.addEventListener("input", () => {
       this.filter = this.filterInput.value.trim().toLowerCase();
       this.selectionDirty = true;
@@ -148,7 +159,14 @@ export class Charts {
   select() {
     this.selectionDirty = false;
     const total = this.store.size;
-    const { shown: wanted, matching } = firstSeries(this.store.series.values(), MAX_CHARTS, (s) => this.matchesFilter(s));
+    // Live series first, in screen order; stale ones only fill slots left over.
+    const liveSince = this.store.newestReceivedMs - STALE_MS;
+    const live = firstSeries(this.store.series.values(), MAX_CHARTS, (s) => s.lastReceivedMs >= liveSince && this.matchesFilter(s));
+    let wanted = live.shown;
+    let matching = live.matching;
+    const stale = firstSeries(this.store.series.values(), MAX_CHARTS - wanted.length, (s) => s.lastReceivedMs < liveSince && this.matchesFilter(s));
+    wanted = wanted.concat(stale.shown);
+    matching += stale.matching;
     const wantedKeys = new Set(wanted.map((s) => s.key));
     for (const key of [...this.charts.keys()]) if (!wantedKeys.has(key)) this.destroy(key);
 

@@ -65,6 +65,7 @@ export function firstSeries(seriesList, limit, keep = () => true) {
   for (const series of seriesList) {
     if (!keep(series)) continue;
     matching++;
+    if (limit <= 0) continue;
     if (shown.length === limit && compareSeries(series, shown[limit - 1]) >= 0) continue;
     // Binary search for its place among those kept so far.
     let lo = 0;
@@ -103,6 +104,8 @@ export class SeriesStore {
     // key -> Series, least recently updated first: an accepted message moves its
     // series to the end, so eviction takes the first entry.
     this.series = new Map();
+    // The newest receivedMs held (the hub's clock): what "stale" is measured from.
+    this.newestReceivedMs = 0;
   }
 
   get size() {
@@ -129,6 +132,7 @@ export class SeriesStore {
     if (receivedMs < series.lastReceivedMs || (receivedMs === series.lastReceivedMs && seq <= series.lastSeq)) {
       return null;
     }
+    if (receivedMs > this.newestReceivedMs) this.newestReceivedMs = receivedMs;
     // Most recently updated last (re-inserting moves it to the Map's end).
     if (!created) this.series.delete(key);
     this.series.set(key, series);
