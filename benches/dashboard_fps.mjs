@@ -41,10 +41,11 @@
 // Output: one JSON line on stdout (progress on stderr). Exit 0 when measured, 1 on a
 // failure (with what was expected and what was seen), 2 on bad usage.
 
-import { X509Certificate, createHash } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
+
+import { launchChromium } from '../tests/interop/chromium.mjs';
 
 const require = createRequire(import.meta.url);
 let chromium;
@@ -124,18 +125,6 @@ setTimeout(() => {
   process.exit(3);
 }, OVERALL_MS).unref();
 
-/** Base64 SHA-256 of the certificate's SubjectPublicKeyInfo: Chromium's SPKI pin. */
-function spkiHash(pemFile) {
-  let pem;
-  try {
-    pem = readFileSync(pemFile);
-  } catch (e) {
-    throw new Error(`cannot read --server-pem ${pemFile}: ${e.message}`);
-  }
-  const cert = new X509Certificate(pem);
-  const der = cert.publicKey.export({ type: 'spki', format: 'der' });
-  return createHash('sha256').update(der).digest('base64');
-}
 
 // ---- CPU time from /proc ------------------------------------------------------------
 
@@ -398,27 +387,14 @@ let browser = null;
 let page = null;
 let exitCode = 0;
 try {
-  const spki = spkiHash(opts['server-pem']);
   log(`launching ${executablePath}`);
-  browser = await chromium.launch({
+  browser = await launchChromium(chromium, {
     executablePath,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // performance.memory without its coarse bucketing.
-      '--enable-precise-memory-info',
-      // Trust exactly the hub's certificate key, for this browser only.
-      `--ignore-certificate-errors-spki-list=${spki}`,
-    ],
-    timeout: 30_000,
+    serverPem: opts['server-pem'],
+    // performance.memory without its coarse bucketing.
+    extraArgs: ['--enable-precise-memory-info'],
   });
+
   // Playwright's Browser does not expose its process: Chromium is this script's child,
   // so its processes are this process's descendants.
   const browserPid = process.pid;

@@ -37,10 +37,11 @@
 // can add up to much more are those of the restart (up to 40 s for the hub to come
 // back, 20 s to reconnect), and OVERALL_MS leaves room for them.
 
-import { X509Certificate, createHash } from 'node:crypto';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+
+import { launchChromium } from './chromium.mjs';
 
 let chromium;
 try {
@@ -116,12 +117,6 @@ async function waitForStdin(word, timeoutMs) {
   }
 }
 
-/** Base64 SHA-256 of the certificate's SubjectPublicKeyInfo: Chromium's SPKI pin. */
-function spkiHash(pemFile) {
-  const cert = new X509Certificate(readFileSync(pemFile));
-  const der = cert.publicKey.export({ type: 'spki', format: 'der' });
-  return createHash('sha256').update(der).digest('base64');
-}
 
 // (a) Everything the page complains about. `allowNetworkErrors` is set while the hub is
 // down on purpose (step h): the browser itself then logs each refused reconnect.
@@ -221,24 +216,7 @@ async function submit(page, form) {
   await button.click({ timeout: bounded(5_000) });
 }
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  // Playwright adds a fresh temporary --user-data-dir of its own.
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    // Trust exactly the hub's certificate key, for this browser only.
-    `--ignore-certificate-errors-spki-list=${spkiHash(serverPem)}`,
-  ],
-  timeout: 30_000,
-});
+const browser = await launchChromium(chromium, { executablePath, serverPem });
 let page = null;
 let exitCode = 0;
 try {
