@@ -39,11 +39,15 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     prost_build::Config::new()
         .file_descriptor_set_path(&descriptor_path)
+        // Maps (tags) as BTreeMap: encodings and JSON list keys in one stable order,
+        // so the same tags always encode to the same bytes.
+        .btree_map(["."])
         .compile_fds(descriptors)?;
 
     let set = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&set)?
+        .btree_map(["."])
         .build(&[".telehub.v1"])?;
     Ok(())
 }
