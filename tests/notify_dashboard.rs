@@ -172,8 +172,19 @@ async fn a_json_dashboard_pushes_and_watches_in_the_proto3_json_mapping() {
     ))
     .await;
     match web.next_event().await {
-        // Not a valid enum name: the envelope does not decode (no request id to echo).
-        Event::Text(t) => assert!(t.contains("MALFORMED"), "{t}"),
+        // Not a valid enum name: the envelope does not decode, but the refusal
+        // still names the request.
+        Event::Text(t) => {
+            let env: telehub::proto::Envelope = serde_json::from_str(&t).unwrap();
+            let Some(telehub::proto::envelope::Body::Error(e)) = env.body else {
+                panic!("expected an Error, got {t}")
+            };
+            assert_eq!(
+                (code(&e), e.request_id.as_str()),
+                (Code::Malformed, "web-2"),
+                "{t}"
+            );
+        }
         other => panic!("expected an Error, got {other:?}"),
     }
 }

@@ -86,12 +86,37 @@ pub async fn run<S>(
     finish(&mut reader, &mut writer, close.as_ref()).await;
 }
 
+/// The `notificationRequest.requestId` of a JSON message that is not a valid
+/// envelope (say, an unknown severity), so the refusal still names its request.
+fn json_request_id(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| {
+            let r = &v["notificationRequest"];
+            r.get("requestId")
+                .or_else(|| r.get("request_id"))
+                .and_then(|id| id.as_str())
+                .map(|id| id.chars().take(128).collect())
+        })
+        .unwrap_or_default()
+}
+
 /// Why an incoming message is not an envelope.
 enum Undecodable {
     /// Text on a binary subprotocol or the reverse: closed with 1003.
     WrongType(&'static str),
-    /// Not a valid envelope: an Error, and a strike.
-    Invalid(String),
+    /// Not a valid envelope: an Error (carrying the request id of a
+    /// NotificationRequest when one can still be read), and a strike.
+    Invalid { message: String, request_id: String },
+}
+
+impl Undecodable {
+    fn invalid(message: String) -> Self {
+        Undecodable::Invalid {
+            message,
+            request_id: String::new(),
+        }
+    }
 }
 
 struct Dashboard {
@@ -178,9 +203,14 @@ impl Dashboard {
                         Err(Undecodable::WrongType(why)) => {
                             return Some(Close::new(close::UNSUPPORTED_DATA, why));
                         }
-                        Err(Undecodable::Invalid(message)) => {
+                        Err(Undecodable::Invalid { message, request_id }) => {
                             self.app.metrics.decode_errors.inc();
-                            self.strike(close::INVALID_PAYLOAD, Code::Malformed, message).map(Some)
+                            self.strike(close::INVALID_PAYLOAD, Code::Malformed, message).map(|mut env| {
+                                if let Some(Body::Error(e)) = &mut env.body {
+                                    e.request_id = request_id;
+                                }
+                                Some(env)
+                            })
                         }
                     };
                     match reply {
@@ -204,12 +234,13 @@ impl Dashboard {
             (ws::Message::Binary(data), WireFormat::Protobuf) => {
                 self.meters.payload_in.inc_by(data.len() as u64);
                 Envelope::decode(data)
-                    .map_err(|e| Undecodable::Invalid(format!("not a telehub.v1.Envelope: {e}")))
+                    .map_err(|e| Undecodable::invalid(format!("not a telehub.v1.Envelope: {e}")))
             }
             (ws::Message::Text(text), WireFormat::Json) => {
                 self.meters.payload_in.inc_by(text.len() as u64);
-                serde_json::from_str(&text).map_err(|e| {
-                    Undecodable::Invalid(format!("not a telehub.v1.Envelope in JSON: {e}"))
+                serde_json::from_str(&text).map_err(|e| Undecodable::Invalid {
+                    message: format!("not a telehub.v1.Envelope in JSON: {e}"),
+                    request_id: json_request_id(&text),
                 })
             }
             (ws::Message::Text(_), WireFormat::Protobuf) => Err(Undecodable::WrongType(
