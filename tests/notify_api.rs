@@ -374,3 +374,44 @@ async fn metrics_count_accepted_delivered_and_acknowledged_notifications() {
     let sum = get("telehub_notification_ack_seconds_sum");
     assert!(sum > 0.0 && sum < T.as_secs_f64(), "ack latency {sum}");
 }
+
+/// A completed notification stays queryable for `notify.retention`, then is pruned:
+/// its status is 404 and it leaves the list.
+#[tokio::test]
+async fn completed_notifications_are_pruned_after_their_retention() {
+    let hub = Hub::with(|c| c.notify.retention = std::time::Duration::from_millis(300)).await;
+    let api = hub.api(Role::Operator);
+    let mut dev = hub.device("dev-1").await;
+    let created = api
+        .create(&notification(
+            "critical",
+            to_devices(&["dev-1"]),
+            "short-lived",
+        ))
+        .await
+        .unwrap();
+    let n = dev.expect_notification().await;
+    dev.ack(&n.id).await;
+    let done = wait_status(&api, &created.id, "complete", |s| s.summary.complete).await;
+    assert_eq!(done.summary.counts.acknowledged, 1);
+    // Pruned within about retention + a tick; bounded wait.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match api.status(&created.id, None, None, 10).await {
+            Ok(_) => {}
+            Err(telehub::client::ApiError::Status { status, .. }) if status == 404 => break,
+            Err(e) => panic!("GET status: {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} was not pruned within 10 s",
+            created.id
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let list = api.list(100).await.unwrap();
+    assert!(
+        list.notifications.iter().all(|s| s.id != created.id),
+        "{list:?}"
+    );
+}

@@ -52,7 +52,9 @@ use crate::{
 
 pub use request::{Invalid, Request, Target};
 
-/// How often expired and completed notifications are pruned from the store.
+/// Completed notifications are pruned at least this often (and as often as
+/// `notify.retention` when that is shorter), so none outlives its retention by more
+/// than this.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// A notification's unchanging part, shared by every device it goes to.
@@ -654,7 +656,8 @@ impl Notifier {
                 self.hub.announce_progress(&id, p);
             }
             self.retire(&tick.completed);
-            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            let prune_every = PRUNE_EVERY.min(self.config.retention);
+            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
                 last_prune = Some(Instant::now());
                 let retention = self.config.retention.as_millis() as u64;
                 self.send(Op::Prune {
