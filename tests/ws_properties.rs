@@ -10,8 +10,9 @@
 //! - **Round trip** (`writer_to_reader_round_trip`): whatever a `Writer` sends in one role
 //!   (messages, batches of `SharedMessage`s, pings, a Close) a `Reader` in the other
 //!   role reads back identically and in order. The wire is also decoded by the test's
-//!   own frame parser and DEFLATE decoder (`ws_properties/codec.rs`: [`WindowedInflater`], written from RFC 1951,
-//!   enforcing the negotiated window and context-takeover mode), so a bug that telehub's
+//!   own frame parser and DEFLATE decoder (`ws_properties/codec.rs`:
+//!   [`WindowedInflater`], written from RFC 1951, enforcing the negotiated window and
+//!   context-takeover mode), so a bug that telehub's
 //!   writer and reader share — a window wider than negotiated, context takeover the
 //!   peer refused, a malformed deflate stream zlib-rs happens to accept, a non-minimal
 //!   length, a missing mask — fails too.
