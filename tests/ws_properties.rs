@@ -404,7 +404,9 @@ fn valid_wire_code(code: u16) -> bool {
 
 #[path = "ws_properties/codec.rs"]
 mod codec;
+mod wire;
 use codec::*;
+use wire::client_frame;
 
 // ---------------------------------------------------------------- round trip
 

@@ -73,11 +73,18 @@ async fn echo(mut conn: Connection<TcpStream>) -> Result<(), Error> {
 
 /// A masked client frame. `first` is the whole first byte (FIN, RSV, opcode).
 pub fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x1f, 0x2e, 0x3d, 0x4c];
-    let mut out = vec![first];
+    let mut out = Vec::new();
+    client_frame(&mut out, first, payload, [0x1f, 0x2e, 0x3d, 0x4c]);
+    out
+}
+
+/// Appends one client frame: `first` is the whole first byte (FIN, RSV, opcode); the
+/// payload is masked with `mask` and the length encoded minimally (RFC 6455 §5.2).
+pub fn client_frame(out: &mut Vec<u8>, first: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(first);
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
+        n if n <= 0xffff => {
             out.push(0x80 | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
@@ -88,7 +95,6 @@ pub fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
 }
 
 /// An unmasked frame (what a server sends; a protocol error from a client).

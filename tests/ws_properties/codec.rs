@@ -65,25 +65,6 @@ pub(crate) fn parse_frames(mut wire: &[u8]) -> Result<Vec<WireFrame>, TestCaseEr
     Ok(frames)
 }
 
-/// Appends one client frame: `first` is the whole first byte (FIN, RSV, opcode); the
-/// payload is masked with `mask` and the length encoded minimally.
-pub(crate) fn client_frame(out: &mut Vec<u8>, first: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(first);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-}
-
 /// (window bits, context takeover) of the messages `sender` emits, read straight from
 /// RFC 7692 §7.1: "server_*" parameters govern the server's messages.
 pub(crate) fn sender_params(p: &DeflateParams, sender: Role) -> (u8, bool) {
