@@ -1,5 +1,5 @@
 //! What a `Subscribe` costs the hub in history: the time to gather and encode the
-//! replay (`Fleet::history`), which runs on the subscribing dashboard's task.
+//! replay (`Hub::recent`, what `HistoryJob` gathers), which runs on the subscribing dashboard's task.
 //!
 //! `cargo bench --bench history_replay` (no criterion: a plain timing loop, the
 //! median of 21 runs per shape). Results are recorded in BENCHMARKS.md.
@@ -7,29 +7,28 @@
 use std::{sync::Arc, time::Instant};
 
 use telehub::{
-    hub::{fleet::Fleet, DeviceInfo, Encoded, Filter, HistoryLimits, Pattern, WireFormat},
-    proto::{envelope::Body, reading::Value, Envelope, Reading, Telemetry},
+    hub::{DeviceInfo, Filter, Hub, Options, Pattern, Publication, WireFormat},
+    metrics::Metrics,
+    proto::{envelope::Body, reading::Value, Reading, Telemetry},
 };
 
 /// A ~200-byte telemetry envelope, like the fan-out benchmark's.
-fn telemetry(device: &str, category: &str, seq: u64) -> Arc<Encoded> {
+fn telemetry(device: &Arc<DeviceInfo>, category: &str, seq: u64) -> Publication {
     let reading = |name: &str, v: f64| Reading {
         name: name.into(),
         value: Some(Value::Number(v)),
         unit: "Cel".into(),
     };
-    Encoded::new(Envelope {
-        body: Some(Body::Telemetry(Telemetry {
-            device_id: device.into(),
-            category: category.into(),
-            timestamp_ms: 1_800_000_000_000 + seq,
-            seq,
-            readings: (0..8)
-                .map(|i| reading(&format!("r{i}"), i as f64))
-                .collect(),
-            received_ms: 1_800_000_000_000 + seq,
-        })),
-    })
+    let t = Telemetry {
+        category: category.into(),
+        timestamp_ms: 1_800_000_000_000 + seq,
+        seq,
+        readings: (0..8)
+            .map(|i| reading(&format!("r{i}"), i as f64))
+            .collect(),
+        ..Default::default()
+    };
+    Publication::new(device.clone(), t, 1_800_000_000_000 + seq)
 }
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
@@ -45,27 +44,23 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     for (devices, per_series) in [(20, 120), (1_000, 120), (10_000, 120)] {
-        let fleet = Fleet::new(HistoryLimits::default());
+        let hub = Hub::new(Arc::new(Metrics::new()), Options::default());
+        let mut sessions = Vec::new();
         for d in 0..devices {
-            let id = format!("dev-{d:05}");
             let info = Arc::new(DeviceInfo {
-                id: id.clone(),
+                id: format!("dev-{d:05}"),
                 tags: Default::default(),
             });
-            let record = fleet.online(&info, 0);
+            let session = hub.device_online(info.clone()).session;
             for seq in 0..per_series {
-                fleet.accepted(
-                    &record,
-                    "env.temperature",
-                    &telemetry(&id, "env.temperature", seq),
-                    1,
-                );
+                hub.publish(&session, telemetry(&info, "env.temperature", seq));
             }
+            sessions.push(session);
         }
-        fleet.tick(1, u64::MAX);
+        hub.tick(telehub::hub::now_ms(), u64::MAX);
         let all = [Pattern::parse("*").unwrap_or(Pattern::All)];
-        let n: usize = fleet
-            .history(&all, &Filter::default(), u64::MAX)
+        let n: usize = hub
+            .recent(&all, &Filter::default())
             .iter()
             .map(|m| match &m.envelope().body {
                 Some(Body::History(h)) => h.telemetry.len(),
@@ -73,16 +68,16 @@ fn main() {
             })
             .sum();
         let protobuf_ms = median_ms(|| {
-            std::hint::black_box(fleet.history(&all, &Filter::default(), u64::MAX));
+            std::hint::black_box(hub.recent(&all, &Filter::default()));
         });
         let json_ms = median_ms(|| {
-            for c in &fleet.history(&all, &Filter::default(), u64::MAX) {
+            for c in &hub.recent(&all, &Filter::default()) {
                 std::hint::black_box(c.message(WireFormat::Json));
             }
         });
         println!(
             "{devices} devices, history {:.1} MiB: replay of {n} messages: {protobuf_ms:.2} ms (protobuf), {json_ms:.2} ms (JSON)",
-            fleet.history_bytes() as f64 / (1 << 20) as f64
+            hub.history_bytes() as f64 / (1 << 20) as f64
         );
     }
 }

@@ -1,11 +1,26 @@
-//! What every connection shares: configuration, the hub, metrics, the token key,
-//! and the shutdown signal.
+//! The application: everything connections share (configuration, the hub, the
+//! notifier, metrics, the token key), built from the configuration in one place.
+//!
+//! [`App::build`] opens the store, gives its registry to the hub's device directory
+//! and its open notifications to the notifier, and joins the hub to its bus;
+//! [`App::spawn_background`] starts the timers (notification expiry and progress,
+//! fleet statistics). The listener (`server`) only accepts, caps, terminates TLS
+//! and drains; each session gets its shutdown handle from its connection, so
+//! nothing here keeps the server waiting at shutdown.
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
+
 use crate::{
-    auth::TokenKey, config::Config, hub::Hub, metrics::Metrics, notify::Notifier,
-    shutdown::Shutdown, ws,
+    auth::TokenKey,
+    config::Config,
+    hub::{now_ms, Bus, HistoryLimits, Hub, Options},
+    metrics::Metrics,
+    notify::Notifier,
+    shutdown::{Draining, Trigger},
+    store::{self, Store},
+    ws,
 };
 
 pub struct App {
@@ -14,12 +29,78 @@ pub struct App {
     pub notifier: Arc<Notifier>,
     pub metrics: Arc<Metrics>,
     pub tokens: TokenKey,
-    /// Cloned into every session so it can notice shutdown and so the server can
-    /// wait for it to finish.
-    pub shutdown: Shutdown,
+    /// Whether shutdown started (for `/healthz`; holds nothing open).
+    pub draining: Draining,
 }
 
 impl App {
+    /// Loads the token key, opens the store and builds the hub (joined to the
+    /// other nodes through `bus`) and the notifier.
+    pub async fn build(config: Config, bus: Arc<dyn Bus>, draining: Draining) -> anyhow::Result<Arc<Self>> {
+        let tokens = TokenKey::load_or_create(&config.data_dir)?;
+        let metrics = Arc::new(Metrics::new());
+        let store_stats = store::Stats {
+            ops: metrics.store_ops.clone(),
+            commits: metrics.store_commits.clone(),
+        };
+        let data_dir = config.data_dir.clone();
+        let (store, snapshot) =
+            tokio::task::spawn_blocking(move || Store::open(&data_dir, store_stats))
+                .await
+                .context("opening the store")?
+                .with_context(|| {
+                    format!("opening {}", config.data_dir.join(store::FILE).display())
+                })?;
+        tracing::info!(
+            devices = snapshot.devices.len(),
+            open_notifications = snapshot.campaigns.len(),
+            "store opened"
+        );
+        let d = &config.dashboard;
+        let hub = Hub::new(
+            metrics.clone(),
+            Options {
+                history: HistoryLimits {
+                    len: d.history_len,
+                    replay_max: d.history_replay_max,
+                    series_per_device: d.history_series_per_device,
+                    max_bytes: d.history_max_bytes,
+                },
+                registry: snapshot.devices,
+                // Devices seen within `forget_after` before this start are listed
+                // offline (their counters start from zero) until they reconnect.
+                remember_since_ms: now_ms().saturating_sub(d.forget_after.as_millis() as u64),
+                bus,
+            },
+        );
+        let notifier = Notifier::new(
+            store,
+            snapshot.campaigns,
+            hub.clone(),
+            metrics.clone(),
+            config.notify.clone(),
+        );
+        Ok(Arc::new(App {
+            hub,
+            notifier,
+            metrics,
+            tokens,
+            draining,
+            config: Arc::new(config),
+        }))
+    }
+
+    /// Starts the timers that run until shutdown: notification expiry, progress
+    /// and pruning; fleet statistics.
+    pub fn spawn_background(&self, trigger: &Trigger) {
+        tokio::spawn(self.notifier.clone().run(trigger.subscribe()));
+        tokio::spawn(self.hub.clone().run_fleet_stats(
+            self.config.dashboard.fleet_interval,
+            self.config.dashboard.forget_after,
+            trigger.subscribe(),
+        ));
+    }
+
     /// Transport limits for one connection, from the configuration.
     pub fn ws_config(&self) -> ws::Config {
         ws::Config {

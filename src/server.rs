@@ -30,26 +30,15 @@ use tower::Service;
 
 use crate::{
     app::App,
-    auth::TokenKey,
     config::Config,
-    hub::{HistoryLimits, Hub},
-    metrics::Metrics,
-    notify::Notifier,
-    shutdown::{Shutdown, Trigger},
-    store::{self, Store},
+    http::ConnInfo,
+    hub::{bus, Bus},
+    shutdown::Trigger,
     tls,
 };
 
 /// Longest wait for sessions to close after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Request extension carried into upgraded sessions: who is connected, and the
-/// guard keeping the connection counted.
-#[derive(Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    _guard: Arc<ConnGuard>,
-}
 
 /// Global and per-IP connection accounting.
 struct Caps {
@@ -108,10 +97,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Prepares certificates, the token key and the listener.
+    /// Prepares certificates, the listener and the application, for a hub alone.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        Self::bind_with_bus(config, Arc::new(bus::Local)).await
+    }
+
+    /// The same, for one node of several joined by `bus`.
+    pub async fn bind_with_bus(config: Config, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
         config.validate()?;
-        let tokens = TokenKey::load_or_create(&config.data_dir)?;
         let tls = if config.plaintext {
             tracing::warn!("plaintext mode: serving ws:// and http:// without TLS; use only behind a TLS-terminating proxy or for benchmarks");
             None
@@ -130,67 +123,13 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        let metrics = Arc::new(Metrics::new());
-        let store_stats = store::Stats {
-            ops: metrics.store_ops.clone(),
-            commits: metrics.store_commits.clone(),
-        };
-        let data_dir = config.data_dir.clone();
-        let (store, snapshot) =
-            tokio::task::spawn_blocking(move || Store::open(&data_dir, store_stats))
-                .await
-                .context("opening the store")?
-                .with_context(|| {
-                    format!("opening {}", config.data_dir.join(store::FILE).display())
-                })?;
-        tracing::info!(
-            devices = snapshot.devices.len(),
-            open_notifications = snapshot.campaigns.len(),
-            "store opened"
-        );
-        let d = &config.dashboard;
-        let hub = Hub::with_history(
-            metrics.clone(),
-            HistoryLimits {
-                len: d.history_len,
-                replay_max: d.history_replay_max,
-                series_per_device: d.history_series_per_device,
-                max_bytes: d.history_max_bytes,
-            },
-        );
-        // Devices seen within `forget_after` before this start are listed offline
-        // (their counters start from zero) until they reconnect.
-        let since = crate::hub::now_ms().saturating_sub(d.forget_after.as_millis() as u64);
-        for device in &snapshot.devices {
-            if let Some(seen) = device.last_seen_ms.filter(|&t| t >= since) {
-                let info = crate::hub::DeviceInfo {
-                    id: device.id.clone(),
-                    tags: device.tags.clone(),
-                };
-                hub.fleet.remember_offline(Arc::new(info), seen);
-            }
-        }
-        let notifier = Notifier::new(
-            store,
-            snapshot,
-            hub.clone(),
-            metrics.clone(),
-            config.notify.clone(),
-        );
         let trigger = Trigger::new();
         let caps = Arc::new(Caps {
             global: Arc::new(Semaphore::new(config.limits.max_connections)),
             per_ip: Mutex::default(),
             max_per_ip: config.limits.max_connections_per_ip,
         });
-        let app = Arc::new(App {
-            hub,
-            notifier,
-            metrics,
-            tokens,
-            shutdown: trigger.subscribe(),
-            config: Arc::new(config),
-        });
+        let app = App::build(config, bus, trigger.draining()).await?;
         Ok(Self {
             listener,
             app,
@@ -218,12 +157,7 @@ impl Server {
             caps,
         } = self;
         let router = crate::http::router(app.clone());
-        tokio::spawn(app.notifier.clone().run(trigger.subscribe()));
-        tokio::spawn(app.hub.clone().run_fleet_stats(
-            app.config.dashboard.fleet_interval,
-            app.config.dashboard.forget_after,
-            trigger.subscribe(),
-        ));
+        app.spawn_background(&trigger);
         // Kept past the drain so the last acks are committed before we return.
         let store = app.notifier.store().clone();
         tokio::pin!(signal);
@@ -251,25 +185,17 @@ impl Server {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let info = ConnInfo {
-                peer,
-                _guard: Arc::new(guard),
-            };
+            let info = ConnInfo::new(peer, trigger.subscribe(), guard);
             tokio::spawn(serve_tcp(
                 tcp,
                 info,
                 tls.clone(),
                 router.clone(),
                 app.clone(),
-                trigger.subscribe(),
             ));
         }
         tracing::info!("shutting down: closing every connection with 1001");
         drop(listener);
-        // The router holds the App, and the App holds a `Shutdown`: both must go, or
-        // `trigger.wait()` waits for our own handle and always runs into the timeout.
-        drop(router);
-        drop(app);
         if tokio::time::timeout(DRAIN_TIMEOUT, trigger.wait())
             .await
             .is_err()
@@ -289,13 +215,12 @@ async fn serve_tcp(
     tls: Option<TlsAcceptor>,
     router: axum::Router,
     app: Arc<App>,
-    shutdown: Shutdown,
 ) {
     let timeout = app.config.limits.handshake_timeout;
     match tls {
-        None => serve_http(tcp, info, router, app, shutdown).await,
+        None => serve_http(tcp, info, router, app).await,
         Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_http(stream, info, router, app, shutdown).await,
+            Ok(Ok(stream)) => serve_http(stream, info, router, app).await,
             Ok(Err(e)) => {
                 app.metrics.refused("tls_handshake");
                 tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed");
@@ -313,11 +238,11 @@ async fn serve_http<I>(
     info: ConnInfo,
     router: axum::Router,
     app: Arc<App>,
-    mut shutdown: Shutdown,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    let mut shutdown = info.shutdown.clone();
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(info.clone());

@@ -47,6 +47,12 @@ impl Trigger {
         }
     }
 
+    /// A handle that only observes whether shutdown started (it does not keep the
+    /// server waiting, unlike a [`Shutdown`]): for `/healthz`.
+    pub fn draining(&self) -> Draining {
+        Draining(self.tx.subscribe())
+    }
+
     pub fn trigger(&self) {
         self.tx.send_replace(true);
     }
@@ -56,6 +62,16 @@ impl Trigger {
         self.trigger();
         self.done_tx.take();
         let _ = self.done_rx.recv().await;
+    }
+}
+
+/// Whether shutdown has started (see [`Trigger::draining`]).
+#[derive(Clone)]
+pub struct Draining(watch::Receiver<bool>);
+
+impl Draining {
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
     }
 }
 

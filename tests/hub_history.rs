@@ -168,7 +168,7 @@ async fn a_long_history_arrives_in_chunks() {
         }
     }
     assert!(sizes.len() >= 11, "{sizes:?}");
-    let chunk = telehub::hub::fleet::HISTORY_CHUNK_BYTES;
+    let chunk = telehub::hub::history::HISTORY_CHUNK_BYTES;
     assert!(sizes.iter().all(|&n| n <= chunk + 64), "{sizes:?}");
     assert_eq!(all, (1..=650).collect::<Vec<_>>());
 }

@@ -9,7 +9,7 @@ pub mod api;
 pub mod assets;
 pub mod upgrade;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     extract::State,
@@ -19,7 +19,30 @@ use axum::{
     Router,
 };
 
-use crate::app::App;
+use crate::{app::App, shutdown::Shutdown};
+
+/// Request extension the listener attaches to every request of a connection, and
+/// carried into the session a WebSocket upgrade starts.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The session's shutdown signal (it keeps the listener's drain waiting while
+    /// held).
+    pub shutdown: Shutdown,
+    /// Whatever holds the connection's place under the listener's caps; released
+    /// when the connection and any session upgraded from it are gone.
+    _place: Arc<dyn Send + Sync>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, shutdown: Shutdown, place: impl Send + Sync + 'static) -> Self {
+        Self {
+            peer,
+            shutdown,
+            _place: Arc::new(place),
+        }
+    }
+}
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -38,11 +61,11 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
     let body = serde_json::json!({
-        "status": if app.shutdown.is_shutdown() { "shutting_down" } else { "ok" },
+        "status": if app.draining.is_set() { "shutting_down" } else { "ok" },
         "devices_online": app.hub.online_devices(),
         "dashboards": app.hub.dashboards(),
     });
-    let status = if app.shutdown.is_shutdown() {
+    let status = if app.draining.is_set() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

@@ -13,14 +13,14 @@ use axum::{
 };
 use hyper_util::rt::TokioIo;
 
-use super::refuse;
+use super::{refuse, ConnInfo};
 use crate::{
     app::App,
     auth::{token_from_headers, Claims, Role},
     hub::WireFormat,
     metrics::RoleMeters,
-    server::ConnInfo,
     session::{self, metered::Metered},
+    shutdown::Shutdown,
     ws,
 };
 
@@ -100,8 +100,14 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
     };
-    // Holds this connection's place under the connection caps for the session's life.
-    let conn = parts.extensions.remove::<ConnInfo>();
+    // Holds this connection's place under the connection caps for the session's
+    // life, and carries the session's shutdown signal.
+    let Some(conn) = parts.extensions.remove::<ConnInfo>() else {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connection not registered by the listener",
+        );
+    };
     let role = claims.role;
     let meters = app.metrics.role(role);
     let ws_config = app.ws_config();
@@ -126,7 +132,8 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
                 role: role.as_str(),
             })
             .inc();
-        run_session(conn_ws, claims, endpoint, format, app, meters).await;
+        let shutdown = conn.shutdown.clone();
+        run_session(conn_ws, claims, endpoint, format, app, meters, shutdown).await;
         drop(conn);
     });
     let mut resp = Response::new(axum::body::Body::empty());
@@ -142,6 +149,7 @@ async fn run_session<S>(
     format: WireFormat,
     app: Arc<App>,
     meters: RoleMeters,
+    shutdown: Shutdown,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -149,9 +157,11 @@ async fn run_session<S>(
     let subject = claims.sub.clone();
     tracing::debug!(%subject, role = %claims.role, "session start");
     match endpoint {
-        Endpoint::Device => session::device::run(conn, claims, app, meters.clone()).await,
+        Endpoint::Device => {
+            session::device::run(conn, claims, app, meters.clone(), shutdown).await
+        }
         Endpoint::Dashboard => {
-            session::dashboard::run(conn, claims, format, app, meters.clone()).await
+            session::dashboard::run(conn, claims, format, app, meters.clone(), shutdown).await
         }
     }
     meters.connections.dec();

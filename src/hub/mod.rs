@@ -1,4 +1,4 @@
-//! The router: subscriptions, fan-out, presence.
+//! The router: subscriptions, fan-out, presence, and the device directory.
 //!
 //! Design choice: shared state behind short locks, not a router task. A device
 //! session publishes by looking up the subscription [`index::Index`] (read lock) and
@@ -8,147 +8,49 @@
 //! Locks are never held across `.await`; the hub does no I/O. Dashboards drain
 //! their own outboxes and write to their sockets (see `session::dashboard`).
 //!
-//! Every message is encoded once ([`Encoded`]): the protobuf bytes and, lazily, the
-//! JSON text and the compressed and framed variants inside `ws::SharedMessage`
-//! are computed once and shared by every subscriber.
+//! One publish path: a [`Publication`] enters through [`Hub::publish`] (from a
+//! device session on this node) or [`BusEvents::publication`] (from another node,
+//! through the [`bus::Bus`] beneath the hub). Both record it (fleet counters, the
+//! history window) *before* fanning it out, the order `Hub::subscribe` relies on,
+//! and both fan out through the same code; only local publications are handed to
+//! the bus. Presence and takeovers cross the bus the same way, and the
+//! [`directory::Directory`] is the one owner of who speaks for each device.
+//!
+//! Every message is encoded once ([`Encoded`]) and shared by every subscriber.
 
+pub mod bus;
 pub mod category;
+pub mod directory;
+pub mod encoded;
 pub mod fleet;
+pub mod history;
 pub mod index;
 pub mod outbox;
-pub mod presence;
+pub mod publication;
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock, RwLock,
+        Arc, RwLock,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
-
-use bytes::Bytes;
-use tokio::sync::Notify;
 
 use crate::{
     metrics::Metrics,
     proto::{envelope::Body, Envelope, Presence},
-    ws::SharedMessage,
+    store::DeviceRow,
 };
 
+pub use bus::{Bus, BusEvents, PresenceChange};
 pub use category::Pattern;
-pub use fleet::{HistoryLimits, Record};
+pub use directory::{Connected, DeviceInfo, DeviceSession, Directory, NodeId};
+pub use encoded::{Encoded, WireFormat};
+pub use history::{HistoryJob, HistoryLimits};
 pub use index::Filter;
 pub use outbox::{Drained, Outbox, Pushed};
-pub use presence::DeviceInfo;
-
-/// How a dashboard wants its envelopes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WireFormat {
-    /// Binary frames, one protobuf `Envelope` each (`telehub.v1`).
-    Protobuf,
-    /// Text frames, the proto3 JSON mapping (`telehub.v1.json`).
-    Json,
-}
-
-/// One envelope, encoded at most once per wire format.
-pub struct Encoded {
-    /// Set at construction, or decoded from `binary` on first use (an envelope
-    /// assembled as bytes, see [`Encoded::from_binary`]).
-    envelope: OnceLock<Envelope>,
-    binary: SharedMessage,
-    json: OnceLock<SharedMessage>,
-}
-
-impl Encoded {
-    pub fn new(envelope: Envelope) -> Arc<Self> {
-        let binary = SharedMessage::binary(Bytes::from(prost::Message::encode_to_vec(&envelope)));
-        Arc::new(Self {
-            envelope: OnceLock::from(envelope),
-            binary,
-            json: OnceLock::new(),
-        })
-    }
-
-    /// An envelope the hub encoded itself, as bytes (e.g. a `History` assembled
-    /// from kept telemetry without decoding it); decoded only if a JSON client or
-    /// [`Encoded::envelope`] needs it.
-    pub fn from_binary(bytes: Bytes) -> Arc<Self> {
-        Arc::new(Self {
-            envelope: OnceLock::new(),
-            binary: SharedMessage::binary(bytes),
-            json: OnceLock::new(),
-        })
-    }
-
-    pub fn envelope(&self) -> &Envelope {
-        self.envelope.get_or_init(|| {
-            // Only the hub's own encodings get here, so decoding cannot fail; an
-            // empty envelope would be the harmless answer if it did.
-            prost::Message::decode(self.binary.payload().clone()).unwrap_or_default()
-        })
-    }
-
-    /// The message for `format`; the JSON text is produced on first use only.
-    pub fn message(&self, format: WireFormat) -> &SharedMessage {
-        match format {
-            WireFormat::Protobuf => &self.binary,
-            WireFormat::Json => self
-                .json
-                .get_or_init(|| SharedMessage::text(to_json(self.envelope()))),
-        }
-    }
-}
-
-/// The proto3 JSON mapping of an envelope.
-///
-/// pbjson writes doubles as JSON numbers, so a NaN or infinite reading (a failed
-/// sensor reports NaN) would come out as `null`; proto3 JSON spells them as the
-/// strings "NaN", "Infinity" and "-Infinity", which this patches in. Only telemetry
-/// (or history) carrying such a reading takes the slower path.
-fn to_json(envelope: &Envelope) -> String {
-    use crate::proto::reading::Value as Reading;
-    let patch_of = |prefix: String, t: &crate::proto::Telemetry| {
-        t.readings
-            .iter()
-            .enumerate()
-            .filter_map(move |(i, r)| match r.value {
-                Some(Reading::Number(n)) if !n.is_finite() => {
-                    Some((format!("{prefix}/readings/{i}/number"), n))
-                }
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
-    let patch: Vec<(String, f64)> = match &envelope.body {
-        Some(Body::Telemetry(t)) => patch_of("/telemetry".into(), t),
-        Some(Body::History(h)) => h
-            .telemetry
-            .iter()
-            .enumerate()
-            .flat_map(|(j, t)| patch_of(format!("/history/telemetry/{j}"), t))
-            .collect(),
-        _ => Vec::new(),
-    };
-    // Generated serde impls of plain data cannot fail to serialize.
-    if patch.is_empty() {
-        return serde_json::to_string(envelope).unwrap_or_default();
-    }
-    let mut value = serde_json::to_value(envelope).unwrap_or_default();
-    for (pointer, n) in patch {
-        let spelled = if n.is_nan() {
-            "NaN"
-        } else if n > 0.0 {
-            "Infinity"
-        } else {
-            "-Infinity"
-        };
-        if let Some(slot) = value.pointer_mut(&pointer) {
-            *slot = serde_json::Value::String(spelled.into());
-        }
-    }
-    value.to_string()
-}
+pub use publication::Publication;
 
 /// The hub's side of one dashboard connection.
 pub struct DashboardHandle {
@@ -156,7 +58,7 @@ pub struct DashboardHandle {
     pub outbox: Outbox,
     /// How many patterns this dashboard holds in the index (changed under the index
     /// write lock). Only dashboards with more than one can match a message twice,
-    /// so only they pay for de-duplication in [`Hub::publish`].
+    /// so only they pay for de-duplication in the fan-out.
     patterns: AtomicUsize,
 }
 
@@ -166,118 +68,108 @@ impl DashboardHandle {
     }
 }
 
-/// A subscription's `History`, still to be gathered (see [`Hub::subscribe`]).
-/// Gathering a large replay takes milliseconds of CPU, so sessions run it off the
-/// async workers (`spawn_blocking`). Dropped without running, it releases the
-/// reserved place empty: the dashboard then simply gets no history.
-#[must_use = "until it runs or is dropped, the dashboard's later messages are held back"]
-pub struct HistoryJob {
-    handle: Arc<DashboardHandle>,
-    reservation: Option<outbox::Reservation>,
-    /// Messages kept from here on arrive live (see `fleet::Fleet::cut`).
-    cut: u64,
-    patterns: Vec<Pattern>,
-    filter: Filter,
-}
-
-impl HistoryJob {
-    /// Gathers the history into the reserved place, encoded for `format` here so
-    /// that the dashboard's session only writes it.
-    pub fn run(mut self, fleet: &fleet::Fleet, format: WireFormat) {
-        let history = fleet.history(&self.patterns, &self.filter, self.cut);
-        for m in &history {
-            m.message(format);
-        }
-        if let Some(r) = self.reservation.take() {
-            self.handle.outbox.fill(r, history);
-        }
-    }
-}
-
-impl Drop for HistoryJob {
-    fn drop(&mut self) {
-        if let Some(r) = self.reservation.take() {
-            self.handle.outbox.fill(r, Vec::new());
-        }
-    }
-}
-
-/// What one [`Hub::publish`] did.
+/// What one publication's fan-out did on this node.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Published {
     pub delivered: u64,
     pub dropped: u64,
 }
 
-/// The device-side handle returned by [`Hub::device_online`].
-pub struct DeviceSession {
-    pub id: u64,
-    /// Notified when a newer connection takes this device id over.
-    pub kick: Arc<Notify>,
-    /// The device's counters and history.
-    pub record: Arc<Record>,
+/// How a hub is built.
+pub struct Options {
+    pub history: HistoryLimits,
+    /// The device registry as stored.
+    pub registry: Vec<DeviceRow>,
+    /// Registered devices seen since then are listed offline in the fleet view
+    /// until they reconnect (after a restart, `now - forget_after`).
+    pub remember_since_ms: u64,
+    /// What joins this hub to other nodes ([`bus::Local`]: none).
+    pub bus: Arc<dyn Bus>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            history: HistoryLimits::default(),
+            registry: Vec::new(),
+            remember_since_ms: u64::MAX,
+            bus: Arc::new(bus::Local),
+        }
+    }
 }
 
 pub struct Hub {
+    /// This node on the bus.
+    node: NodeId,
     index: RwLock<index::Index>,
     /// Every connected dashboard, for presence announcements.
     dashboards: RwLock<HashMap<u64, Arc<DashboardHandle>>>,
     /// Dashboards watching notification progress.
     watchers: RwLock<HashMap<u64, Arc<DashboardHandle>>>,
-    devices: Mutex<presence::Registry>,
-    /// Every device seen lately: statistics and recent telemetry.
-    pub fleet: fleet::Fleet,
-    next_id: AtomicU64,
+    /// Every device this hub knows: identity, registration, owner, activity.
+    directory: Directory,
+    /// Recent telemetry per series, replayed on Subscribe.
+    history: history::History,
+    /// Fleet statistics for `WatchFleet`.
+    fleet: fleet::Fleet,
+    bus: Arc<dyn Bus>,
+    next_dashboard: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
-        Self::with_history(metrics, HistoryLimits::default())
-    }
-
-    pub fn with_history(metrics: Arc<Metrics>, history: HistoryLimits) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(metrics: Arc<Metrics>, options: Options) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            node: rand::random(),
             index: RwLock::default(),
             dashboards: RwLock::default(),
             watchers: RwLock::default(),
-            devices: Mutex::default(),
-            fleet: fleet::Fleet::new(history),
-            next_id: AtomicU64::new(1),
+            directory: Directory::new(options.registry, options.remember_since_ms),
+            history: history::History::new(options.history),
+            fleet: fleet::Fleet::default(),
+            bus: options.bus,
+            next_dashboard: AtomicU64::new(1),
             metrics,
-        })
+        });
+        let events: std::sync::Weak<dyn BusEvents> = Arc::downgrade(&hub) as _;
+        hub.bus.attach(hub.node, events);
+        hub
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    fn devices(&self) -> MutexGuard<'_, presence::Registry> {
-        // Registry operations are single map calls; a poisoned lock is still consistent.
-        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Who every device is, who speaks for it, and its registration.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     /// Registers a dashboard and queues a presence snapshot of every online device.
     ///
-    /// Lock order everywhere: `devices`, then `dashboards`. Holding `devices` while
-    /// the dashboard joins means no presence change can fall between its snapshot
-    /// and its registration, and announcements reach every dashboard in the order
-    /// the changes happened.
+    /// Lock order everywhere: the directory, then `dashboards`. Holding the
+    /// directory while the dashboard joins means no presence change can fall
+    /// between its snapshot and its registration, and announcements reach every
+    /// dashboard in the order the changes happened.
     pub fn register_dashboard(&self, queue_len: usize) -> Arc<DashboardHandle> {
         let handle = Arc::new(DashboardHandle {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id: self.next_dashboard.fetch_add(1, Ordering::Relaxed),
             outbox: Outbox::new(queue_len, queue_len.max(1024)),
             patterns: AtomicUsize::new(0),
         });
-        let devices = self.devices();
-        for o in devices.online.values() {
-            handle.outbox.push_latest(
-                &presence_key(&o.info.id),
-                presence_message(&o.info, true, o.since_ms),
-            );
-        }
-        write(&self.dashboards).insert(handle.id, handle.clone());
-        drop(devices);
+        self.directory.with_online(|online| {
+            for (info, since_ms) in online {
+                handle.outbox.push_latest(
+                    &presence_key(&info.id),
+                    presence_message(info, true, since_ms),
+                );
+            }
+            write(&self.dashboards).insert(handle.id, handle.clone());
+        });
         handle
     }
 
@@ -310,6 +202,12 @@ impl Hub {
         }
     }
 
+    /// Starts (with a full snapshot) or stops sending fleet statistics to a
+    /// dashboard.
+    pub fn watch_fleet(&self, handle: &Arc<DashboardHandle>, on: bool) {
+        self.fleet.watch(handle, on, now_ms());
+    }
+
     /// Queues a notification progress update to every watching dashboard: the
     /// latest value per notification, never dropped (see `outbox`).
     pub fn announce_progress(&self, notification_id: &str, msg: Arc<Encoded>) {
@@ -326,14 +224,14 @@ impl Hub {
     /// No gap, and history first: a place in the dashboard's outbox is reserved
     /// under the index lock, so live telemetry of the new subscriptions queues
     /// behind it; the history is gathered later, off the lock, but only from what
-    /// was kept before the subscription (`fleet::Fleet::cut`). A device session
-    /// keeps a message before publishing it, so a message is either published
-    /// before the subscription exists (and is in the history) or queued live
-    /// behind the reservation (and, if it was kept just before the cut, in the
-    /// history too: clients keep only telemetry newer than what they hold, see
-    /// `History` in the proto).
+    /// was kept before the subscription ([`history::History::cut`]). Every
+    /// publication is kept before it is fanned out (see [`Hub::publish`]), so a
+    /// message is either fanned out before the subscription exists (and is in the
+    /// history) or queued live behind the reservation (and, if it was kept just
+    /// before the cut, in the history too: clients keep only telemetry newer than
+    /// what they hold, see `History` in the proto).
     pub fn subscribe(
-        &self,
+        self: &Arc<Self>,
         handle: &Arc<DashboardHandle>,
         patterns: &[Pattern],
         filter: Filter,
@@ -354,9 +252,10 @@ impl Hub {
                     handle.patterns.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            (handle.outbox.reserve(), self.fleet.cut())
+            (handle.outbox.reserve(), self.history.cut())
         };
         HistoryJob {
+            hub: self.clone(),
             handle: handle.clone(),
             reservation: Some(reservation),
             cut,
@@ -374,9 +273,27 @@ impl Hub {
         }
     }
 
-    /// Fans `msg` out to every dashboard subscribed to `category`. Never waits:
-    /// a full dashboard queue drops its oldest telemetry instead.
-    pub fn publish(&self, device: &DeviceInfo, category: &str, msg: &Arc<Encoded>) -> Published {
+    /// A telemetry message accepted from a device connected to this node: recorded,
+    /// fanned out to this node's dashboards, and handed to the bus for the others.
+    /// Never waits: a full dashboard queue drops its oldest telemetry instead.
+    pub fn publish(&self, session: &DeviceSession, publication: Publication) -> Published {
+        self.metrics.telemetry_accepted.inc();
+        let out = self.deliver(&session.activity, &publication);
+        self.bus.publish(&publication);
+        out
+    }
+
+    /// Records, then fans out: the one path of every publication, local or remote.
+    fn deliver(&self, activity: &directory::Activity, p: &Publication) -> Published {
+        let (category, received_ms) = (p.category(), p.received_ms());
+        activity.counters.accepted(received_ms);
+        self.history
+            .keep(&activity.series, category, p.message(), received_ms);
+        self.fan_out(p)
+    }
+
+    fn fan_out(&self, p: &Publication) -> Published {
+        let (device, category, msg) = (p.device(), p.category(), p.message());
         let mut out = Published::default();
         SEEN.with_borrow_mut(|seen| {
             seen.clear();
@@ -401,8 +318,7 @@ impl Hub {
                     Pushed::DroppedOldest(evicted) => {
                         out.delivered += 1;
                         out.dropped += 1;
-                        // Counted against the device whose message was lost.
-                        self.fleet.dropped(&evicted);
+                        self.count_dropped(&evicted);
                     }
                     Pushed::Closed => {}
                 }
@@ -415,46 +331,60 @@ impl Hub {
         out
     }
 
-    /// Marks a device online (announcing it if it was offline) and takes over any
-    /// older connection of the same device.
-    pub fn device_online(&self, info: Arc<DeviceInfo>) -> DeviceSession {
-        let since_ms = now_ms();
-        let mut devices = self.devices();
-        // Under the devices lock, like going offline: the record's online flag
-        // follows the registry's order of connects and disconnects.
-        let session = DeviceSession {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            kick: Arc::new(Notify::new()),
-            record: self.fleet.online(&info, since_ms),
-        };
-        let connected = devices.connect(presence::Online {
-            info: info.clone(),
-            session: session.id,
-            kick: session.kick.clone(),
-            since_ms,
-        });
-        if connected.came_online {
-            // Announced under the devices lock: see `register_dashboard`.
-            self.announce(&info.id, presence_message(&info, true, since_ms));
+    /// A slow dashboard's outbox dropped this (older) telemetry message to make
+    /// room: counted against the device that sent it.
+    fn count_dropped(&self, msg: &Encoded) {
+        if let Some(Body::Telemetry(t)) = &msg.envelope().body {
+            if let Some(a) = self.directory.activity(&t.device_id) {
+                a.counters.dropped();
+            }
         }
-        session
     }
 
-    /// Marks a device offline unless a newer connection took it over.
-    pub fn device_offline(&self, device_id: &str, session: &DeviceSession) {
-        let mut devices = self.devices();
-        if let Some(info) = devices.disconnect(device_id, session.id) {
-            let now = now_ms();
-            self.fleet.offline(device_id, now);
-            self.announce(&info.id, presence_message(&info, false, now));
+    /// A device connected to this node: it owns the device id from now on (an
+    /// older session here is kicked, one on another node hears of it through the
+    /// bus), and the device is registered. Announced if it was offline everywhere.
+    pub fn device_online(&self, info: Arc<DeviceInfo>) -> Connected {
+        self.device_online_at(info, now_ms())
+    }
+
+    fn device_online_at(&self, info: Arc<DeviceInfo>, now: u64) -> Connected {
+        let mut came_online = false;
+        let connected = self.directory.connect(info, now, |info, since_ms| {
+            came_online = true;
+            // Announced under the directory lock: see `register_dashboard`.
+            self.announce(info, true, since_ms);
+            self.bus.presence(&PresenceChange {
+                device: info.clone(),
+                online: true,
+                at_ms: since_ms,
+            });
+        });
+        if !came_online {
+            self.bus.takeover(&connected.session.info, now);
         }
+        connected
+    }
+
+    /// A device session on this node ended: the device goes offline unless a newer
+    /// connection (on any node) took it over.
+    pub fn device_offline(&self, session: &DeviceSession) {
+        let now = now_ms();
+        self.directory.disconnect(session, now, |info| {
+            self.announce(info, false, now);
+            self.bus.presence(&PresenceChange {
+                device: info.clone(),
+                online: false,
+                at_ms: now,
+            });
+        });
     }
 
     /// Sends fleet statistics every `interval` until shutdown (see `fleet`).
     pub async fn run_fleet_stats(
         self: Arc<Self>,
-        interval: std::time::Duration,
-        forget_after: std::time::Duration,
+        interval: Duration,
+        forget_after: Duration,
         mut shutdown: crate::shutdown::Shutdown,
     ) {
         let mut tick = tokio::time::interval(interval);
@@ -464,16 +394,47 @@ impl Hub {
                 _ = shutdown.recv() => break,
                 _ = tick.tick() => {}
             }
-            self.fleet.tick(now_ms(), forget_after.as_millis() as u64);
-            self.metrics.fleet_devices.set(self.fleet.devices() as i64);
-            self.metrics
-                .history_bytes
-                .set(i64::try_from(self.fleet.history_bytes()).unwrap_or(i64::MAX));
+            self.tick(now_ms(), forget_after.as_millis() as u64);
         }
     }
 
+    /// One statistics interval: forgets devices offline for `forget_after_ms`,
+    /// trims the history to its budget, and sends fleet statistics to watchers
+    /// (what [`Hub::run_fleet_stats`] does every interval). Returns the
+    /// `FleetStats` sent, if anything changed.
+    pub fn tick(&self, now: u64, forget_after_ms: u64) -> Option<Arc<Encoded>> {
+        let forgotten = self.directory.forget(now, forget_after_ms);
+        for (_, activity) in &forgotten {
+            self.history.release(&activity.series);
+        }
+        let devices = self.directory.remembered();
+        self.history.trim(&devices);
+        let sent = self.fleet.tick(
+            now,
+            &devices,
+            forgotten.into_iter().map(|(id, _)| id).collect(),
+        );
+        self.metrics.fleet_devices.set(devices.len() as i64);
+        self.metrics
+            .history_bytes
+            .set(i64::try_from(self.history.bytes()).unwrap_or(i64::MAX));
+        sent
+    }
+
+    /// The `History` a new subscription to `patterns` with `filter` would get now.
+    pub fn recent(&self, patterns: &[Pattern], filter: &Filter) -> Vec<Arc<Encoded>> {
+        let devices = self.directory.remembered();
+        self.history
+            .gather(&devices, patterns, filter, self.history.cut())
+    }
+
+    /// Bytes the history holds, as its budget counts them.
+    pub fn history_bytes(&self) -> usize {
+        self.history.bytes()
+    }
+
     pub fn online_devices(&self) -> usize {
-        self.devices().online.len()
+        self.directory.online()
     }
 
     pub fn dashboards(&self) -> usize {
@@ -481,11 +442,43 @@ impl Hub {
     }
 
     /// Queues a presence change to every dashboard: the latest value per device.
-    fn announce(&self, device_id: &str, msg: Arc<Encoded>) {
-        let key = presence_key(device_id);
+    fn announce(&self, info: &DeviceInfo, online: bool, at_ms: u64) {
+        let key = presence_key(&info.id);
+        let msg = presence_message(info, online, at_ms);
         for d in read(&self.dashboards).values() {
             d.outbox.push_latest(&key, msg.clone());
         }
+    }
+}
+
+/// What arrives from other nodes takes the same paths as what happens here, minus
+/// the bus: nothing is sent back.
+impl BusEvents for Hub {
+    fn publication(&self, from: NodeId, publication: Publication) {
+        let _ = from;
+        let activity = self
+            .directory
+            .remote_activity(publication.device(), publication.received_ms());
+        self.deliver(&activity, &publication);
+    }
+
+    fn presence(&self, from: NodeId, change: PresenceChange) {
+        let announce = |info: &Arc<DeviceInfo>| self.announce(info, change.online, change.at_ms);
+        if change.online {
+            self.directory
+                .remote_online(change.device.clone(), from, change.at_ms, |info, _| {
+                    announce(info)
+                });
+        } else {
+            self.directory
+                .remote_offline(&change.device.id, from, change.at_ms, announce);
+        }
+    }
+
+    fn takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64) {
+        self.directory.remote_takeover(device, from, at_ms, |info, since_ms| {
+            self.announce(info, true, since_ms)
+        });
     }
 }
 
@@ -541,165 +534,4 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 pub type Tags = BTreeMap<String, String>;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::Telemetry;
-
-    fn telemetry(device: &str, category: &str) -> Arc<Encoded> {
-        Encoded::new(Envelope {
-            body: Some(Body::Telemetry(Telemetry {
-                device_id: device.into(),
-                category: category.into(),
-                ..Default::default()
-            })),
-        })
-    }
-
-    fn device(id: &str, tags: &[(&str, &str)]) -> DeviceInfo {
-        DeviceInfo {
-            id: id.into(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn json_spells_non_finite_readings_as_proto3_does() {
-        use crate::proto::{reading::Value, Reading};
-        let reading = |name: &str, n: f64| Reading {
-            name: name.into(),
-            value: Some(Value::Number(n)),
-            unit: String::new(),
-        };
-        let e = Encoded::new(Envelope {
-            body: Some(Body::Telemetry(Telemetry {
-                device_id: "d".into(),
-                category: "env.t".into(),
-                readings: vec![
-                    reading("ok", 1.5),
-                    reading("nan", f64::NAN),
-                    reading("up", f64::INFINITY),
-                    reading("down", f64::NEG_INFINITY),
-                ],
-                ..Default::default()
-            })),
-        });
-        let text = String::from_utf8(e.message(WireFormat::Json).payload().to_vec()).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let numbers: Vec<serde_json::Value> = (0..4)
-            .map(|i| v["telemetry"]["readings"][i]["number"].clone())
-            .collect();
-        assert_eq!(
-            numbers,
-            [
-                serde_json::json!(1.5),
-                serde_json::json!("NaN"),
-                serde_json::json!("Infinity"),
-                serde_json::json!("-Infinity")
-            ]
-        );
-        // And it parses back into the same message (pbjson reads the strings).
-        let back: Envelope = serde_json::from_str(&text).unwrap();
-        let Some(Body::Telemetry(t)) = back.body else {
-            panic!("{text}")
-        };
-        assert!(matches!(t.readings[1].value, Some(Value::Number(n)) if n.is_nan()));
-        assert_eq!(t.readings[3].value, Some(Value::Number(f64::NEG_INFINITY)));
-
-        // The same readings replayed in a History, second of two.
-        let history = Encoded::new(Envelope {
-            body: Some(Body::History(crate::proto::History {
-                telemetry: vec![Telemetry::default(), t.clone()],
-                more: false,
-            })),
-        });
-        let text = String::from_utf8(history.message(WireFormat::Json).payload().to_vec()).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            v["history"]["telemetry"][1]["readings"][2]["number"],
-            serde_json::json!("Infinity"),
-            "{text}"
-        );
-        let back: Envelope = serde_json::from_str(&text).unwrap();
-        let Some(Body::History(h)) = back.body else {
-            panic!("{text}")
-        };
-        assert!(matches!(h.telemetry[1].readings[1].value, Some(Value::Number(n)) if n.is_nan()));
-    }
-
-    fn queued(d: &DashboardHandle) -> usize {
-        let mut out = Vec::new();
-        d.outbox.drain(&mut out);
-        out.len()
-    }
-
-    #[test]
-    fn overlapping_patterns_deliver_once_and_filters_narrow() {
-        let hub = Hub::new(Arc::new(Metrics::new()));
-        let a = hub.register_dashboard(16);
-        let b = hub.register_dashboard(16);
-        for p in ["env.*", "*", "env.temperature"] {
-            hub.subscribe(&a, &[Pattern::parse(p).unwrap()], Filter::default())
-                .run(&hub.fleet, WireFormat::Protobuf);
-        }
-        let north = Filter {
-            tags: [("fleet".to_string(), "north".to_string())].into(),
-            ..Default::default()
-        };
-        hub.subscribe(&b, &[Pattern::parse("env.*").unwrap()], north)
-            .run(&hub.fleet, WireFormat::Protobuf);
-
-        let d1 = device("d1", &[("fleet", "north")]);
-        let d2 = device("d2", &[("fleet", "south")]);
-        let out = hub.publish(&d1, "env.temperature", &telemetry("d1", "env.temperature"));
-        assert_eq!(out.delivered, 2);
-        hub.publish(&d2, "env.temperature", &telemetry("d2", "env.temperature"));
-        hub.publish(&d1, "power.battery", &telemetry("d1", "power.battery"));
-        assert_eq!(queued(&a), 3);
-        assert_eq!(queued(&b), 1);
-
-        hub.unregister_dashboard(&a, [Pattern::parse("*").unwrap()].iter());
-        assert_eq!(
-            hub.publish(&d2, "power.battery", &telemetry("d2", "power.battery"))
-                .delivered,
-            0
-        );
-    }
-
-    #[test]
-    fn presence_on_transitions_only_and_takeover_kicks() {
-        let hub = Hub::new(Arc::new(Metrics::new()));
-        let dash = hub.register_dashboard(16);
-        let info = Arc::new(device("d1", &[]));
-        let first = hub.device_online(info.clone());
-        let second = hub.device_online(info.clone());
-        // The takeover stored a permit for the first session's kick.
-        assert!(futures_util::FutureExt::now_or_never(first.kick.notified()).is_some());
-        hub.device_offline("d1", &first); // stale session: no effect
-        assert_eq!(hub.online_devices(), 1);
-        let mut out = Vec::new();
-        let states = |out: &mut Vec<Arc<Encoded>>| -> Vec<bool> {
-            dash.outbox.drain(out);
-            out.iter()
-                .map(|m| match &m.envelope().body {
-                    Some(Body::Presence(p)) => p.online,
-                    _ => unreachable!(),
-                })
-                .collect()
-        };
-        assert_eq!(states(&mut out), [true], "one transition, one event");
-        hub.device_offline("d1", &second);
-        assert_eq!(hub.online_devices(), 0);
-        assert_eq!(states(&mut out), [false]);
-        // Changes the dashboard has not drained yet coalesce to the latest state.
-        let again = hub.device_online(info.clone());
-        hub.device_offline("d1", &again);
-        assert_eq!(states(&mut out), [false]);
-        // A dashboard connecting while a device is online gets it in its snapshot.
-        let _third = hub.device_online(info);
-        let late = hub.register_dashboard(16);
-        assert_eq!(queued(&late), 1);
-    }
-}
+mod tests;

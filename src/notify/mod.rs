@@ -2,222 +2,60 @@
 //! live progress.
 //!
 //! The [`Notifier`] keeps every *open* notification (not yet complete) in memory,
-//! with each target device's state, and the store holds the same durably. Memory
-//! answers the hot paths (what to send a device, is this ack valid) without a
-//! database read; every change is also queued to the store's group-committing
-//! writer, and a new notification is accepted only once it is committed.
+//! with each target device's state ([`campaign::Book`]), and the store holds the
+//! same durably. Memory answers the hot paths (what to send a device, is this ack
+//! valid) without a database read; every change is also queued to the store's
+//! group-committing writer, and a new notification is accepted only once it is
+//! committed. Targets are resolved against the device registry, which the hub's
+//! device directory holds (`hub::directory`).
 //!
 //! Delivery semantics:
 //! - A device session pulls what is open for it, oldest first ([`Notifier::pending`]),
-//!   whenever it connects or is woken because something new was created for it.
-//!   There is no per-device queue to overflow: the open set *is* the queue.
+//!   whenever it connects or is woken because something new was created for it
+//!   (woken at a paced rate, see [`dispatch`]). There is no per-device queue to
+//!   overflow: the open set *is* the queue.
 //! - INFO and WARNING: written once to each target that is or comes online before
 //!   the notification expires; a write counts as delivered. Acks are accepted.
 //! - CRITICAL: open until the device acknowledges or the notification expires; the
-//!   session resends it (flagged `redelivery`) when no ack arrives within
-//!   `notify.ack_timeout`, doubling the wait each time, and resends everything still
-//!   unacknowledged after a reconnect. Delivery is at least once: devices
-//!   de-duplicate by id.
+//!   session resends it (flagged `redelivery`) when no ack arrives in time, waiting
+//!   longer after every write of it ([`campaign::Retry`], counted across reconnects
+//!   and restarts), and resends everything still unacknowledged after a reconnect.
+//!   Delivery is at least once: devices de-duplicate by id.
 //! - An ack for an id that was never addressed to the device is refused; a repeated
 //!   or late ack (after expiry) is harmless.
 //! - After a crash the store may lack the last few milliseconds of acks; those
 //!   notifications are simply delivered again and acknowledged again.
 //!
-//! Locking: one mutex over [`State`], held for map updates only, never across an
-//! `.await`; store ops are sent after it is released.
+//! The files: [`campaign`] (state and retry decisions), [`ticker`] (expiry,
+//! progress, pruning on a timer), [`dispatch`] (paced wake-ups), [`request`]
+//! (validating what operators ask for).
+//!
+//! Locking: one mutex over the [`campaign::Book`], held for map updates only, never
+//! across an `.await`; store ops are sent after it is released.
 
+pub mod campaign;
+pub mod dispatch;
 pub mod request;
+pub mod ticker;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
-
-use bytes::Bytes;
-use prost::Message as _;
-use tokio::sync::Notify;
 
 use crate::{
     config,
-    hub::{now_ms, Encoded, Hub},
+    hub::{now_ms, Encoded, Hub, Tags},
     metrics::{Metrics, SeverityLabel},
-    proto::{envelope::Body, notification::Severity, Envelope, Notification, NotificationProgress},
-    shutdown::Shutdown,
     store::{
-        Counts, DeliveryState, DeviceRow, Done, NewNotification, Op, Snapshot, Store, StoreError,
+        DeliveryState, DeviceRow, Done, LoadedCampaign, NewNotification, Op, Store, StoreError,
     },
-    ws::SharedMessage,
 };
 
+pub use campaign::{AckOutcome, Meta, Pending, Retry};
 pub use request::{Invalid, Request, Target};
 
-/// Completed notifications are pruned at least this often (and as often as
-/// `notify.retention` when that is shorter), so none outlives its retention by more
-/// than this.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// A notification's unchanging part, shared by every device it goes to.
-pub struct Meta {
-    pub seq: i64,
-    pub id: String,
-    pub severity: Severity,
-    pub title: String,
-    pub created_ms: u64,
-    pub expires_ms: u64,
-    pub targets: u32,
-    /// The envelope as first sent, encoded (and compressed, framed) once for all.
-    pub first: SharedMessage,
-    /// The same with `redelivery` set.
-    pub again: SharedMessage,
-}
-
-impl Meta {
-    pub fn critical(&self) -> bool {
-        self.severity == Severity::Critical
-    }
-
-    fn new(seq: i64, n: &NewNotification, targets: u32) -> Self {
-        let severity = Severity::try_from(n.severity).unwrap_or(Severity::Info);
-        let encode = |redelivery| {
-            let env = Envelope {
-                body: Some(Body::Notification(Notification {
-                    id: n.id.clone(),
-                    severity: severity as i32,
-                    title: n.title.clone(),
-                    body: n.body.clone(),
-                    payload: n.payload.clone(),
-                    created_ms: n.created_ms,
-                    expires_ms: n.expires_ms,
-                    redelivery,
-                })),
-            };
-            SharedMessage::binary(Bytes::from(env.encode_to_vec()))
-        };
-        Meta {
-            seq,
-            id: n.id.clone(),
-            severity,
-            title: n.title.clone(),
-            created_ms: n.created_ms,
-            expires_ms: n.expires_ms,
-            targets,
-            first: encode(false),
-            again: encode(true),
-        }
-    }
-}
-
-/// One device's delivery of one open notification.
-struct Delivery {
-    state: DeliveryState,
-    /// First write in this process, for the ack latency histogram.
-    first_sent: Option<Instant>,
-}
-
-/// An open notification.
-struct Campaign {
-    meta: Arc<Meta>,
-    devices: HashMap<String, Delivery>,
-    counts: Counts,
-}
-
-impl Campaign {
-    /// Whether `state` still needs something to happen for a notification like this.
-    fn is_open(&self, state: DeliveryState) -> bool {
-        match state {
-            DeliveryState::Pending => true,
-            DeliveryState::Delivered => self.meta.critical(),
-            DeliveryState::Acknowledged | DeliveryState::Expired => false,
-        }
-    }
-
-    fn complete(&self) -> bool {
-        self.counts.pending == 0 && (!self.meta.critical() || self.counts.delivered == 0)
-    }
-
-    fn set(&mut self, device: &str, state: DeliveryState) {
-        if let Some(d) = self.devices.get_mut(device) {
-            self.counts.remove(d.state);
-            self.counts.add(state, 1);
-            d.state = state;
-        }
-    }
-
-    fn progress(&self) -> Arc<Encoded> {
-        let m = &self.meta;
-        Encoded::new(Envelope {
-            body: Some(Body::NotificationProgress(NotificationProgress {
-                id: m.id.clone(),
-                severity: m.severity as i32,
-                title: m.title.clone(),
-                targets: m.targets,
-                pending: self.counts.pending as u32,
-                delivered: self.counts.delivered as u32,
-                acknowledged: self.counts.acknowledged as u32,
-                expired: self.counts.expired as u32,
-                created_ms: m.created_ms,
-                expires_ms: m.expires_ms,
-                complete: self.complete(),
-            })),
-        })
-    }
-}
-
-/// A registered device.
-struct Registered {
-    tags: BTreeMap<String, String>,
-    registered_ms: u64,
-    last_seen_ms: Option<u64>,
-}
-
-/// The device session that currently speaks for a device id.
-struct Online {
-    session: u64,
-    wake: Arc<Notify>,
-}
-
-#[derive(Default)]
-struct State {
-    registry: HashMap<String, Registered>,
-    /// Open notifications by sequence number (creation order).
-    campaigns: BTreeMap<i64, Campaign>,
-    by_id: HashMap<String, i64>,
-    /// Per device, the open notifications it has yet to receive or acknowledge.
-    open: HashMap<String, BTreeMap<i64, Arc<Meta>>>,
-    online: HashMap<String, Online>,
-    /// Notifications whose counts changed since the last progress update.
-    dirty: BTreeSet<i64>,
-}
-
-impl State {
-    fn close_for(&mut self, device: &str, seq: i64) {
-        if let Some(open) = self.open.get_mut(device) {
-            open.remove(&seq);
-            if open.is_empty() {
-                self.open.remove(device);
-            }
-        }
-    }
-}
-
-/// Something open for a device, in the order to send it.
-pub struct Pending {
-    pub meta: Arc<Meta>,
-    /// It was written to the device before (a previous connection, or no ack came).
-    pub redelivery: bool,
-}
-
-/// What an ack did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum AckOutcome {
-    /// Recorded; the notification's sequence number.
-    Accepted(i64),
-    /// Already acknowledged, or arrived after expiry: nothing to do.
-    Duplicate(i64),
-    /// No such notification was ever addressed to this device.
-    Unknown,
-}
+use campaign::{Book, Sent};
 
 /// A stored notification.
 #[derive(Clone, Debug)]
@@ -245,69 +83,27 @@ pub struct Notifier {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     config: config::Notify,
-    state: Mutex<State>,
+    retry: Retry,
+    book: Mutex<Book>,
 }
 
 impl Notifier {
-    /// Rebuilds the open notifications and the registry from the store's snapshot.
+    /// Rebuilds the open notifications from the store's snapshot (its registry
+    /// part goes to the hub's directory).
     pub fn new(
         store: Store,
-        snapshot: Snapshot,
+        campaigns: Vec<LoadedCampaign>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         config: config::Notify,
     ) -> Arc<Self> {
-        let mut state = State::default();
-        for d in snapshot.devices {
-            state.registry.insert(
-                d.id,
-                Registered {
-                    tags: d.tags,
-                    registered_ms: d.registered_ms,
-                    last_seen_ms: d.last_seen_ms,
-                },
-            );
-        }
-        for c in snapshot.campaigns {
-            let row = &c.row;
-            let meta = Arc::new(Meta::new(
-                row.seq,
-                &row.notification,
-                c.deliveries.len() as u32,
-            ));
-            let mut campaign = Campaign {
-                meta: meta.clone(),
-                devices: HashMap::with_capacity(c.deliveries.len()),
-                counts: Counts::default(),
-            };
-            for (device, st, _) in c.deliveries {
-                campaign.counts.add(st, 1);
-                if campaign.is_open(st) {
-                    state
-                        .open
-                        .entry(device.clone())
-                        .or_default()
-                        .insert(row.seq, meta.clone());
-                }
-                campaign.devices.insert(
-                    device,
-                    Delivery {
-                        state: st,
-                        first_sent: None,
-                    },
-                );
-            }
-            state.by_id.insert(row.notification.id.clone(), row.seq);
-            // Evaluated on the first tick: it may have completed just before a crash.
-            state.dirty.insert(row.seq);
-            state.campaigns.insert(row.seq, campaign);
-        }
         Arc::new(Notifier {
             store,
             hub,
             metrics,
+            retry: Retry::new(&config),
             config,
-            state: Mutex::new(state),
+            book: Mutex::new(Book::load(campaigns)),
         })
     }
 
@@ -315,116 +111,52 @@ impl Notifier {
         &self.store
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Book> {
         // Every update leaves the maps consistent before it can panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A device session starts: registers the device (its token's tags override
-    /// stored ones key by key), and returns the signal that wakes the session when
-    /// something is created for it. The signal is already set, so the session looks
-    /// at its backlog at once.
-    pub async fn device_connected(
-        &self,
-        id: &str,
-        token_tags: &BTreeMap<String, String>,
-        session: u64,
-    ) -> Arc<Notify> {
-        let wake = Arc::new(Notify::new());
-        wake.notify_one();
-        let now = now_ms();
-        let op = {
-            let mut st = self.lock();
-            let entry = st.registry.entry(id.to_owned()).or_insert(Registered {
-                tags: BTreeMap::new(),
-                registered_ms: now,
-                last_seen_ms: None,
-            });
-            for (k, v) in token_tags {
-                entry.tags.insert(k.clone(), v.clone());
-            }
-            entry.last_seen_ms = Some(now);
-            let op = Op::Device {
-                id: id.to_owned(),
-                tags: entry.tags.clone(),
-                registered_ms: entry.registered_ms,
-                seen_ms: Some(now),
-            };
-            st.online.insert(
-                id.to_owned(),
-                Online {
-                    session,
-                    wake: wake.clone(),
-                },
-            );
-            op
-        };
-        self.send(op).await;
-        wake
-    }
-
-    /// A device session ended (unless a newer one took the device over).
-    pub fn device_disconnected(&self, id: &str, session: u64) {
-        let mut st = self.lock();
-        if st.online.get(id).is_some_and(|o| o.session == session) {
-            st.online.remove(id);
-        }
+    /// Stores a device's registration as the directory now holds it (on connect,
+    /// with the time it was seen).
+    pub async fn registered(&self, row: DeviceRow) {
+        self.send(Op::Device {
+            id: row.id,
+            tags: row.tags,
+            registered_ms: row.registered_ms,
+            seen_ms: row.last_seen_ms,
+        })
+        .await;
     }
 
     /// What is open for `device`, oldest first, except what `skip` says the session
     /// is already handling.
     pub fn pending(&self, device: &str, skip: impl Fn(i64) -> bool) -> Vec<Pending> {
-        let st = self.lock();
-        let Some(open) = st.open.get(device) else {
-            return Vec::new();
-        };
-        open.iter()
-            .filter(|(seq, _)| !skip(**seq))
-            .map(|(seq, meta)| Pending {
-                meta: meta.clone(),
-                redelivery: st
-                    .campaigns
-                    .get(seq)
-                    .and_then(|c| c.devices.get(device))
-                    .is_some_and(|d| d.state == DeliveryState::Delivered),
-            })
-            .collect()
+        self.lock().pending(device, skip)
     }
 
     /// Whether `device` still owes anything for notification `seq` (it is neither
     /// acknowledged nor expired).
     pub fn is_open(&self, device: &str, seq: i64) -> bool {
-        self.lock()
-            .open
-            .get(device)
-            .is_some_and(|o| o.contains_key(&seq))
+        self.lock().is_open(device, seq)
     }
 
-    /// Records that `meta` was written to `device`.
-    pub async fn sent(&self, device: &str, meta: &Meta) {
-        {
-            let mut st = self.lock();
-            let Some(c) = st.campaigns.get_mut(&meta.seq) else {
-                return;
-            };
-            let Some(d) = c.devices.get_mut(device) else {
-                return;
-            };
-            match d.state {
-                DeliveryState::Pending => {
-                    d.first_sent = Some(Instant::now());
-                    self.metrics.notifications_delivered.inc();
-                    c.set(device, DeliveryState::Delivered);
-                    if !c.meta.critical() {
-                        st.close_for(device, meta.seq);
-                    }
-                    st.dirty.insert(meta.seq);
-                }
-                DeliveryState::Delivered => {
-                    self.metrics.notifications_redelivered.inc();
-                }
-                DeliveryState::Acknowledged | DeliveryState::Expired => return,
+    /// Records that `meta` was written to `device`. For a CRITICAL notification
+    /// still awaiting the device's ack, returns how long to wait for it before
+    /// writing it again (longer after every write, see [`Retry`]).
+    pub async fn sent(&self, device: &str, meta: &Meta) -> Option<Duration> {
+        let (sent, attempts) = {
+            let mut book = self.lock();
+            let sent = book.sent(device, meta.seq);
+            (sent, book.attempts(device, meta.seq))
+        };
+        match sent {
+            Sent::First => {
+                self.metrics.notifications_delivered.inc();
             }
+            Sent::Again => {
+                self.metrics.notifications_redelivered.inc();
+            }
+            Sent::Closed => return None,
         }
         self.send(Op::Sent {
             seq: meta.seq,
@@ -432,19 +164,25 @@ impl Notifier {
             at_ms: now_ms(),
         })
         .await;
+        meta.critical().then(|| self.retry.wait(attempts))
     }
 
     /// A device acknowledged notification `id`.
     pub async fn ack(&self, device: &str, id: &str) -> AckOutcome {
         let active = {
-            let mut st = self.lock();
-            st.by_id
-                .get(id)
-                .copied()
-                .map(|seq| self.ack_open(&mut st, device, seq))
+            let mut book = self.lock();
+            book.seq_of(id).map(|seq| book.ack(device, seq))
         };
         let outcome = match active {
-            Some(outcome) => outcome,
+            Some((outcome, latency)) => {
+                if let AckOutcome::Accepted(_) = outcome {
+                    if let Some(t) = latency {
+                        self.metrics.ack_latency.0.observe(t.as_secs_f64());
+                    }
+                    self.metrics.notifications_acked.inc();
+                }
+                outcome
+            }
             // Not open any more (or never was): the store knows, once everything
             // queued before (a completion's final states) is committed.
             None => match self.store_delivery(id, device).await {
@@ -480,38 +218,13 @@ impl Notifier {
         self.store.delivery(id.to_owned(), device.to_owned()).await
     }
 
-    fn ack_open(&self, st: &mut State, device: &str, seq: i64) -> AckOutcome {
-        let Some(c) = st.campaigns.get_mut(&seq) else {
-            return AckOutcome::Unknown;
-        };
-        let Some(d) = c.devices.get(device) else {
-            return AckOutcome::Unknown;
-        };
-        match d.state {
-            DeliveryState::Acknowledged | DeliveryState::Expired => AckOutcome::Duplicate(seq),
-            DeliveryState::Pending | DeliveryState::Delivered => {
-                if let Some(t) = d.first_sent {
-                    self.metrics
-                        .ack_latency
-                        .0
-                        .observe(t.elapsed().as_secs_f64());
-                }
-                self.metrics.notifications_acked.inc();
-                c.set(device, DeliveryState::Acknowledged);
-                st.close_for(device, seq);
-                st.dirty.insert(seq);
-                AckOutcome::Accepted(seq)
-            }
-        }
-    }
-
     /// Stores a new notification, then starts delivering it. Returns once it is
     /// durable.
     pub async fn create(&self, req: Request, created_by: &str) -> Result<Created, CreateError> {
-        let devices = {
-            let st = self.lock();
-            req.resolve(st.registry.iter().map(|(id, r)| (id, &r.tags)))
-        };
+        let devices = self
+            .hub
+            .directory()
+            .with_registry(|registry| req.resolve(registry));
         if devices.is_empty() {
             return Err(CreateError::NoTargets);
         }
@@ -549,39 +262,14 @@ impl Notifier {
                 ))))
             }
         };
-        let meta = Arc::new(Meta::new(seq, &n, targets));
-        let mut wake = Vec::new();
-        {
-            let mut st = self.lock();
-            let mut campaign = Campaign {
-                meta: meta.clone(),
-                devices: HashMap::with_capacity(devices.len()),
-                counts: Counts::default(),
-            };
-            campaign
-                .counts
-                .add(DeliveryState::Pending, devices.len() as u64);
-            for d in devices {
-                st.open
-                    .entry(d.clone())
-                    .or_default()
-                    .insert(seq, meta.clone());
-                if let Some(o) = st.online.get(&d) {
-                    wake.push(o.wake.clone());
-                }
-                campaign.devices.insert(
-                    d,
-                    Delivery {
-                        state: DeliveryState::Pending,
-                        first_sent: None,
-                    },
-                );
-            }
-            st.by_id.insert(n.id.clone(), seq);
-            st.campaigns.insert(seq, campaign);
-            st.dirty.insert(seq);
-        }
-        tokio::spawn(wake_paced(wake, self.config.dispatch_rate));
+        self.lock().insert(
+            Arc::new(Meta::new(seq, &n, targets)),
+            devices.iter().map(|d| (d.clone(), DeliveryState::Pending, 0)),
+        );
+        // After the campaign is open: a device that connects from here on finds it
+        // when its session first looks, one connected before is woken.
+        let wake = self.hub.directory().wakes(&devices);
+        tokio::spawn(dispatch::wake_paced(wake, self.config.dispatch_rate));
         self.metrics
             .notifications_accepted
             .get_or_create(&SeverityLabel {
@@ -597,26 +285,8 @@ impl Notifier {
     }
 
     /// Registers a device ahead of its first connection, or replaces its tags.
-    pub async fn put_device(
-        &self,
-        id: String,
-        tags: BTreeMap<String, String>,
-    ) -> Result<DeviceRow, StoreError> {
-        let row = {
-            let mut st = self.lock();
-            let entry = st.registry.entry(id.clone()).or_insert(Registered {
-                tags: BTreeMap::new(),
-                registered_ms: now_ms(),
-                last_seen_ms: None,
-            });
-            entry.tags = tags;
-            DeviceRow {
-                id,
-                tags: entry.tags.clone(),
-                registered_ms: entry.registered_ms,
-                last_seen_ms: entry.last_seen_ms,
-            }
-        };
+    pub async fn put_device(&self, id: String, tags: Tags) -> Result<DeviceRow, StoreError> {
+        let row = self.hub.directory().register(id, tags, now_ms());
         self.store
             .commit(Op::Device {
                 id: row.id.clone(),
@@ -631,107 +301,7 @@ impl Notifier {
     /// Progress of every open notification, by id (for a dashboard that starts
     /// watching).
     pub fn progress_all(&self) -> Vec<(String, Arc<Encoded>)> {
-        self.lock()
-            .campaigns
-            .values()
-            .map(|c| (c.meta.id.clone(), c.progress()))
-            .collect()
-    }
-
-    /// Expires, completes and reports progress on a timer until shutdown.
-    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(self.config.progress_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_prune: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                _ = shutdown.recv() => break,
-                _ = tick.tick() => {}
-            }
-            let tick = self.on_tick(now_ms());
-            for op in tick.ops {
-                self.send(op).await;
-            }
-            for (id, p) in tick.progress {
-                self.hub.announce_progress(&id, p);
-            }
-            self.retire(&tick.completed);
-            let prune_every = PRUNE_EVERY.min(self.config.retention);
-            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
-                last_prune = Some(Instant::now());
-                let retention = self.config.retention.as_millis() as u64;
-                self.send(Op::Prune {
-                    completed_before_ms: now_ms().saturating_sub(retention),
-                })
-                .await;
-            }
-        }
-    }
-
-    /// One tick: expires what is due and reports changed progress. Returns the store
-    /// ops and progress messages to send, and the notifications that completed: they
-    /// are [`retire`](Self::retire)d once their ops are queued, so that an ack racing
-    /// with completion is answered from memory until the store has the final states.
-    fn on_tick(&self, now: u64) -> Tick {
-        let mut ops = Vec::new();
-        let mut progress = Vec::new();
-        let mut completed = Vec::new();
-        let mut st = self.lock();
-        let due: Vec<i64> = st
-            .campaigns
-            .values()
-            .filter(|c| c.meta.expires_ms <= now && !c.complete())
-            .map(|c| c.meta.seq)
-            .collect();
-        for seq in due {
-            let Some(c) = st.campaigns.get_mut(&seq) else {
-                continue;
-            };
-            let expiring: Vec<String> = c
-                .devices
-                .iter()
-                .filter(|(_, d)| c.is_open(d.state))
-                .map(|(id, _)| id.clone())
-                .collect();
-            for device in &expiring {
-                c.set(device, DeliveryState::Expired);
-            }
-            let critical = c.meta.critical();
-            self.metrics
-                .notifications_expired
-                .inc_by(expiring.len() as u64);
-            for device in &expiring {
-                st.close_for(device, seq);
-            }
-            ops.push(Op::Expire { seq, critical });
-            st.dirty.insert(seq);
-        }
-        let dirty = std::mem::take(&mut st.dirty);
-        for seq in dirty {
-            let Some(c) = st.campaigns.get(&seq) else {
-                continue;
-            };
-            progress.push((c.meta.id.clone(), c.progress()));
-            if c.complete() {
-                ops.push(Op::Complete { seq, at_ms: now });
-                completed.push(seq);
-            }
-        }
-        Tick {
-            ops,
-            progress,
-            completed,
-        }
-    }
-
-    /// Forgets completed notifications; the store answers for them from now on.
-    fn retire(&self, seqs: &[i64]) {
-        let mut st = self.lock();
-        for seq in seqs {
-            if let Some(c) = st.campaigns.remove(seq) {
-                st.by_id.remove(&c.meta.id);
-            }
-        }
+        self.lock().progress_all()
     }
 
     /// Queues a store op; failures are logged (the store is gone only at shutdown).
@@ -742,34 +312,6 @@ impl Notifier {
     }
 }
 
-/// Device sessions woken together when a notification is created.
-const WAKE_BATCH: usize = 64;
-
-/// Wakes the online targets' sessions at most `per_second` a second, in small
-/// batches. Each woken session costs the hub ~25 µs (write, ack, store op), so
-/// waking 10,000 at once would saturate a core for a quarter second and queue every
-/// telemetry task behind them; paced, fan-out keeps its share of the CPU and the
-/// campaign takes `targets / per_second` seconds.
-async fn wake_paced(sessions: Vec<Arc<Notify>>, per_second: u32) {
-    let period = Duration::from_secs_f64(WAKE_BATCH as f64 / f64::from(per_second.max(1)));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for batch in sessions.chunks(WAKE_BATCH) {
-        tick.tick().await;
-        for s in batch {
-            s.notify_one();
-        }
-    }
-}
-
-/// What one tick of [`Notifier::run`] has to do outside the lock.
-struct Tick {
-    ops: Vec<Op>,
-    /// (notification id, progress)
-    progress: Vec<(String, Arc<Encoded>)>,
-    completed: Vec<i64>,
-}
-
 /// A new notification id: 16 random hex digits.
 fn new_id() -> String {
     format!("n{:016x}", rand::random::<u64>())
@@ -778,18 +320,27 @@ fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Targets;
+    use crate::{
+        hub::Options,
+        proto::{envelope::Body, notification::Severity, Targets},
+        store::Counts,
+    };
 
     fn notifier(dir: &std::path::Path) -> Arc<Notifier> {
+        notifier_with(dir, config::Notify::default())
+    }
+
+    fn notifier_with(dir: &std::path::Path, config: config::Notify) -> Arc<Notifier> {
         let metrics = Arc::new(Metrics::new());
         let (store, snapshot) = Store::open(dir, Default::default()).unwrap();
-        Notifier::new(
-            store,
-            snapshot,
-            Hub::new(metrics.clone()),
-            metrics,
-            config::Notify::default(),
-        )
+        let hub = Hub::new(
+            metrics.clone(),
+            Options {
+                registry: snapshot.devices,
+                ..Options::default()
+            },
+        );
+        Notifier::new(store, snapshot.campaigns, hub, metrics, config)
     }
 
     fn request(ids: &[&str], severity: Severity) -> Request {
@@ -809,8 +360,7 @@ mod tests {
     }
 
     fn counts(n: &Notifier, id: &str) -> Option<Counts> {
-        let st = n.lock();
-        st.by_id.get(id).map(|seq| st.campaigns[seq].counts)
+        n.lock().counts(id)
     }
 
     #[tokio::test]
@@ -946,6 +496,59 @@ mod tests {
             n.ack("b", &info.id).await,
             AckOutcome::Accepted(_)
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The stored write count drives the back-off: after a restart, the next wait
+    /// continues from where the device's retries stood, instead of starting over
+    /// at `ack_timeout`.
+    #[tokio::test]
+    async fn stored_attempts_drive_the_back_off_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
+        let config = config::Notify {
+            ack_timeout: Duration::from_secs(1),
+            max_retry_interval: Duration::from_secs(600),
+            ..config::Notify::default()
+        };
+        let within = |wait: Option<Duration>, secs: f64| {
+            let w = wait.expect("a CRITICAL delivery awaiting its ack").as_secs_f64();
+            assert!(
+                (secs * 0.9..=secs * 1.1).contains(&w),
+                "waited {w} s, expected {secs} s ± 10 %"
+            );
+        };
+        let n = notifier_with(&dir, config.clone());
+        let created = n
+            .create(request(&["a"], Severity::Critical), "op")
+            .await
+            .unwrap();
+        let meta = n.pending("a", |_| false).pop().unwrap().meta;
+        // Three writes, no ack: 1 s, 2 s, 4 s.
+        for secs in [1.0, 2.0, 4.0] {
+            within(n.sent("a", &meta).await, secs);
+        }
+        n.store.barrier().await.unwrap();
+        drop(n);
+
+        let n = notifier_with(&dir, config);
+        let pending = n.pending("a", |_| false);
+        assert!(pending[0].redelivery, "written before the restart");
+        // The fourth write waits 8 s, not `ack_timeout` again.
+        within(n.sent("a", &pending[0].meta).await, 8.0);
+        // Acknowledged: no more waiting, and writing it again records nothing.
+        assert!(matches!(n.ack("a", &created.id).await, AckOutcome::Accepted(_)));
+        assert_eq!(n.sent("a", &pending[0].meta).await, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn info_writes_need_no_retry() {
+        let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
+        let n = notifier(&dir);
+        n.create(request(&["a"], Severity::Info), "op").await.unwrap();
+        let meta = n.pending("a", |_| false).pop().unwrap().meta;
+        assert_eq!(n.sent("a", &meta).await, None);
+        assert!(n.pending("a", |_| false).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,13 +5,15 @@
 //! its socket, its outbox (dashboards), the keep-alive timer and the shutdown
 //! signal, so there is exactly one writer per socket and no lock around it.
 //!
+//! Both sessions have one shape: parse each message into a command, apply it with
+//! the command's handler, and judge the [`reply::Reply`] with one strike counter.
 //! Every way a session ends is a [`Close`] with a code and a reason sent to the
 //! peer (best effort, bounded by the send timeout).
 
 pub mod dashboard;
-pub mod delivery;
 pub mod device;
 pub mod metered;
+pub mod reply;
 
 use std::{future::Future, time::Duration};
 

@@ -1,29 +1,26 @@
 //! A device session's side of notification delivery: writing what the notifier
-//! has open for the device, oldest first, and resending CRITICAL notifications
-//! that were not acknowledged in time.
+//! has open for the device, oldest first, and writing again the CRITICAL
+//! notifications that were not acknowledged in time.
 //!
-//! The redelivery schedule: `notify.ack_timeout` after the first write, then twice
-//! as long after each resend, up to `notify.max_retry_interval`, each wait varied
-//! by ±10 % so a fleet that missed the same notification does not retry in step.
-//! Only this session's writes are tracked; a reconnecting device gets everything
-//! still open from the notifier again.
+//! When to write again is the notifier's decision (`notify::campaign::Retry`,
+//! from the delivery's writes so far, across reconnects and restarts): each write
+//! returns the wait, and this session keeps the resulting due times. Only this
+//! session's writes are tracked here; a reconnecting device gets everything still
+//! open from the notifier again.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use tokio::{io::AsyncWrite, time::Instant};
 
-use super::timed;
 use crate::{
-    config,
     metrics::RoleMeters,
     notify::{AckOutcome, Meta, Notifier},
+    session::timed,
     ws,
 };
 
 struct Inflight {
     meta: Arc<Meta>,
-    /// Writes so far in this session.
-    attempts: u32,
     /// When to write it again if no ack came.
     due: Instant,
 }
@@ -31,19 +28,15 @@ struct Inflight {
 pub struct Deliveries {
     notifier: Arc<Notifier>,
     device: String,
-    ack_timeout: Duration,
-    max_interval: Duration,
     /// CRITICAL notifications written and not yet acknowledged, by sequence number.
     inflight: BTreeMap<i64, Inflight>,
 }
 
 impl Deliveries {
-    pub fn new(notifier: Arc<Notifier>, device: String, config: &config::Notify) -> Self {
+    pub fn new(notifier: Arc<Notifier>, device: String) -> Self {
         Deliveries {
             notifier,
             device,
-            ack_timeout: config.ack_timeout,
-            max_interval: config.max_retry_interval,
             inflight: BTreeMap::new(),
         }
     }
@@ -69,17 +62,9 @@ impl Deliveries {
                 &p.meta.first
             };
             write(writer, msg, meters).await?;
-            self.notifier.sent(&self.device, &p.meta).await;
-            if p.meta.critical() {
-                let due = Instant::now() + wait(self.ack_timeout, self.max_interval, 1);
-                self.inflight.insert(
-                    p.meta.seq,
-                    Inflight {
-                        meta: p.meta,
-                        attempts: 1,
-                        due,
-                    },
-                );
+            if let Some(wait) = self.notifier.sent(&self.device, &p.meta).await {
+                let due = Instant::now() + wait;
+                self.inflight.insert(p.meta.seq, Inflight { meta: p.meta, due });
             }
         }
         Ok(())
@@ -108,11 +93,15 @@ impl Deliveries {
                 continue;
             };
             write(writer, &meta.again, meters).await?;
-            self.notifier.sent(&self.device, &meta).await;
-            let (ack_timeout, max_interval) = (self.ack_timeout, self.max_interval);
-            if let Some(i) = self.inflight.get_mut(&seq) {
-                i.attempts += 1;
-                i.due = Instant::now() + wait(ack_timeout, max_interval, i.attempts);
+            match self.notifier.sent(&self.device, &meta).await {
+                Some(wait) => {
+                    if let Some(i) = self.inflight.get_mut(&seq) {
+                        i.due = Instant::now() + wait;
+                    }
+                }
+                None => {
+                    self.inflight.remove(&seq);
+                }
             }
         }
         Ok(())
@@ -126,14 +115,6 @@ impl Deliveries {
         }
         outcome
     }
-}
-
-/// The wait before write number `attempts + 1`.
-fn wait(ack_timeout: Duration, max_interval: Duration, attempts: u32) -> Duration {
-    let doubled = ack_timeout.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
-    doubled
-        .min(max_interval)
-        .mul_f64(rand::random_range(0.9..1.1))
 }
 
 async fn write<W: AsyncWrite + Unpin>(

@@ -1,0 +1,81 @@
+//! The [`Bus`]: what leaves this node for the other nodes of a cluster, and the
+//! [`BusEvents`] the hub answers when something arrives from them.
+//!
+//! The hub sits above the bus and never knows what carries it (compare
+//! centrifuge's `Broker` and `BrokerEventHandler`). Three things cross it:
+//! - **publications**: every telemetry message accepted on this node, after auth,
+//!   rate limit and validation. A node that receives one records it and fans it
+//!   out to its own dashboards exactly as a local one ([`BusEvents::publication`]
+//!   takes the same path as `Hub::publish`), and never publishes it again;
+//! - **presence**: a device came online on this node while it was offline
+//!   everywhere, or went offline here;
+//! - **takeover**: a device connected here while it was online (on any node); the
+//!   node whose session had it closes that session with 4001.
+//!
+//! A single node runs on [`Local`], which sends nothing anywhere.
+//! [`memory::Network`] joins several hubs in one process (tests, and the reference
+//! for what a real implementation must do).
+//!
+//! What an implementation must provide: every method returns at once and never
+//! blocks (they are called on the publish path and under the hub's directory
+//! lock): queue, then send from a task of its own, bounded, dropping and counting
+//! when the other side cannot keep up (telemetry may be lost across nodes;
+//! presence and takeovers should be retried or repaired from ownership records).
+//! Events from one node must arrive at each other node in the order they were
+//! sent. Incoming events go to the hub given to [`Bus::attach`], never back to
+//! the node that sent them.
+
+pub mod memory;
+
+use std::sync::{Arc, Weak};
+
+use super::{DeviceInfo, NodeId, Publication};
+
+/// A presence change on one node.
+#[derive(Clone, Debug)]
+pub struct PresenceChange {
+    pub device: Arc<DeviceInfo>,
+    pub online: bool,
+    /// When it came online or went offline.
+    pub at_ms: u64,
+}
+
+/// What leaves this node.
+pub trait Bus: Send + Sync + 'static {
+    /// Starts delivering what other nodes send to `events` (the hub), which
+    /// identifies itself on the bus as `node`. Called once, when the hub is built.
+    fn attach(&self, node: NodeId, events: Weak<dyn BusEvents>);
+
+    /// A telemetry message accepted on this node.
+    fn publish(&self, publication: &Publication);
+
+    /// A device came online on this node (offline everywhere before) or went
+    /// offline here.
+    fn presence(&self, change: &PresenceChange);
+
+    /// A device that was online connected to this node at `at_ms`: whichever node
+    /// holds its older session closes it.
+    fn takeover(&self, device: &Arc<DeviceInfo>, at_ms: u64);
+}
+
+/// What the hub does with what arrives from other nodes.
+pub trait BusEvents: Send + Sync {
+    /// A telemetry message accepted on node `from`: recorded and fanned out here,
+    /// never published again.
+    fn publication(&self, from: NodeId, publication: Publication);
+
+    fn presence(&self, from: NodeId, change: PresenceChange);
+
+    fn takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64);
+}
+
+/// The bus of a hub that is alone: nothing leaves, nothing arrives.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Local;
+
+impl Bus for Local {
+    fn attach(&self, _node: NodeId, _events: Weak<dyn BusEvents>) {}
+    fn publish(&self, _publication: &Publication) {}
+    fn presence(&self, _change: &PresenceChange) {}
+    fn takeover(&self, _device: &Arc<DeviceInfo>, _at_ms: u64) {}
+}

@@ -1,0 +1,193 @@
+//! One envelope, encoded once for every subscriber.
+//!
+//! An [`Encoded`] holds the protobuf bytes of an envelope and, made on first use and
+//! then shared, its proto3 JSON text and the compressed and framed variants inside
+//! `ws::SharedMessage`. Fan-out pushes one `Arc<Encoded>` to each subscriber, so no
+//! message is encoded, compressed or framed per subscriber.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use crate::{
+    proto::{envelope::Body, Envelope},
+    ws::SharedMessage,
+};
+
+/// How a dashboard wants its envelopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireFormat {
+    /// Binary frames, one protobuf `Envelope` each (`telehub.v1`).
+    Protobuf,
+    /// Text frames, the proto3 JSON mapping (`telehub.v1.json`).
+    Json,
+}
+
+/// One envelope, encoded at most once per wire format.
+pub struct Encoded {
+    /// Set at construction, or decoded from `binary` on first use (an envelope
+    /// assembled as bytes, see [`Encoded::from_binary`]).
+    envelope: OnceLock<Envelope>,
+    binary: SharedMessage,
+    json: OnceLock<SharedMessage>,
+}
+
+impl Encoded {
+    pub fn new(envelope: Envelope) -> Arc<Self> {
+        let binary = SharedMessage::binary(Bytes::from(prost::Message::encode_to_vec(&envelope)));
+        Arc::new(Self {
+            envelope: OnceLock::from(envelope),
+            binary,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// An envelope the hub encoded itself, as bytes (e.g. a `History` assembled
+    /// from kept telemetry without decoding it); decoded only if a JSON client or
+    /// [`Encoded::envelope`] needs it.
+    pub fn from_binary(bytes: Bytes) -> Arc<Self> {
+        Arc::new(Self {
+            envelope: OnceLock::new(),
+            binary: SharedMessage::binary(bytes),
+            json: OnceLock::new(),
+        })
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        self.envelope.get_or_init(|| {
+            // Only the hub's own encodings get here, so decoding cannot fail; an
+            // empty envelope would be the harmless answer if it did.
+            prost::Message::decode(self.binary.payload().clone()).unwrap_or_default()
+        })
+    }
+
+    /// The message for `format`; the JSON text is produced on first use only.
+    pub fn message(&self, format: WireFormat) -> &SharedMessage {
+        match format {
+            WireFormat::Protobuf => &self.binary,
+            WireFormat::Json => self
+                .json
+                .get_or_init(|| SharedMessage::text(to_json(self.envelope()))),
+        }
+    }
+}
+
+/// The proto3 JSON mapping of an envelope.
+///
+/// pbjson writes doubles as JSON numbers, so a NaN or infinite reading (a failed
+/// sensor reports NaN) would come out as `null`; proto3 JSON spells them as the
+/// strings "NaN", "Infinity" and "-Infinity", which this patches in. Only telemetry
+/// (or history) carrying such a reading takes the slower path.
+fn to_json(envelope: &Envelope) -> String {
+    use crate::proto::reading::Value as Reading;
+    let patch_of = |prefix: String, t: &crate::proto::Telemetry| {
+        t.readings
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, r)| match r.value {
+                Some(Reading::Number(n)) if !n.is_finite() => {
+                    Some((format!("{prefix}/readings/{i}/number"), n))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let patch: Vec<(String, f64)> = match &envelope.body {
+        Some(Body::Telemetry(t)) => patch_of("/telemetry".into(), t),
+        Some(Body::History(h)) => h
+            .telemetry
+            .iter()
+            .enumerate()
+            .flat_map(|(j, t)| patch_of(format!("/history/telemetry/{j}"), t))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // Generated serde impls of plain data cannot fail to serialize.
+    if patch.is_empty() {
+        return serde_json::to_string(envelope).unwrap_or_default();
+    }
+    let mut value = serde_json::to_value(envelope).unwrap_or_default();
+    for (pointer, n) in patch {
+        let spelled = if n.is_nan() {
+            "NaN"
+        } else if n > 0.0 {
+            "Infinity"
+        } else {
+            "-Infinity"
+        };
+        if let Some(slot) = value.pointer_mut(&pointer) {
+            *slot = serde_json::Value::String(spelled.into());
+        }
+    }
+    value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Telemetry;
+
+    #[test]
+    fn json_spells_non_finite_readings_as_proto3_does() {
+        use crate::proto::{reading::Value, Reading};
+        let reading = |name: &str, n: f64| Reading {
+            name: name.into(),
+            value: Some(Value::Number(n)),
+            unit: String::new(),
+        };
+        let e = Encoded::new(Envelope {
+            body: Some(Body::Telemetry(Telemetry {
+                device_id: "d".into(),
+                category: "env.t".into(),
+                readings: vec![
+                    reading("ok", 1.5),
+                    reading("nan", f64::NAN),
+                    reading("up", f64::INFINITY),
+                    reading("down", f64::NEG_INFINITY),
+                ],
+                ..Default::default()
+            })),
+        });
+        let text = String::from_utf8(e.message(WireFormat::Json).payload().to_vec()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let numbers: Vec<serde_json::Value> = (0..4)
+            .map(|i| v["telemetry"]["readings"][i]["number"].clone())
+            .collect();
+        assert_eq!(
+            numbers,
+            [
+                serde_json::json!(1.5),
+                serde_json::json!("NaN"),
+                serde_json::json!("Infinity"),
+                serde_json::json!("-Infinity")
+            ]
+        );
+        // And it parses back into the same message (pbjson reads the strings).
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        let Some(Body::Telemetry(t)) = back.body else {
+            panic!("{text}")
+        };
+        assert!(matches!(t.readings[1].value, Some(Value::Number(n)) if n.is_nan()));
+        assert_eq!(t.readings[3].value, Some(Value::Number(f64::NEG_INFINITY)));
+
+        // The same readings replayed in a History, second of two.
+        let history = Encoded::new(Envelope {
+            body: Some(Body::History(crate::proto::History {
+                telemetry: vec![Telemetry::default(), t.clone()],
+                more: false,
+            })),
+        });
+        let text = String::from_utf8(history.message(WireFormat::Json).payload().to_vec()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["history"]["telemetry"][1]["readings"][2]["number"],
+            serde_json::json!("Infinity"),
+            "{text}"
+        );
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        let Some(Body::History(h)) = back.body else {
+            panic!("{text}")
+        };
+        assert!(matches!(h.telemetry[1].readings[1].value, Some(Value::Number(n)) if n.is_nan()));
+    }
+}

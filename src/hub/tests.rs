@@ -1,0 +1,313 @@
+//! The hub's unit tests: fan-out, presence and takeover, fleet statistics and the
+//! history budget, driven through the hub's own entry points.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::proto::{FleetStats, Telemetry};
+
+fn hub_with(history: HistoryLimits) -> Arc<Hub> {
+    Hub::new(
+        Arc::new(Metrics::new()),
+        Options {
+            history,
+            ..Options::default()
+        },
+    )
+}
+
+fn hub() -> Arc<Hub> {
+    hub_with(HistoryLimits::default())
+}
+
+fn info(id: &str, tags: &[(&str, &str)]) -> Arc<DeviceInfo> {
+    Arc::new(DeviceInfo {
+        id: id.into(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    })
+}
+
+fn online(hub: &Hub, id: &str, tags: &[(&str, &str)], at: u64) -> DeviceSession {
+    hub.device_online_at(info(id, tags), at).session
+}
+
+fn publish(hub: &Hub, s: &DeviceSession, category: &str, seq: u64, at: u64) -> Published {
+    let t = Telemetry {
+        category: category.into(),
+        seq,
+        ..Default::default()
+    };
+    hub.publish(s, Publication::new(s.info.clone(), t, at))
+}
+
+/// Telemetry messages queued for a dashboard (presence left aside).
+fn queued(d: &DashboardHandle) -> usize {
+    let mut out = Vec::new();
+    d.outbox.drain(&mut out);
+    out.iter()
+        .filter(|m| matches!(m.envelope().body, Some(Body::Telemetry(_))))
+        .count()
+}
+
+fn subscribe(hub: &Arc<Hub>, d: &Arc<DashboardHandle>, pattern: &str, filter: Filter) {
+    hub.subscribe(d, &[Pattern::parse(pattern).unwrap()], filter)
+        .run(WireFormat::Protobuf);
+}
+
+#[test]
+fn overlapping_patterns_deliver_once_and_filters_narrow() {
+    let hub = hub();
+    let a = hub.register_dashboard(16);
+    let b = hub.register_dashboard(16);
+    for p in ["env.*", "*", "env.temperature"] {
+        subscribe(&hub, &a, p, Filter::default());
+    }
+    let north = Filter {
+        tags: [("fleet".to_string(), "north".to_string())].into(),
+        ..Default::default()
+    };
+    subscribe(&hub, &b, "env.*", north);
+
+    let d1 = online(&hub, "d1", &[("fleet", "north")], 1);
+    let d2 = online(&hub, "d2", &[("fleet", "south")], 1);
+    let out = publish(&hub, &d1, "env.temperature", 1, 2);
+    assert_eq!(out.delivered, 2);
+    publish(&hub, &d2, "env.temperature", 1, 2);
+    publish(&hub, &d1, "power.battery", 2, 2);
+    assert_eq!(queued(&a), 3);
+    assert_eq!(queued(&b), 1);
+
+    hub.unregister_dashboard(&a, [Pattern::parse("*").unwrap()].iter());
+    assert_eq!(publish(&hub, &d2, "power.battery", 2, 3).delivered, 0);
+}
+
+#[test]
+fn presence_on_transitions_only_and_takeover_kicks() {
+    let hub = hub();
+    let dash = hub.register_dashboard(16);
+    let first = online(&hub, "d1", &[], 1);
+    let second = online(&hub, "d1", &[], 2);
+    // The takeover stored a permit for the first session's kick.
+    assert!(futures_util::FutureExt::now_or_never(first.kick.notified()).is_some());
+    hub.device_offline(&first); // stale session: no effect
+    assert_eq!(hub.online_devices(), 1);
+    let mut out = Vec::new();
+    let states = |out: &mut Vec<Arc<Encoded>>| -> Vec<bool> {
+        dash.outbox.drain(out);
+        out.iter()
+            .map(|m| match &m.envelope().body {
+                Some(Body::Presence(p)) => p.online,
+                _ => unreachable!(),
+            })
+            .collect()
+    };
+    assert_eq!(states(&mut out), [true], "one transition, one event");
+    hub.device_offline(&second);
+    assert_eq!(hub.online_devices(), 0);
+    assert_eq!(states(&mut out), [false]);
+    // Changes the dashboard has not drained yet coalesce to the latest state.
+    let again = online(&hub, "d1", &[], 3);
+    hub.device_offline(&again);
+    assert_eq!(states(&mut out), [false]);
+    // A dashboard connecting while a device is online gets it in its snapshot.
+    let _third = online(&hub, "d1", &[], 4);
+    let late = hub.register_dashboard(16);
+    let mut snapshot = Vec::new();
+    late.outbox.drain(&mut snapshot);
+    assert_eq!(snapshot.len(), 1);
+}
+
+fn stats_of(msg: &Encoded) -> &FleetStats {
+    match &msg.envelope().body {
+        Some(Body::FleetStats(f)) => f,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every kept message a `*` subscription would replay now.
+fn kept(hub: &Hub) -> usize {
+    hub.history
+        .gather(
+            &hub.directory.remembered(),
+            &[Pattern::parse("*").unwrap()],
+            &Filter::default(),
+            u64::MAX,
+        )
+        .iter()
+        .map(|m| match &m.envelope().body {
+            Some(Body::History(h)) => h.telemetry.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn ticks_report_changes_rates_and_forget_long_offline_devices() {
+    let hub = hub_with(HistoryLimits {
+        len: 2,
+        replay_max: 100,
+        series_per_device: 2,
+        max_bytes: 1 << 20,
+    });
+    let d = online(&hub, "d", &[], 1_000);
+    assert!(
+        hub.tick(1_000, 60_000).is_some(),
+        "a new device is a change"
+    );
+    for seq in 1..=10 {
+        publish(&hub, &d, "a", seq, 1_500);
+    }
+    publish(&hub, &d, "b", 11, 1_500);
+    publish(&hub, &d, "c", 12, 1_500);
+    d.rate_limited();
+    hub.count_dropped(&Publication::new(d.info.clone(), Telemetry::default(), 1).message().clone());
+    let tick = hub.tick(3_000, 60_000).unwrap();
+    let s = &stats_of(&tick).devices[0];
+    assert_eq!(s.messages, 12);
+    assert_eq!(s.rate, 6.0, "12 messages in 2 s");
+    assert_eq!((s.rate_limited, s.dropped), (1, 1));
+    assert_eq!(
+        s.categories,
+        ["a", "b"],
+        "series beyond the cap are not kept"
+    );
+    // Nothing changed but the rate, which fell to 0; then nothing at all.
+    assert_eq!(
+        stats_of(&hub.tick(4_000, 60_000).unwrap()).devices[0].rate,
+        0.0
+    );
+    assert!(hub.tick(5_000, 60_000).is_none());
+
+    // The window keeps the newest `len` messages per series.
+    let h = hub.history.gather(
+        &hub.directory.remembered(),
+        &[Pattern::parse("a").unwrap()],
+        &Filter::default(),
+        u64::MAX,
+    );
+    let Some(Body::History(h)) = &h[0].envelope().body else {
+        panic!()
+    };
+    assert_eq!(
+        h.telemetry.iter().map(|t| t.seq).collect::<Vec<_>>(),
+        [9, 10]
+    );
+
+    hub.directory.disconnect(&d, 6_000, |_| {});
+    assert!(!stats_of(&hub.tick(6_000, 60_000).unwrap()).devices[0].online);
+    let gone = hub.tick(66_000, 60_000).unwrap();
+    assert_eq!(stats_of(&gone).forgotten, ["d"]);
+    assert_eq!(hub.directory.remembered_count(), 0);
+    assert_eq!(hub.history.bytes(), 0);
+    assert_eq!(kept(&hub), 0);
+}
+
+#[test]
+fn the_byte_budget_is_shared_by_the_series() {
+    // Each test message is 13 bytes encoded, 77 as accounted.
+    let size = Publication::new(info("d0", &[]), Telemetry { category: "a".into(), seq: 20, ..Default::default() }, 1)
+        .message()
+        .message(WireFormat::Protobuf)
+        .payload()
+        .len()
+        + history::ENTRY_OVERHEAD;
+    assert_eq!(size, 77);
+    let hub = hub_with(HistoryLimits {
+        len: 10,
+        replay_max: 1000,
+        series_per_device: 16,
+        max_bytes: 4 * 3 * size + 10,
+    });
+    let sessions: Vec<DeviceSession> = (0..5).map(|d| online(&hub, &format!("d{d}"), &[], 0)).collect();
+    for seq in 20..40 {
+        publish(&hub, &sessions[0], "a", seq, 1);
+    }
+    assert_eq!(kept(&hub), 10, "alone, a series keeps history_len");
+    // Four series share the budget: 3 messages each, d0 shrinking as it
+    // publishes again.
+    for seq in 20..40 {
+        for s in sessions.iter().take(4) {
+            publish(&hub, s, "a", seq, 1);
+        }
+    }
+    assert_eq!(kept(&hub), 12);
+    assert_eq!(hub.history.bytes(), 12 * size);
+    // A fifth series: the next tick trims the idle ones to the new share (2 each).
+    publish(&hub, &sessions[4], "a", 20, 1);
+    assert_eq!(kept(&hub), 13);
+    hub.tick(2, 60_000);
+    assert_eq!(kept(&hub), 9, "4 × 2 + d4's one");
+    assert_eq!(hub.history.bytes(), 9 * size);
+}
+
+#[test]
+fn a_wide_replay_takes_the_latest_of_the_most_recently_active_series() {
+    let hub = hub_with(HistoryLimits {
+        len: 10,
+        replay_max: 2,
+        series_per_device: 16,
+        max_bytes: 1 << 20,
+    });
+    for (d, at) in [("d0", 5), ("d1", 9), ("d2", 7)] {
+        let s = online(&hub, d, &[], 0);
+        for seq in 1..=3 {
+            publish(&hub, &s, "a", seq, at);
+        }
+    }
+    let h = hub.history.gather(
+        &hub.directory.remembered(),
+        &[Pattern::parse("*").unwrap()],
+        &Filter::default(),
+        u64::MAX,
+    );
+    let Some(Body::History(h)) = &h[0].envelope().body else {
+        panic!()
+    };
+    let got: Vec<(&str, u64)> = h
+        .telemetry
+        .iter()
+        .map(|t| (t.device_id.as_str(), t.seq))
+        .collect();
+    assert_eq!(got, [("d1", 3), ("d2", 3)]);
+}
+
+#[test]
+fn dropped_telemetry_is_counted_against_the_device_that_sent_it() {
+    let hub = hub();
+    let dash = hub.register_dashboard(2);
+    subscribe(&hub, &dash, "*", Filter::default());
+    let (fast, slow) = (online(&hub, "fast", &[], 0), online(&hub, "slow", &[], 0));
+    // The queue holds 2: fast's two messages fill it, slow's two push them out.
+    for seq in 1..=2 {
+        publish(&hub, &fast, "a", seq, 1);
+    }
+    for seq in 1..=2 {
+        publish(&hub, &slow, "a", seq, 1);
+    }
+    hub.tick(1, 60_000);
+    let watcher = hub.register_dashboard(16);
+    hub.fleet.watch(&watcher, true, 2);
+    let mut out = Vec::new();
+    watcher.outbox.drain(&mut out);
+    let full = out
+        .iter()
+        .find_map(|m| match &m.envelope().body {
+            Some(Body::FleetStats(f)) => Some(f.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(full.full);
+    let dropped: Vec<(&str, u64)> = full
+        .devices
+        .iter()
+        .map(|d| (d.device_id.as_str(), d.dropped))
+        .collect();
+    assert_eq!(dropped, [("fast", 2), ("slow", 0)]);
+    // Watching again sends no second snapshot.
+    hub.fleet.watch(&watcher, true, 3);
+    watcher.outbox.drain(&mut out);
+    assert!(out.is_empty());
+}

@@ -1,0 +1,86 @@
+//! The notifier's timer: every `notify.progress_interval` it expires what is due,
+//! reports changed progress to watching dashboards, completes and retires
+//! finished campaigns, and prunes completed ones older than `notify.retention`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::Notifier;
+use crate::{
+    hub::{now_ms, Encoded},
+    shutdown::Shutdown,
+    store::Op,
+};
+
+/// Completed notifications are pruned at least this often (and as often as
+/// `notify.retention` when that is shorter), so none outlives its retention by more
+/// than this.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What one tick has to do outside the lock.
+pub(super) struct Tick {
+    pub ops: Vec<Op>,
+    /// (notification id, progress)
+    pub progress: Vec<(String, Arc<Encoded>)>,
+    pub completed: Vec<i64>,
+}
+
+impl Notifier {
+    /// Expires, completes and reports progress on a timer until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(self.config.progress_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_prune: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.recv() => break,
+                _ = tick.tick() => {}
+            }
+            let tick = self.on_tick(now_ms());
+            for op in tick.ops {
+                self.send(op).await;
+            }
+            for (id, p) in tick.progress {
+                self.hub.announce_progress(&id, p);
+            }
+            self.retire(&tick.completed);
+            let prune_every = PRUNE_EVERY.min(self.config.retention);
+            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
+                last_prune = Some(Instant::now());
+                let retention = self.config.retention.as_millis() as u64;
+                self.send(Op::Prune {
+                    completed_before_ms: now_ms().saturating_sub(retention),
+                })
+                .await;
+            }
+        }
+    }
+
+    /// One tick: expires what is due and reports changed progress. Returns the store
+    /// ops and progress messages to send, and the notifications that completed: they
+    /// are [`retire`](Self::retire)d once their ops are queued, so that an ack racing
+    /// with completion is answered from memory until the store has the final states.
+    pub(super) fn on_tick(&self, now: u64) -> Tick {
+        let reported = self.lock().expire_and_report(now);
+        let mut ops = Vec::new();
+        for (seq, critical, devices) in reported.expired {
+            self.metrics.notifications_expired.inc_by(devices as u64);
+            ops.push(Op::Expire { seq, critical });
+        }
+        for &seq in &reported.completed {
+            ops.push(Op::Complete { seq, at_ms: now });
+        }
+        Tick {
+            ops,
+            progress: reported.progress,
+            completed: reported.completed,
+        }
+    }
+
+    /// Forgets completed notifications; the store answers for them from now on.
+    pub(super) fn retire(&self, seqs: &[i64]) {
+        self.lock().retire(seqs);
+    }
+}

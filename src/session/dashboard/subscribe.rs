@@ -1,0 +1,140 @@
+//! A dashboard subscribes to categories (optionally narrowed to devices and tags),
+//! or unsubscribes.
+//!
+//! A Subscribe is validated in one place ([`Subscription::parse`]) and applied
+//! atomically: every pattern is valid and within the limits, or nothing is
+//! added. Subscribes are paced per dashboard (each replays history), so a client
+//! looping on them cannot make the hub copy history without end.
+
+use std::num::NonZeroU32;
+
+use governor::{
+    clock::{Clock, DefaultClock},
+    DefaultDirectRateLimiter, Quota, RateLimiter,
+};
+
+use super::Dashboard;
+use crate::{
+    hub::{
+        index::{MAX_FILTER_DEVICE_IDS, MAX_FILTER_TAGS},
+        Filter, Pattern,
+    },
+    proto::{envelope::Body, error::Code, Envelope, Subscribe, Subscribed, Unsubscribe},
+    session::{
+        close, error_envelope,
+        reply::{Refusal, Reply},
+    },
+};
+
+/// Subscribes a dashboard may send per second, and at once: each replays history
+/// (up to `dashboard.history_replay_max` messages). The burst covers a page
+/// resubscribing everything after a reconnect.
+pub const SUBSCRIBES_PER_SECOND: u32 = 5;
+pub const SUBSCRIBE_BURST: u32 = 64;
+
+/// The pacing limiter of one dashboard's Subscribes.
+pub fn pacer() -> DefaultDirectRateLimiter {
+    RateLimiter::direct(
+        Quota::per_second(NonZeroU32::new(SUBSCRIBES_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(SUBSCRIBE_BURST).unwrap_or(NonZeroU32::MIN)),
+    )
+}
+
+/// A valid Subscribe.
+struct Subscription {
+    patterns: Vec<Pattern>,
+    filter: Filter,
+}
+
+impl Subscription {
+    /// Checks a Subscribe against the grammar and the limits, given how many
+    /// subscriptions the dashboard holds (`held` tells which patterns it has).
+    fn parse(
+        s: Subscribe,
+        held: impl Fn(&str) -> bool,
+        held_count: usize,
+        max: usize,
+    ) -> Result<Self, Refusal> {
+        let refuse =
+            |message: String| Refusal::new(close::POLICY_VIOLATION, Code::InvalidSubscription, message);
+        let patterns = s
+            .categories
+            .iter()
+            .map(|c| Pattern::parse(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refuse(e.to_string()))?;
+        let new = patterns.iter().filter(|p| !held(&p.to_string())).count();
+        if held_count + new > max {
+            return Err(refuse(format!("at most {max} subscriptions per dashboard")));
+        }
+        if s.device_ids.len() > MAX_FILTER_DEVICE_IDS || s.tags.len() > MAX_FILTER_TAGS {
+            return Err(refuse(format!(
+                "a filter may name at most {MAX_FILTER_DEVICE_IDS} devices and {MAX_FILTER_TAGS} tags"
+            )));
+        }
+        Ok(Self {
+            patterns,
+            filter: Filter {
+                device_ids: s.device_ids.into_iter().collect(),
+                tags: s.tags.into_iter().collect(),
+            },
+        })
+    }
+}
+
+impl Dashboard {
+    /// Answered with `Subscribed` listing every subscription the dashboard now
+    /// holds; the matching recent telemetry follows as `History`.
+    pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Reply {
+        if let Err(not_until) = self.subscribes.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Reply::Held(Some(error_envelope(
+                Code::RateLimited,
+                format!(
+                    "at most {SUBSCRIBES_PER_SECOND} Subscribes per second (burst {SUBSCRIBE_BURST}); nothing of this one was applied"
+                ),
+                wait.as_millis().clamp(1, u32::MAX as u128) as u32,
+            )));
+        }
+        let max = self.app.config.dashboard.max_subscriptions;
+        let held = |p: &str| self.patterns.contains_key(p);
+        let sub = match Subscription::parse(s, held, self.patterns.len(), max) {
+            Ok(sub) => sub,
+            Err(refusal) => return refusal.into(),
+        };
+        let history = self
+            .app
+            .hub
+            .subscribe(&self.handle, &sub.patterns, sub.filter);
+        let format = self.format;
+        tokio::task::spawn_blocking(move || history.run(format));
+        for p in sub.patterns {
+            self.patterns.insert(p.to_string(), p);
+        }
+        Reply::send(self.subscribed())
+    }
+
+    /// Removes the named subscriptions (all when none is named); answered with
+    /// `Subscribed`. Unknown names are ignored.
+    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Reply {
+        let names: Vec<String> = if u.categories.is_empty() {
+            self.patterns.keys().cloned().collect()
+        } else {
+            u.categories
+        };
+        let removed: Vec<Pattern> = names
+            .iter()
+            .filter_map(|name| self.patterns.remove(name))
+            .collect();
+        self.app.hub.unsubscribe(&self.handle, &removed);
+        Reply::send(self.subscribed())
+    }
+
+    fn subscribed(&self) -> Envelope {
+        Envelope {
+            body: Some(Body::Subscribed(Subscribed {
+                categories: self.patterns.keys().cloned().collect(),
+            })),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! A device connection: telemetry in (rate-limited, validated, stamped, published),
+//! acks in, errors and notifications out (see [`delivery`]).
+//!
+//! Parse, then apply: each binary message becomes a [`Command`]
+//! ([`Command::parse`]), and each command has its handler in its own file
+//! ([`telemetry`], [`ack`]) returning one `Reply`; the session sends what the
+//! reply carries and counts strikes in one place (`session::reply::Strikes`).
+
+pub mod ack;
+pub mod delivery;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
+
+use super::{
+    close, finish, receive,
+    reply::{Refusal, Reply, Strikes},
+    send, Close, KeepAlive, Step,
+};
+use crate::{
+    app::App,
+    auth::Claims,
+    hub::{DeviceInfo, DeviceSession},
+    metrics::RoleMeters,
+    proto::{envelope::Body, error::Code, Ack, Envelope, Telemetry, Welcome},
+    shutdown::Shutdown,
+    ws,
+};
+use delivery::Deliveries;
+
+/// Runs one device connection to its end.
+pub async fn run<S>(
+    conn: ws::Connection<S>,
+    claims: Claims,
+    app: Arc<App>,
+    meters: RoleMeters,
+    shutdown: Shutdown,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = conn.split();
+    let info = Arc::new(DeviceInfo {
+        id: claims.sub,
+        tags: claims.tags,
+    });
+    let welcome = Envelope {
+        body: Some(Body::Welcome(Welcome {
+            subject: info.id.clone(),
+            role: "device".into(),
+            max_message_bytes: app.config.limits.max_message_bytes as u32,
+            rate_per_second: app.config.rate.per_second,
+            burst: app.config.rate.burst,
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        })),
+    };
+    if send(&mut writer, &binary(&welcome), &meters).await.is_err() {
+        return;
+    }
+    let connected = app.hub.device_online(info);
+    app.notifier.registered(connected.registration).await;
+    let session = connected.session;
+    let mut device = Device {
+        deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
+        telemetry: telemetry::Telemetry::new(&app.config),
+        strikes: Strikes::new(app.config.limits.max_malformed),
+        session,
+        app: app.clone(),
+        meters,
+    };
+    let close = device.serve(&mut reader, &mut writer, shutdown).await;
+    app.hub.device_offline(&device.session);
+    if let Some(c) = &close {
+        tracing::debug!(device = %device.session.info.id, code = c.code, reason = %c.reason, "device session closing");
+    }
+    finish(&mut reader, &mut writer, close.as_ref()).await;
+}
+
+/// One connected device.
+pub(super) struct Device {
+    /// Its place in the hub's directory: identity, kick and wake signals, counters.
+    session: DeviceSession,
+    app: Arc<App>,
+    meters: RoleMeters,
+    /// Rate limit and ordering state of its telemetry.
+    telemetry: telemetry::Telemetry,
+    strikes: Strikes,
+    deliveries: Deliveries,
+}
+
+/// What a device may send, parsed.
+pub(super) enum Command {
+    Telemetry(Telemetry),
+    Ack(Ack),
+}
+
+impl Command {
+    /// Parses one binary message; refusals count as strikes.
+    fn parse(data: Bytes, app: &App) -> Result<Self, Refusal> {
+        let envelope = Envelope::decode(data).map_err(|e| {
+            app.metrics.decode_errors.inc();
+            Refusal::new(
+                close::INVALID_PAYLOAD,
+                Code::Malformed,
+                format!("not a telehub.v1.Envelope: {e}"),
+            )
+        })?;
+        match envelope.body {
+            Some(Body::Telemetry(t)) => Ok(Command::Telemetry(t)),
+            Some(Body::Ack(a)) => Ok(Command::Ack(a)),
+            Some(_) => Err(Refusal::new(
+                close::POLICY_VIOLATION,
+                Code::Malformed,
+                "devices may send only Telemetry and Ack",
+            )),
+            None => Err(Refusal::new(
+                close::POLICY_VIOLATION,
+                Code::Malformed,
+                "empty Envelope",
+            )),
+        }
+    }
+}
+
+impl Device {
+    async fn serve<R, W>(
+        &mut self,
+        reader: &mut ws::Reader<R>,
+        writer: &mut ws::Writer<W>,
+        mut shutdown: Shutdown,
+    ) -> Option<Close>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let limits = &self.app.config.limits;
+        let mut keepalive = KeepAlive::new(limits.ping_interval, limits.idle_timeout);
+        let (kick, wake) = (self.session.kick.clone(), self.session.wake.clone());
+        loop {
+            let next_due = self.deliveries.next_due();
+            tokio::select! {
+                _ = wake.notified() => {
+                    if self.deliveries.send_new(writer, &self.meters).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                    if self.deliveries.resend_due(writer, &self.meters).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = shutdown.recv() => {
+                    return Some(Close::new(close::GOING_AWAY, "server shutting down"));
+                }
+                _ = kick.notified() => {
+                    return Some(Close::new(close::TAKEN_OVER, "a newer connection took this device over"));
+                }
+                _ = keepalive.ticker.tick() => {
+                    if let Err(end) = keepalive.on_tick(writer).await {
+                        return end;
+                    }
+                }
+                incoming = reader.next() => {
+                    let data = match receive(incoming, &mut keepalive, writer).await {
+                        Step::Message(ws::Message::Binary(data)) => data,
+                        // RFC 6455 §7.4.1: 1003 for a data type the endpoint cannot accept.
+                        Step::Message(ws::Message::Text(_)) => {
+                            return Some(Close::new(close::UNSUPPORTED_DATA, "the device endpoint takes binary envelopes only"));
+                        }
+                        Step::Continue => continue,
+                        Step::End(close) => return close,
+                    };
+                    self.meters.frames_in.inc();
+                    self.meters.payload_in.inc_by(data.len() as u64);
+                    let reply = match Command::parse(data, &self.app) {
+                        Ok(command) => self.apply(command).await,
+                        Err(refusal) => refusal.into(),
+                    };
+                    match self.strikes.judge(reply) {
+                        Ok(Some(env)) => {
+                            if send(writer, &binary(&env), &self.meters).await.is_err() {
+                                return None;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(c) => return Some(c),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, command: Command) -> Reply {
+        match command {
+            Command::Telemetry(t) => self.on_telemetry(t),
+            Command::Ack(a) => self.on_ack(a).await,
+        }
+    }
+}
+
+fn binary(env: &Envelope) -> ws::Message {
+    ws::Message::Binary(Bytes::from(env.encode_to_vec()))
+}

@@ -1,0 +1,141 @@
+//! A device publishes telemetry.
+//!
+//! Rate limiting (one governor token bucket per connection): a telemetry message
+//! over the limit is not published and is counted; the device gets at most one
+//! `Error{RATE_LIMITED, retry_after_ms}` per second; a device refused during
+//! `rate.abuse_seconds` consecutive seconds is closed with 1008. The check comes
+//! right after decoding, before validation, encoding and fan-out, so a flood costs
+//! the hub one small decode per frame, and a flooding device only ever delays
+//! itself: its frames are refused in its own task, never queued anywhere shared.
+//!
+//! An accepted message is stamped (the device id from the token, `received_ms`
+//! never earlier than the device's previous message) and handed to the hub as a
+//! `Publication`.
+
+use std::time::Duration;
+
+use governor::{clock::Clock, DefaultDirectRateLimiter, RateLimiter};
+use tokio::time::Instant;
+
+use super::Device;
+use crate::{
+    config::Config,
+    hub::{category, now_ms, Publication},
+    proto::{error::Code, Telemetry as TelemetryMsg},
+    session::{
+        close, error_envelope,
+        reply::{Refusal, Reply},
+        Close,
+    },
+};
+
+/// A device connection's telemetry state.
+pub struct Telemetry {
+    limiter: DefaultDirectRateLimiter,
+    limited: Refusals,
+    /// `received_ms` of the previous accepted message.
+    last_received_ms: u64,
+}
+
+impl Telemetry {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            limiter: RateLimiter::direct(config.rate_quota()),
+            limited: Refusals::default(),
+            last_received_ms: 0,
+        }
+    }
+}
+
+/// Rate-limit refusals, tracked per wall-clock second of the session.
+#[derive(Default)]
+struct Refusals {
+    /// Start of the current run of consecutive seconds with refusals.
+    run_start: Option<Instant>,
+    /// Last second (since run start) that saw a refusal.
+    last_second: u64,
+    /// When the last RATE_LIMITED error was sent.
+    last_error: Option<Instant>,
+}
+
+impl Refusals {
+    /// Records a refusal; returns how many consecutive seconds have seen refusals.
+    fn record(&mut self, now: Instant) -> u64 {
+        match self.run_start {
+            Some(start) => {
+                let second = now.duration_since(start).as_secs();
+                if second > self.last_second + 1 {
+                    // A quiet second broke the run.
+                    self.run_start = Some(now);
+                    self.last_second = 0;
+                } else {
+                    self.last_second = second;
+                }
+            }
+            None => {
+                self.run_start = Some(now);
+                self.last_second = 0;
+            }
+        }
+        self.last_second + 1
+    }
+
+    fn should_tell(&mut self, now: Instant) -> bool {
+        let tell = self
+            .last_error
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if tell {
+            self.last_error = Some(now);
+        }
+        tell
+    }
+}
+
+impl Device {
+    pub(super) fn on_telemetry(&mut self, t: TelemetryMsg) -> Reply {
+        if let Err(not_until) = self.telemetry.limiter.check() {
+            return self.rate_limited(not_until);
+        }
+        if let Err(e) = category::validate(&t.category) {
+            return Refusal::new(
+                close::POLICY_VIOLATION,
+                Code::Malformed,
+                format!("invalid telemetry: {e}"),
+            )
+            .into();
+        }
+        // Never earlier than this device's previous message, even if the hub's clock
+        // steps back: clients order a series by (received_ms, seq).
+        let now = now_ms().max(self.telemetry.last_received_ms);
+        self.telemetry.last_received_ms = now;
+        let publication = Publication::new(self.session.info.clone(), t, now);
+        self.app.hub.publish(&self.session, publication);
+        Reply::none()
+    }
+
+    fn rate_limited(&mut self, not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> Reply {
+        self.app.metrics.rate_limited.inc();
+        self.session.rate_limited();
+        let now = Instant::now();
+        let seconds = self.telemetry.limited.record(now);
+        let rate = &self.app.config.rate;
+        if seconds >= u64::from(rate.abuse_seconds) {
+            return Reply::Close(Close::new(
+                close::POLICY_VIOLATION,
+                format!("rate limit exceeded for {seconds} consecutive seconds"),
+            ));
+        }
+        if !self.telemetry.limited.should_tell(now) {
+            return Reply::Held(None);
+        }
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        Reply::Held(Some(error_envelope(
+            Code::RateLimited,
+            format!(
+                "over the rate limit of {}/s (burst {})",
+                rate.per_second, rate.burst
+            ),
+            wait.as_millis().clamp(1, u32::MAX as u128) as u32,
+        )))
+    }
+}
