@@ -9,7 +9,6 @@
 //! ```
 
 mod bench;
-mod campaign;
 mod cpu;
 
 use std::{

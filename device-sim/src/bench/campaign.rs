@@ -10,7 +10,7 @@
 //!   campaign stalls fan-out.
 //!
 //! The devices are `telehub::sim` devices acknowledging at once; the telemetry
-//! publishers and subscribers are the fan-out bench's.
+//! publishers and subscribers are the fan-out bench's ([`super::traffic`]).
 
 use std::{
     collections::BTreeMap,
@@ -37,10 +37,11 @@ use telehub::{
 };
 use tokio::task::JoinSet;
 
-use crate::{
-    bench::{now_nanos, publisher, round, subscriber, wait_for, Common, Counters, Setup},
-    cpu,
+use super::{
+    common::{round, wait_for, Common, Setup},
+    traffic::{now_nanos, publisher, subscriber, Counters},
 };
+use crate::cpu;
 
 #[derive(Args, Debug)]
 pub struct CampaignArgs {
