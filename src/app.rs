@@ -36,7 +36,11 @@ pub struct App {
 impl App {
     /// Loads the token key, opens the store and builds the hub (joined to the
     /// other nodes through `bus`) and the notifier.
-    pub async fn build(config: Config, bus: Arc<dyn Bus>, draining: Draining) -> anyhow::Result<Arc<Self>> {
+    pub async fn build(
+        config: Config,
+        bus: Arc<dyn Bus>,
+        draining: Draining,
+    ) -> anyhow::Result<Arc<Self>> {
         let tokens = TokenKey::load_or_create(&config.data_dir)?;
         let metrics = Arc::new(Metrics::new());
         let store_stats = store::Stats {

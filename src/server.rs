@@ -233,12 +233,8 @@ async fn serve_tcp(
     }
 }
 
-async fn serve_http<I>(
-    io: I,
-    info: ConnInfo,
-    router: axum::Router,
-    app: Arc<App>,
-) where
+async fn serve_http<I>(io: I, info: ConnInfo, router: axum::Router, app: Arc<App>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;

@@ -157,9 +157,7 @@ async fn run_session<S>(
     let subject = claims.sub.clone();
     tracing::debug!(%subject, role = %claims.role, "session start");
     match endpoint {
-        Endpoint::Device => {
-            session::device::run(conn, claims, app, meters.clone(), shutdown).await
-        }
+        Endpoint::Device => session::device::run(conn, claims, app, meters.clone(), shutdown).await,
         Endpoint::Dashboard => {
             session::dashboard::run(conn, claims, format, app, meters.clone(), shutdown).await
         }

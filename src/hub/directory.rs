@@ -345,10 +345,7 @@ impl Directory {
             .entry(info.id.clone())
             .or_insert_with(|| Entry::new(info.clone()));
         entry.info = info.clone();
-        match entry
-            .owner
-            .replace(Owner::Remote { node, since_ms })
-        {
+        match entry.owner.replace(Owner::Remote { node, since_ms }) {
             Some(Owner::Local { kick, .. }) => {
                 kick.notify_one();
                 false
@@ -467,7 +464,10 @@ impl Directory {
 
     /// How many devices are remembered.
     pub fn remembered_count(&self) -> usize {
-        self.read().values().filter(|e| e.activity.is_some()).count()
+        self.read()
+            .values()
+            .filter(|e| e.activity.is_some())
+            .count()
     }
 
     /// The activity of a remembered device.
@@ -480,9 +480,9 @@ impl Directory {
     pub fn forget(&self, now_ms: u64, forget_after_ms: u64) -> Vec<(String, Arc<Activity>)> {
         let stale = |e: &Entry| {
             e.owner.is_none()
-                && e.activity
-                    .as_ref()
-                    .is_some_and(|a| now_ms.saturating_sub(a.counters.last_seen_ms()) >= forget_after_ms)
+                && e.activity.as_ref().is_some_and(|a| {
+                    now_ms.saturating_sub(a.counters.last_seen_ms()) >= forget_after_ms
+                })
         };
         // The write lock (which connects wait for) only when there is something to forget.
         if !self.read().values().any(stale) {

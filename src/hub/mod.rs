@@ -476,9 +476,10 @@ impl BusEvents for Hub {
     }
 
     fn takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64) {
-        self.directory.remote_takeover(device, from, at_ms, |info, since_ms| {
-            self.announce(info, true, since_ms)
-        });
+        self.directory
+            .remote_takeover(device, from, at_ms, |info, since_ms| {
+                self.announce(info, true, since_ms)
+            });
     }
 }
 

@@ -33,9 +33,7 @@ impl Publication {
     /// `device`); `None` if it is not.
     pub fn from_encoded(device: Arc<DeviceInfo>, message: Arc<Encoded>) -> Option<Self> {
         match &message.envelope().body {
-            Some(Body::Telemetry(t)) if t.device_id == device.id => {
-                Some(Self { device, message })
-            }
+            Some(Body::Telemetry(t)) if t.device_id == device.id => Some(Self { device, message }),
             _ => None,
         }
     }

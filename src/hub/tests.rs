@@ -163,7 +163,11 @@ fn ticks_report_changes_rates_and_forget_long_offline_devices() {
     publish(&hub, &d, "b", 11, 1_500);
     publish(&hub, &d, "c", 12, 1_500);
     d.rate_limited();
-    hub.count_dropped(&Publication::new(d.info.clone(), Telemetry::default(), 1).message().clone());
+    hub.count_dropped(
+        &Publication::new(d.info.clone(), Telemetry::default(), 1)
+            .message()
+            .clone(),
+    );
     let tick = hub.tick(3_000, 60_000).unwrap();
     let s = &stats_of(&tick).devices[0];
     assert_eq!(s.messages, 12);
@@ -208,11 +212,19 @@ fn ticks_report_changes_rates_and_forget_long_offline_devices() {
 #[test]
 fn the_byte_budget_is_shared_by_the_series() {
     // Each test message is 13 bytes encoded, 77 as accounted.
-    let size = Publication::new(info("d0", &[]), Telemetry { category: "a".into(), seq: 20, ..Default::default() }, 1)
-        .message()
-        .message(WireFormat::Protobuf)
-        .payload()
-        .len()
+    let size = Publication::new(
+        info("d0", &[]),
+        Telemetry {
+            category: "a".into(),
+            seq: 20,
+            ..Default::default()
+        },
+        1,
+    )
+    .message()
+    .message(WireFormat::Protobuf)
+    .payload()
+    .len()
         + history::ENTRY_OVERHEAD;
     assert_eq!(size, 77);
     let hub = hub_with(HistoryLimits {
@@ -221,7 +233,9 @@ fn the_byte_budget_is_shared_by_the_series() {
         series_per_device: 16,
         max_bytes: 4 * 3 * size + 10,
     });
-    let sessions: Vec<DeviceSession> = (0..5).map(|d| online(&hub, &format!("d{d}"), &[], 0)).collect();
+    let sessions: Vec<DeviceSession> = (0..5)
+        .map(|d| online(&hub, &format!("d{d}"), &[], 0))
+        .collect();
     for seq in 20..40 {
         publish(&hub, &sessions[0], "a", seq, 1);
     }

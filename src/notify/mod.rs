@@ -264,7 +264,9 @@ impl Notifier {
         };
         self.lock().insert(
             Arc::new(Meta::new(seq, &n, targets)),
-            devices.iter().map(|d| (d.clone(), DeliveryState::Pending, 0)),
+            devices
+                .iter()
+                .map(|d| (d.clone(), DeliveryState::Pending, 0)),
         );
         // After the campaign is open: a device that connects from here on finds it
         // when its session first looks, one connected before is woken.
@@ -511,7 +513,9 @@ mod tests {
             ..config::Notify::default()
         };
         let within = |wait: Option<Duration>, secs: f64| {
-            let w = wait.expect("a CRITICAL delivery awaiting its ack").as_secs_f64();
+            let w = wait
+                .expect("a CRITICAL delivery awaiting its ack")
+                .as_secs_f64();
             assert!(
                 (secs * 0.9..=secs * 1.1).contains(&w),
                 "waited {w} s, expected {secs} s ± 10 %"
@@ -536,7 +540,10 @@ mod tests {
         // The fourth write waits 8 s, not `ack_timeout` again.
         within(n.sent("a", &pending[0].meta).await, 8.0);
         // Acknowledged: no more waiting, and writing it again records nothing.
-        assert!(matches!(n.ack("a", &created.id).await, AckOutcome::Accepted(_)));
+        assert!(matches!(
+            n.ack("a", &created.id).await,
+            AckOutcome::Accepted(_)
+        ));
         assert_eq!(n.sent("a", &pending[0].meta).await, None);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -545,7 +552,9 @@ mod tests {
     async fn info_writes_need_no_retry() {
         let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
         let n = notifier(&dir);
-        n.create(request(&["a"], Severity::Info), "op").await.unwrap();
+        n.create(request(&["a"], Severity::Info), "op")
+            .await
+            .unwrap();
         let meta = n.pending("a", |_| false).pop().unwrap().meta;
         assert_eq!(n.sent("a", &meta).await, None);
         assert!(n.pending("a", |_| false).is_empty());

@@ -93,7 +93,10 @@ impl Strikes {
                 if self.count >= self.max {
                     return Err(Close::new(
                         r.close_code,
-                        format!("{} invalid messages in a row; last: {}", self.count, r.message),
+                        format!(
+                            "{} invalid messages in a row; last: {}",
+                            self.count, r.message
+                        ),
                     ));
                 }
                 let mut env = error_envelope(r.code, r.message, 0);
@@ -112,24 +115,37 @@ mod tests {
     use crate::session::close;
 
     fn refused() -> Reply {
-        Refusal::new(close::POLICY_VIOLATION, Code::Malformed, "bad").for_request("r1").into()
+        Refusal::new(close::POLICY_VIOLATION, Code::Malformed, "bad")
+            .for_request("r1")
+            .into()
     }
 
     #[test]
     fn strikes_in_a_row_close_and_valid_requests_clear_them() {
         let mut s = Strikes::new(3);
-        let Ok(Some(Envelope { body: Some(Body::Error(e)) })) = s.judge(refused()) else {
+        let Ok(Some(Envelope {
+            body: Some(Body::Error(e)),
+        })) = s.judge(refused())
+        else {
             panic!("an Error first")
         };
-        assert_eq!((e.code, e.request_id.as_str()), (Code::Malformed as i32, "r1"));
+        assert_eq!(
+            (e.code, e.request_id.as_str()),
+            (Code::Malformed as i32, "r1")
+        );
         assert!(s.judge(Reply::none()).is_ok());
         assert!(s.judge(refused()).is_ok());
-        assert!(s.judge(Reply::Held(None)).is_ok(), "held: neither counts nor clears");
+        assert!(
+            s.judge(Reply::Held(None)).is_ok(),
+            "held: neither counts nor clears"
+        );
         assert!(s.judge(refused()).is_ok());
         let Err(c) = s.judge(refused()) else {
             panic!("the third strike in a row closes")
         };
         assert_eq!(c.code, close::POLICY_VIOLATION);
-        assert!(c.reason.starts_with("3 invalid messages in a row; last: bad"));
+        assert!(c
+            .reason
+            .starts_with("3 invalid messages in a row; last: bad"));
     }
 }

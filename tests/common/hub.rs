@@ -71,6 +71,14 @@ impl Hub {
 
     /// A hub whose configuration `tweak` adjusts (small limits for one test).
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_bus(Arc::new(telehub::hub::bus::Local), tweak).await
+    }
+
+    /// A hub joined to other nodes by `bus`.
+    pub async fn with_bus(
+        bus: Arc<dyn telehub::hub::Bus>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let root = temp_dir("hub");
         let data_dir = root.join("data");
         let certs_dir = root.join("certs");
@@ -83,7 +91,9 @@ impl Hub {
         tweak(&mut config);
         // A tweak may point the hub at other dirs (e.g. to restart on the same ones).
         let (data_dir, certs_dir) = (config.data_dir.clone(), config.certs_dir.clone());
-        let server = Server::bind(config).await.expect("binding the hub");
+        let server = Server::bind_with_bus(config, bus)
+            .await
+            .expect("binding the hub");
         let addr = server.local_addr().expect("local_addr");
         let app = server.app().clone();
         let key = TokenKey::load_or_create(&data_dir).expect("token key");

@@ -25,10 +25,13 @@ enum Event {
     Takeover(Arc<DeviceInfo>, u64),
 }
 
+/// A node's queue: events with the node they came from.
+type Queue = mpsc::Sender<(NodeId, Event)>;
+
 /// The nodes joined so far.
 #[derive(Default)]
 pub struct Network {
-    nodes: Mutex<Vec<(NodeId, mpsc::Sender<(NodeId, Event)>)>>,
+    nodes: Mutex<Vec<(NodeId, Queue)>>,
     dropped: AtomicU64,
 }
 
@@ -53,7 +56,13 @@ impl Network {
     fn send(&self, from: NodeId, event: impl Fn() -> Event) {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         for (node, queue) in nodes.iter() {
-            if *node != from && queue.try_send((from, event())).is_err() {
+            // A closed queue is a node that stopped: nothing to count.
+            if *node != from
+                && matches!(
+                    queue.try_send((from, event())),
+                    Err(mpsc::error::TrySendError::Full(_))
+                )
+            {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -120,13 +120,14 @@ impl Command {
         let envelope = match (msg, format) {
             (ws::Message::Binary(data), WireFormat::Protobuf) => Envelope::decode(data)
                 .map_err(|e| invalid(format!("not a telehub.v1.Envelope: {e}"), "")),
-            (ws::Message::Text(text), WireFormat::Json) => serde_json::from_str(&text)
-                .map_err(|e| {
+            (ws::Message::Text(text), WireFormat::Json) => {
+                serde_json::from_str(&text).map_err(|e| {
                     invalid(
                         format!("not a telehub.v1.Envelope in JSON: {e}"),
                         &json_request_id(&text),
                     )
-                }),
+                })
+            }
             (ws::Message::Text(_), WireFormat::Protobuf) => Err(Unparsed::WrongType(
                 "subprotocol telehub.v1 takes binary frames; use telehub.v1.json for text",
             )),

@@ -26,7 +26,10 @@ impl Dashboard {
                 .into()
         };
         if self.role != Role::Operator {
-            return refuse(Code::Forbidden, "only operators may push notifications".into());
+            return refuse(
+                Code::Forbidden,
+                "only operators may push notifications".into(),
+            );
         }
         let severity = Severity::try_from(r.severity).unwrap_or(Severity::Unspecified);
         let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(u64::from(r.ttl_seconds)));

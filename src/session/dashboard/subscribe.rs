@@ -55,8 +55,9 @@ impl Subscription {
         held_count: usize,
         max: usize,
     ) -> Result<Self, Refusal> {
-        let refuse =
-            |message: String| Refusal::new(close::POLICY_VIOLATION, Code::InvalidSubscription, message);
+        let refuse = |message: String| {
+            Refusal::new(close::POLICY_VIOLATION, Code::InvalidSubscription, message)
+        };
         let patterns = s
             .categories
             .iter()

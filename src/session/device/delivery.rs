@@ -64,7 +64,8 @@ impl Deliveries {
             write(writer, msg, meters).await?;
             if let Some(wait) = self.notifier.sent(&self.device, &p.meta).await {
                 let due = Instant::now() + wait;
-                self.inflight.insert(p.meta.seq, Inflight { meta: p.meta, due });
+                self.inflight
+                    .insert(p.meta.seq, Inflight { meta: p.meta, due });
             }
         }
         Ok(())

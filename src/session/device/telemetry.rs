@@ -113,7 +113,10 @@ impl Device {
         Reply::none()
     }
 
-    fn rate_limited(&mut self, not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> Reply {
+    fn rate_limited(
+        &mut self,
+        not_until: governor::NotUntil<governor::clock::QuantaInstant>,
+    ) -> Reply {
         self.app.metrics.rate_limited.inc();
         self.session.rate_limited();
         let now = Instant::now();
