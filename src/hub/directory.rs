@@ -32,15 +32,8 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{fleet::Counters, history::Series, Tags};
+use super::{fleet::Counters, history::Series, DeviceInfo, Tags};
 use crate::store::DeviceRow;
-
-/// A device as the hub knows it from its connection's token.
-#[derive(Debug)]
-pub struct DeviceInfo {
-    pub id: String,
-    pub tags: Tags,
-}
 
 /// Identifies one hub node of a cluster (random per process).
 pub type NodeId = u64;

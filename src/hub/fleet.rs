@@ -17,7 +17,7 @@ use std::{
     },
 };
 
-use super::{directory::Remembered, DashboardHandle, Encoded};
+use super::{DashboardHandle, DeviceInfo, Encoded};
 use crate::proto::{envelope::Body, DeviceStats, Envelope, FleetStats};
 
 /// One device's counters.
@@ -55,8 +55,17 @@ impl Counters {
     }
 }
 
-fn stats(d: &Remembered, rate: f64) -> DeviceStats {
-    let c = &d.activity.counters;
+/// One remembered device, as a tick sees it.
+pub struct Device<'a> {
+    pub info: &'a DeviceInfo,
+    pub online: bool,
+    pub counters: &'a Counters,
+    /// Its series with a history window.
+    pub categories: Vec<String>,
+}
+
+fn stats(d: &Device, rate: f64) -> DeviceStats {
+    let c = d.counters;
     DeviceStats {
         device_id: d.info.id.clone(),
         online: d.online,
@@ -71,7 +80,7 @@ fn stats(d: &Remembered, rate: f64) -> DeviceStats {
         rate,
         rate_limited: c.rate_limited.load(Ordering::Relaxed),
         dropped: c.dropped.load(Ordering::Relaxed),
-        categories: d.activity.series.categories(),
+        categories: d.categories.clone(),
     }
 }
 
@@ -138,7 +147,7 @@ impl Fleet {
     pub fn tick(
         &self,
         now: u64,
-        devices: &[Remembered],
+        devices: &[Device],
         mut forgotten: Vec<String>,
     ) -> Option<Arc<Encoded>> {
         let mut ticks = self.lock();
@@ -146,7 +155,7 @@ impl Fleet {
         ticks.last_tick_ms = now;
         let mut changed = Vec::new();
         for d in devices {
-            let messages = d.activity.counters.messages.load(Ordering::Relaxed);
+            let messages = d.counters.messages.load(Ordering::Relaxed);
             let previous = ticks
                 .reported
                 .get(&d.info.id)

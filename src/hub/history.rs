@@ -26,10 +26,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 
-use super::{
-    directory::Remembered, outbox::Reservation, DashboardHandle, Encoded, Filter, Pattern,
-    WireFormat,
-};
+use super::{DeviceInfo, Encoded, Filter, Pattern, WireFormat};
 
 /// A `History` envelope carries telemetry up to this many protobuf bytes; longer
 /// replays go out in several. Under 64 KiB, the message limit of the hub's own
@@ -196,12 +193,10 @@ impl History {
     }
 
     /// Trims every window to its current share of the budget (each tick).
-    pub fn trim(&self, devices: &[Remembered]) {
+    pub fn trim<'a>(&self, devices: impl IntoIterator<Item = &'a Series>) {
         let share = self.share();
-        for d in devices {
-            let freed: usize = d
-                .activity
-                .series
+        for series in devices {
+            let freed: usize = series
                 .lock()
                 .values_mut()
                 .map(|w| w.trim(self.limits.len, share))
@@ -226,9 +221,9 @@ impl History {
     /// subscriptions get fewer per series; past `replay_max` series, the latest
     /// message of the most recently active ones), as `History` envelopes of about
     /// [`HISTORY_CHUNK_BYTES`] each.
-    pub fn gather(
+    pub fn gather<'a>(
         &self,
-        devices: &[Remembered],
+        devices: impl IntoIterator<Item = (&'a DeviceInfo, &'a Series)>,
         patterns: &[Pattern],
         filter: &Filter,
         cut: u64,
@@ -238,11 +233,11 @@ impl History {
         }
         // (device, category, last_ms, messages)
         let mut matched: Vec<(String, String, u64, Vec<Bytes>)> = Vec::new();
-        for d in devices {
-            if !filter.matches(&d.info.id, &d.info.tags) {
+        for (info, series) in devices {
+            if !filter.matches(&info.id, &info.tags) {
                 continue;
             }
-            for (category, window) in d.activity.series.lock().iter() {
+            for (category, window) in series.lock().iter() {
                 if !patterns.iter().any(|p| p.matches(category)) {
                     continue;
                 }
@@ -253,7 +248,7 @@ impl History {
                     .map(|(_, bytes)| bytes.clone())
                     .collect();
                 if !kept.is_empty() {
-                    matched.push((d.info.id.clone(), category.clone(), window.last_ms, kept));
+                    matched.push((info.id.clone(), category.clone(), window.last_ms, kept));
                 }
             }
         }
@@ -287,47 +282,6 @@ impl History {
             chunks.push(history_envelope(&chunk, false));
         }
         chunks
-    }
-}
-
-/// A subscription's `History`, still to be gathered (see `Hub::subscribe`).
-/// Gathering a large replay takes milliseconds of CPU, so sessions run it off the
-/// async workers (`spawn_blocking`). Dropped without running, it releases the
-/// reserved place empty: the dashboard then simply gets no history.
-#[must_use = "until it runs or is dropped, the dashboard's later messages are held back"]
-pub struct HistoryJob {
-    pub(super) hub: Arc<super::Hub>,
-    pub(super) handle: Arc<DashboardHandle>,
-    pub(super) reservation: Option<Reservation>,
-    /// Messages kept from here on arrive live (see [`History::cut`]).
-    pub(super) cut: u64,
-    pub(super) patterns: Vec<Pattern>,
-    pub(super) filter: Filter,
-}
-
-impl HistoryJob {
-    /// Gathers the history into the reserved place, encoded for `format` here so
-    /// that the dashboard's session only writes it.
-    pub fn run(mut self, format: WireFormat) {
-        let devices = self.hub.directory.remembered();
-        let history = self
-            .hub
-            .history
-            .gather(&devices, &self.patterns, &self.filter, self.cut);
-        for m in &history {
-            m.message(format);
-        }
-        if let Some(r) = self.reservation.take() {
-            self.handle.outbox.fill(r, history);
-        }
-    }
-}
-
-impl Drop for HistoryJob {
-    fn drop(&mut self) {
-        if let Some(r) = self.reservation.take() {
-            self.handle.outbox.fill(r, Vec::new());
-        }
     }
 }
 

@@ -45,9 +45,9 @@ use crate::{
 
 pub use bus::{Bus, BusEvents, PresenceChange};
 pub use category::Pattern;
-pub use directory::{Connected, DeviceInfo, DeviceSession, Directory, NodeId};
+pub use directory::{Connected, DeviceSession, Directory, NodeId};
 pub use encoded::{Encoded, WireFormat};
-pub use history::{HistoryJob, HistoryLimits};
+pub use history::HistoryLimits;
 pub use index::Filter;
 pub use outbox::{Drained, Outbox, Pushed};
 pub use publication::Publication;
@@ -65,6 +65,43 @@ pub struct DashboardHandle {
 impl DashboardHandle {
     pub fn id(&self) -> u64 {
         self.id
+    }
+}
+
+/// A subscription's `History`, still to be gathered (see `Hub::subscribe`).
+/// Gathering a large replay takes milliseconds of CPU, so sessions run it off the
+/// async workers (`spawn_blocking`). Dropped without running, it releases the
+/// reserved place empty: the dashboard then simply gets no history.
+#[must_use = "until it runs or is dropped, the dashboard's later messages are held back"]
+pub struct HistoryJob {
+    hub: Arc<Hub>,
+    handle: Arc<DashboardHandle>,
+    reservation: Option<outbox::Reservation>,
+    /// Messages kept from here on arrive live (see [`history::History::cut`]).
+    cut: u64,
+    patterns: Vec<Pattern>,
+    filter: Filter,
+}
+
+impl HistoryJob {
+    /// Gathers the history into the reserved place, encoded for `format` here so
+    /// that the dashboard's session only writes it.
+    pub fn run(mut self, format: WireFormat) {
+        let history = self.hub.gather(&self.patterns, &self.filter, self.cut);
+        for m in &history {
+            m.message(format);
+        }
+        if let Some(r) = self.reservation.take() {
+            self.handle.outbox.fill(r, history);
+        }
+    }
+}
+
+impl Drop for HistoryJob {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.handle.outbox.fill(r, Vec::new());
+        }
     }
 }
 
@@ -408,10 +445,20 @@ impl Hub {
             self.history.release(&activity.series);
         }
         let devices = self.directory.remembered();
-        self.history.trim(&devices);
+        self.history
+            .trim(devices.iter().map(|d| &d.activity.series));
+        let views: Vec<fleet::Device> = devices
+            .iter()
+            .map(|d| fleet::Device {
+                info: &d.info,
+                online: d.online,
+                counters: &d.activity.counters,
+                categories: d.activity.series.categories(),
+            })
+            .collect();
         let sent = self.fleet.tick(
             now,
-            &devices,
+            &views,
             forgotten.into_iter().map(|(id, _)| id).collect(),
         );
         self.metrics.fleet_devices.set(devices.len() as i64);
@@ -423,9 +470,19 @@ impl Hub {
 
     /// The `History` a new subscription to `patterns` with `filter` would get now.
     pub fn recent(&self, patterns: &[Pattern], filter: &Filter) -> Vec<Arc<Encoded>> {
+        self.gather(patterns, filter, self.history.cut())
+    }
+
+    /// The history of every remembered device, kept before `cut`, for `patterns`
+    /// and `filter` (see [`history::History::gather`]).
+    fn gather(&self, patterns: &[Pattern], filter: &Filter, cut: u64) -> Vec<Arc<Encoded>> {
         let devices = self.directory.remembered();
-        self.history
-            .gather(&devices, patterns, filter, self.history.cut())
+        self.history.gather(
+            devices.iter().map(|d| (&*d.info, &d.activity.series)),
+            patterns,
+            filter,
+            cut,
+        )
     }
 
     /// Bytes the history holds, as its budget counts them.
@@ -533,6 +590,13 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// Tags as the hub keeps them.
 pub type Tags = BTreeMap<String, String>;
+
+/// A device as the hub knows it from its connection's token.
+#[derive(Debug)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub tags: Tags,
+}
 
 #[cfg(test)]
 mod tests;

@@ -129,19 +129,17 @@ fn stats_of(msg: &Encoded) -> &FleetStats {
 
 /// Every kept message a `*` subscription would replay now.
 fn kept(hub: &Hub) -> usize {
-    hub.history
-        .gather(
-            &hub.directory.remembered(),
-            &[Pattern::parse("*").unwrap()],
-            &Filter::default(),
-            u64::MAX,
-        )
-        .iter()
-        .map(|m| match &m.envelope().body {
-            Some(Body::History(h)) => h.telemetry.len(),
-            _ => 0,
-        })
-        .sum()
+    hub.gather(
+        &[Pattern::parse("*").unwrap()],
+        &Filter::default(),
+        u64::MAX,
+    )
+    .iter()
+    .map(|m| match &m.envelope().body {
+        Some(Body::History(h)) => h.telemetry.len(),
+        _ => 0,
+    })
+    .sum()
 }
 
 #[test]
@@ -186,8 +184,7 @@ fn ticks_report_changes_rates_and_forget_long_offline_devices() {
     assert!(hub.tick(5_000, 60_000).is_none());
 
     // The window keeps the newest `len` messages per series.
-    let h = hub.history.gather(
-        &hub.directory.remembered(),
+    let h = hub.gather(
         &[Pattern::parse("a").unwrap()],
         &Filter::default(),
         u64::MAX,
@@ -271,8 +268,7 @@ fn a_wide_replay_takes_the_latest_of_the_most_recently_active_series() {
             publish(&hub, &s, "a", seq, at);
         }
     }
-    let h = hub.history.gather(
-        &hub.directory.remembered(),
+    let h = hub.gather(
         &[Pattern::parse("*").unwrap()],
         &Filter::default(),
         u64::MAX,
