@@ -14,7 +14,7 @@
 //! device over and the older one is told to close (as MQTT brokers do), so a device
 //! that reconnects before its old TCP connection timed out is never shut out. The
 //! older connection may be on another node: the hub hears of it through its `Bus`
-//! ([`Directory::remote_online`], [`Directory::remote_takeover`]).
+//! ([`Directory::remote_connected`]).
 //!
 //! Locking: one `RwLock` over the map, held for single-entry updates or one pass
 //! over the entries, never across `.await`. Telemetry never takes it: a session
@@ -187,8 +187,9 @@ pub struct Remembered {
     pub activity: Arc<Activity>,
 }
 
-#[derive(Default)]
 pub struct Directory {
+    /// This node (see [`Directory::remote_connected`]).
+    node: NodeId,
     entries: RwLock<HashMap<String, Entry>>,
     next_session: AtomicU64,
 }
@@ -197,7 +198,7 @@ impl Directory {
     /// A directory holding the registry as stored. Devices seen at or after
     /// `remember_since_ms` are remembered as offline (the fleet view lists them
     /// after a restart; their counters start from zero).
-    pub fn new(registry: Vec<DeviceRow>, remember_since_ms: u64) -> Self {
+    pub fn new(node: NodeId, registry: Vec<DeviceRow>, remember_since_ms: u64) -> Self {
         let entries = registry
             .into_iter()
             .map(|row| {
@@ -218,6 +219,7 @@ impl Directory {
             })
             .collect();
         Self {
+            node,
             entries: RwLock::new(entries),
             next_session: AtomicU64::new(1),
         }
@@ -302,52 +304,39 @@ impl Directory {
         Some(entry.info.clone())
     }
 
-    /// Another node says a device connected there and was offline before. Returns
-    /// whether it came online here (`announce` ran under the lock).
-    pub fn remote_online(
+    /// Another node says a device connected there at `since_ms`: that node owns
+    /// it from now on, and a local session of it is kicked. `takeover`: that node
+    /// knew the device was online elsewhere, so its connection is the later one.
+    /// Otherwise both nodes saw the device offline and took a connection each
+    /// (a race): both resolve it the same way, the later connection wins (ties:
+    /// the higher node id), so exactly one survives. When the device was offline
+    /// here, `announce` runs under the lock.
+    pub fn remote_connected(
         &self,
         info: Arc<DeviceInfo>,
         node: NodeId,
         since_ms: u64,
-        announce: impl FnOnce(&Arc<DeviceInfo>, u64),
-    ) -> bool {
-        self.remote_owner(info, node, since_ms, announce)
-    }
-
-    /// Another node says a device connected there while online elsewhere: a local
-    /// session of it is kicked, and the other node owns it from now on.
-    pub fn remote_takeover(
-        &self,
-        info: Arc<DeviceInfo>,
-        node: NodeId,
-        since_ms: u64,
+        takeover: bool,
         announce: impl FnOnce(&Arc<DeviceInfo>, u64),
     ) {
-        self.remote_owner(info, node, since_ms, announce);
-    }
-
-    fn remote_owner(
-        &self,
-        info: Arc<DeviceInfo>,
-        node: NodeId,
-        since_ms: u64,
-        announce: impl FnOnce(&Arc<DeviceInfo>, u64),
-    ) -> bool {
         let mut entries = self.write();
         let entry = entries
             .entry(info.id.clone())
             .or_insert_with(|| Entry::new(info.clone()));
+        if let Some(Owner::Local { since_ms: ours, .. }) = &entry.owner {
+            if !takeover && (*ours, self.node) > (since_ms, node) {
+                // Ours is the later connection: the other node's session is the
+                // one to close, which our own announcement tells it.
+                return;
+            }
+        }
         entry.info = info.clone();
         match entry.owner.replace(Owner::Remote { node, since_ms }) {
-            Some(Owner::Local { kick, .. }) => {
-                kick.notify_one();
-                false
-            }
-            Some(Owner::Remote { .. }) => false,
+            Some(Owner::Local { kick, .. }) => kick.notify_one(),
+            Some(Owner::Remote { .. }) => {}
             None => {
                 entry.activity(since_ms).counters.seen(since_ms);
                 announce(&info, since_ms);
-                true
             }
         }
     }

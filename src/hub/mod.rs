@@ -156,12 +156,13 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(metrics: Arc<Metrics>, options: Options) -> Arc<Self> {
+        let node = rand::random();
         let hub = Arc::new(Self {
-            node: rand::random(),
+            node,
             index: RwLock::default(),
             dashboards: RwLock::default(),
             watchers: RwLock::default(),
-            directory: Directory::new(options.registry, options.remember_since_ms),
+            directory: Directory::new(node, options.registry, options.remember_since_ms),
             history: history::History::new(options.history),
             fleet: fleet::Fleet::default(),
             bus: options.bus,
@@ -522,10 +523,13 @@ impl BusEvents for Hub {
     fn presence(&self, from: NodeId, change: PresenceChange) {
         let announce = |info: &Arc<DeviceInfo>| self.announce(info, change.online, change.at_ms);
         if change.online {
-            self.directory
-                .remote_online(change.device.clone(), from, change.at_ms, |info, _| {
-                    announce(info)
-                });
+            self.directory.remote_connected(
+                change.device.clone(),
+                from,
+                change.at_ms,
+                false,
+                |info, _| announce(info),
+            );
         } else {
             self.directory
                 .remote_offline(&change.device.id, from, change.at_ms, announce);
@@ -534,7 +538,7 @@ impl BusEvents for Hub {
 
     fn takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64) {
         self.directory
-            .remote_takeover(device, from, at_ms, |info, since_ms| {
+            .remote_connected(device, from, at_ms, true, |info, since_ms| {
                 self.announce(info, true, since_ms)
             });
     }

@@ -321,3 +321,53 @@ fn dropped_telemetry_is_counted_against_the_device_that_sent_it() {
     watcher.outbox.drain(&mut out);
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_remote_connection_takes_over_unless_ours_is_later() {
+    let hub = hub();
+    let kicked =
+        |s: &DeviceSession| futures_util::FutureExt::now_or_never(s.kick.notified()).is_some();
+    let other = hub.node().wrapping_add(1);
+    // A race (both nodes saw the device offline): the later connection wins.
+    let ours = online(&hub, "d1", &[], 100);
+    BusEvents::presence(
+        &*hub,
+        other,
+        PresenceChange {
+            device: info("d1", &[]),
+            online: true,
+            at_ms: 99,
+        },
+    );
+    assert!(
+        !kicked(&ours),
+        "ours is later: the other node closes its own"
+    );
+    BusEvents::presence(
+        &*hub,
+        other,
+        PresenceChange {
+            device: info("d1", &[]),
+            online: true,
+            at_ms: 101,
+        },
+    );
+    assert!(kicked(&ours), "theirs is later");
+    hub.device_offline(&ours);
+    assert_eq!(hub.online_devices(), 1, "still online, on the other node");
+    // A takeover always wins: that node saw the device online before it connected.
+    let ours = online(&hub, "d2", &[], 500);
+    BusEvents::takeover(&*hub, other, info("d2", &[]), 500);
+    assert!(kicked(&ours));
+    // The other node's offline for d2 takes it offline here too.
+    BusEvents::presence(
+        &*hub,
+        other,
+        PresenceChange {
+            device: info("d2", &[]),
+            online: false,
+            at_ms: 600,
+        },
+    );
+    assert_eq!(hub.online_devices(), 1, "d1 only");
+}
