@@ -76,10 +76,6 @@ impl Draining {
 }
 
 impl Shutdown {
-    pub fn is_shutdown(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     /// Resolves once shutdown has started. Cancel-safe.
     pub async fn recv(&mut self) {
         // An error means the trigger was dropped: treat it as shutdown too.

@@ -91,6 +91,26 @@ async fn dashboards_get_malformed_for_garbage_then_1007() {
     assert_eq!(d.expect_close().await, 1007);
 }
 
+/// Only what does not decode is a decode error; a valid envelope a dashboard may not
+/// send (or an empty one) is refused as MALFORMED without counting as one, and
+/// closes with 1008, not 1007.
+#[tokio::test]
+async fn dashboards_decode_errors_count_only_what_does_not_decode() {
+    let hub = Hub::with(|c| c.limits.max_malformed = 3).await;
+    let mut d = hub.dashboard().await;
+    d.send_raw(garbage(0)).await;
+    assert_eq!(code(&d.expect_error().await), Code::Malformed);
+    d.send(&Envelope { body: None }).await;
+    assert_eq!(code(&d.expect_error().await), Code::Malformed);
+    d.send(&telemetry("env.t", 1, vec![])).await;
+    assert_eq!(
+        d.expect_close().await,
+        1008,
+        "the third strike in a row, a policy refusal"
+    );
+    assert_eq!(hub.scrape().await.get("telehub_decode_errors_total"), 1.0);
+}
+
 #[tokio::test]
 async fn the_wrong_frame_type_on_a_dashboard_is_closed_with_1003() {
     let hub = Hub::start().await;

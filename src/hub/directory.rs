@@ -157,6 +157,15 @@ impl DeviceSession {
     }
 }
 
+/// What a connection changed (see [`Directory::connect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The device was offline everywhere.
+    CameOnline,
+    /// The device was online (here or on another node): its older session closes.
+    TookOver,
+}
+
 /// What [`Directory::connect`] did besides handing out the session.
 pub struct Connected {
     pub session: DeviceSession,
@@ -236,13 +245,13 @@ impl Directory {
 
     /// A device connected to this node: it becomes the device's owner, an older
     /// local session is kicked, and the device is registered (its token's tags
-    /// override stored ones key by key). `announce` runs under the lock when the
-    /// device was offline everywhere, with the time it came online.
+    /// override stored ones key by key). `changed` runs under the lock with what
+    /// the connection changed for the rest of the hub and the cluster.
     pub fn connect(
         &self,
         info: Arc<DeviceInfo>,
         now_ms: u64,
-        announce: impl FnOnce(&Arc<DeviceInfo>, u64),
+        changed: impl FnOnce(&Arc<DeviceInfo>, Change),
     ) -> Connected {
         let kick = Arc::new(Notify::new());
         let wake = Arc::new(Notify::new());
@@ -260,9 +269,12 @@ impl Directory {
             since_ms: now_ms,
         });
         match previous {
-            Some(Owner::Local { kick, .. }) => kick.notify_one(),
-            Some(Owner::Remote { .. }) => {}
-            None => announce(&info, now_ms),
+            Some(Owner::Local { kick, .. }) => {
+                kick.notify_one();
+                changed(&info, Change::TookOver);
+            }
+            Some(Owner::Remote { .. }) => changed(&info, Change::TookOver),
+            None => changed(&info, Change::CameOnline),
         }
         let registration = entry.registration(now_ms);
         for (k, v) in &info.tags {
@@ -445,6 +457,7 @@ impl Directory {
     }
 
     /// How many devices are remembered.
+    #[cfg(test)]
     pub fn remembered_count(&self) -> usize {
         self.read()
             .values()

@@ -111,17 +111,25 @@ impl Window {
 
 /// One device's windows, by category.
 #[derive(Default)]
-pub struct Series(Mutex<BTreeMap<String, Window>>);
+pub struct Series(Mutex<Windows>);
+
+#[derive(Default)]
+struct Windows {
+    by_category: BTreeMap<String, Window>,
+    /// Given back to the budget ([`History::release`]): a publication still
+    /// holding this device's series keeps nothing more in it.
+    released: bool,
+}
 
 impl Series {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Window>> {
+    fn lock(&self) -> MutexGuard<'_, Windows> {
         // Every update leaves the windows consistent: poisoning is ignored.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The device's categories with a window (what the fleet view lists).
     pub fn categories(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        self.lock().by_category.keys().cloned().collect()
     }
 }
 
@@ -157,7 +165,11 @@ impl History {
 
     /// Keeps an accepted telemetry message in its series' window.
     pub fn keep(&self, series: &Series, category: &str, msg: &Encoded, now: u64) {
-        let mut series = series.lock();
+        let mut windows = series.lock();
+        if windows.released {
+            return;
+        }
+        let series = &mut windows.by_category;
         if !series.contains_key(category) {
             if series.len() >= self.limits.series_per_device {
                 return;
@@ -184,9 +196,14 @@ impl History {
         self.kept_bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 
-    /// Gives back what a forgotten device's windows held.
+    /// Gives back what a forgotten device's windows held; nothing is kept in them
+    /// afterwards.
     pub fn release(&self, series: &Series) {
-        let series = series.lock();
+        let mut windows = series.lock();
+        if std::mem::replace(&mut windows.released, true) {
+            return;
+        }
+        let series = std::mem::take(&mut windows.by_category);
         self.series_total.fetch_sub(series.len(), Ordering::Relaxed);
         let bytes: usize = series.values().map(|w| w.bytes).sum();
         self.kept_bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -198,6 +215,7 @@ impl History {
         for series in devices {
             let freed: usize = series
                 .lock()
+                .by_category
                 .values_mut()
                 .map(|w| w.trim(self.limits.len, share))
                 .sum();
@@ -237,7 +255,7 @@ impl History {
             if !filter.matches(&info.id, &info.tags) {
                 continue;
             }
-            for (category, window) in series.lock().iter() {
+            for (category, window) in series.lock().by_category.iter() {
                 if !patterns.iter().any(|p| p.matches(category)) {
                     continue;
                 }

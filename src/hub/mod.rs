@@ -333,6 +333,9 @@ impl Hub {
     fn fan_out(&self, p: &Publication) -> Published {
         let (device, category, msg) = (p.device(), p.category(), p.message());
         let mut out = Published::default();
+        // Telemetry evicted by full queues, counted once the index lock is released
+        // (counting looks the sender up in the directory). Allocates only on drops.
+        let mut evicted = Vec::new();
         SEEN.with_borrow_mut(|seen| {
             seen.clear();
             read(&self.index).for_each_match(category, |entry| {
@@ -353,15 +356,18 @@ impl Hub {
                 }
                 match d.outbox.push_telemetry(msg.clone()) {
                     Pushed::Queued => out.delivered += 1,
-                    Pushed::DroppedOldest(evicted) => {
+                    Pushed::DroppedOldest(old) => {
                         out.delivered += 1;
                         out.dropped += 1;
-                        self.count_dropped(&evicted);
+                        evicted.push(old);
                     }
                     Pushed::Closed => {}
                 }
             });
         });
+        for m in &evicted {
+            self.count_dropped(m);
+        }
         self.metrics.deliveries.inc_by(out.delivered);
         if out.dropped > 0 {
             self.metrics.dropped_deliveries.inc_by(out.dropped);
@@ -387,21 +393,20 @@ impl Hub {
     }
 
     fn device_online_at(&self, info: Arc<DeviceInfo>, now: u64) -> Connected {
-        let mut came_online = false;
-        let connected = self.directory.connect(info, now, |info, since_ms| {
-            came_online = true;
-            // Announced under the directory lock: see `register_dashboard`.
-            self.announce(info, true, since_ms);
-            self.bus.presence(&PresenceChange {
-                device: info.clone(),
-                online: true,
-                at_ms: since_ms,
-            });
-        });
-        if !came_online {
-            self.bus.takeover(&connected.session.info, now);
-        }
-        connected
+        // Under the directory lock, like going offline: announcements and bus
+        // events leave in the order the changes happened (see `register_dashboard`).
+        self.directory
+            .connect(info, now, |info, change| match change {
+                directory::Change::CameOnline => {
+                    self.announce(info, true, now);
+                    self.bus.presence(&PresenceChange {
+                        device: info.clone(),
+                        online: true,
+                        at_ms: now,
+                    });
+                }
+                directory::Change::TookOver => self.bus.takeover(info, now),
+            })
     }
 
     /// A device session on this node ended: the device goes offline unless a newer

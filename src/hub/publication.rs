@@ -29,15 +29,6 @@ impl Publication {
         Self { device, message }
     }
 
-    /// A publication as another node encoded it (its message must be telemetry from
-    /// `device`); `None` if it is not.
-    pub fn from_encoded(device: Arc<DeviceInfo>, message: Arc<Encoded>) -> Option<Self> {
-        match &message.envelope().body {
-            Some(Body::Telemetry(t)) if t.device_id == device.id => Some(Self { device, message }),
-            _ => None,
-        }
-    }
-
     pub fn device(&self) -> &Arc<DeviceInfo> {
         &self.device
     }
@@ -49,7 +40,7 @@ impl Publication {
     fn telemetry(&self) -> &Telemetry {
         match &self.message.envelope().body {
             Some(Body::Telemetry(t)) => t,
-            // Both constructors make sure the message is telemetry.
+            // `new` is the only constructor, and it encodes telemetry.
             _ => unreachable!("a Publication always holds telemetry"),
         }
     }

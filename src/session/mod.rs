@@ -146,12 +146,21 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 pub fn error_envelope(code: Code, message: impl Into<String>, retry_after_ms: u32) -> Envelope {
+    error(code, message.into(), retry_after_ms, String::new())
+}
+
+/// An `Error` answering the request `request_id` (empty: none).
+pub fn error_for(code: Code, message: impl Into<String>, request_id: String) -> Envelope {
+    error(code, message.into(), 0, request_id)
+}
+
+fn error(code: Code, message: String, retry_after_ms: u32, request_id: String) -> Envelope {
     Envelope {
         body: Some(Body::Error(ErrorMsg {
             code: code as i32,
-            message: message.into(),
+            message,
             retry_after_ms,
-            request_id: String::new(),
+            request_id,
         })),
     }
 }

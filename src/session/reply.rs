@@ -7,8 +7,8 @@
 //! once `limits.max_malformed` arrive in a row, with a close. Valid requests clear
 //! the count; requests held back by a rate limit neither count nor clear it.
 
-use super::{error_envelope, Close};
-use crate::proto::{envelope::Body, error::Code, Envelope};
+use super::{error_for, Close};
+use crate::proto::{error::Code, Envelope};
 
 /// A handler's answer.
 pub enum Reply {
@@ -99,11 +99,7 @@ impl Strikes {
                         ),
                     ));
                 }
-                let mut env = error_envelope(r.code, r.message, 0);
-                if let Some(Body::Error(e)) = &mut env.body {
-                    e.request_id = r.request_id;
-                }
-                Ok(Some(env))
+                Ok(Some(error_for(r.code, r.message, r.request_id)))
             }
         }
     }
@@ -112,7 +108,7 @@ impl Strikes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::close;
+    use crate::{proto::envelope::Body, session::close};
 
     fn refused() -> Reply {
         Refusal::new(close::POLICY_VIOLATION, Code::Malformed, "bad")

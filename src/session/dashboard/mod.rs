@@ -110,7 +110,10 @@ pub(super) enum Command {
 enum Unparsed {
     /// Text on a binary subprotocol or the reverse: closed with 1003.
     WrongType(&'static str),
-    /// Not a valid command: an Error and a strike.
+    /// Not an envelope at all (counted in `telehub_decode_errors`): an Error and a
+    /// strike.
+    Undecodable(Refusal),
+    /// An envelope a dashboard may not send: an Error and a strike.
     Invalid(Refusal),
 }
 
@@ -119,10 +122,10 @@ impl Command {
     fn parse(msg: ws::Message, format: WireFormat) -> Result<Self, Unparsed> {
         let envelope = match (msg, format) {
             (ws::Message::Binary(data), WireFormat::Protobuf) => Envelope::decode(data)
-                .map_err(|e| invalid(format!("not a telehub.v1.Envelope: {e}"), "")),
+                .map_err(|e| undecodable(format!("not a telehub.v1.Envelope: {e}"), "")),
             (ws::Message::Text(text), WireFormat::Json) => {
                 serde_json::from_str(&text).map_err(|e| {
-                    invalid(
+                    undecodable(
                         format!("not a telehub.v1.Envelope in JSON: {e}"),
                         &json_request_id(&text),
                     )
@@ -156,8 +159,8 @@ impl Command {
 }
 
 /// An undecodable message: 1007 once the strikes run out.
-fn invalid(message: String, request_id: &str) -> Unparsed {
-    Unparsed::Invalid(
+fn undecodable(message: String, request_id: &str) -> Unparsed {
+    Unparsed::Undecodable(
         Refusal::new(close::INVALID_PAYLOAD, Code::Malformed, message).for_request(request_id),
     )
 }
@@ -248,9 +251,13 @@ impl Dashboard {
                         Err(Unparsed::WrongType(why)) => {
                             return Some(Close::new(close::UNSUPPORTED_DATA, why));
                         }
-                        Err(Unparsed::Invalid(refusal)) => {
+                        Err(Unparsed::Undecodable(refusal)) => {
                             self.meters.payload_in.inc_by(len);
                             self.app.metrics.decode_errors.inc();
+                            refusal.into()
+                        }
+                        Err(Unparsed::Invalid(refusal)) => {
+                            self.meters.payload_in.inc_by(len);
                             refusal.into()
                         }
                     };

@@ -12,7 +12,7 @@ use crate::{
         NotificationRequest,
     },
     session::{
-        close, error_envelope,
+        close, error_for,
         reply::{Refusal, Reply},
     },
 };
@@ -57,15 +57,11 @@ impl Dashboard {
             // The hub's failure, not the operator's: no strike.
             Err(CreateError::Store(e)) => {
                 tracing::error!(error = %e, "storing a notification");
-                let mut env = error_envelope(
+                Reply::Held(Some(error_for(
                     Code::Unavailable,
                     "the notification could not be stored; try again",
-                    0,
-                );
-                if let Some(Body::Error(err)) = &mut env.body {
-                    err.request_id = request_id;
-                }
-                Reply::Held(Some(env))
+                    request_id,
+                )))
             }
             Err(e) => refuse(Code::Malformed, e.to_string()),
         }
