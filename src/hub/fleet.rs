@@ -49,9 +49,9 @@ impl Counters {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A slow dashboard's outbox dropped one of this device's messages.
-    pub fn dropped(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Slow dashboards' outboxes dropped `n` of this device's messages.
+    pub fn dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -333,10 +333,7 @@ impl Hub {
     fn fan_out(&self, p: &Publication) -> Published {
         let (device, category, msg) = (p.device(), p.category(), p.message());
         let mut out = Published::default();
-        // Telemetry evicted by full queues, counted once the index lock is released
-        // (counting looks the sender up in the directory). Allocates only on drops.
-        let mut evicted = Vec::new();
-        SEEN.with_borrow_mut(|seen| {
+        SCRATCH.with_borrow_mut(|Scratch { seen, evicted }| {
             seen.clear();
             read(&self.index).for_each_match(category, |entry| {
                 if let Some(f) = &entry.filter {
@@ -359,15 +356,21 @@ impl Hub {
                     Pushed::DroppedOldest(old) => {
                         out.delivered += 1;
                         out.dropped += 1;
-                        evicted.push(old);
+                        // Full queues usually evict the same (oldest) message.
+                        match evicted.last_mut() {
+                            Some((m, n)) if Arc::ptr_eq(m, &old) => *n += 1,
+                            _ => evicted.push((old, 1)),
+                        }
                     }
                     Pushed::Closed => {}
                 }
             });
+            // Counted once the index lock is released: counting looks the sender
+            // up in the directory.
+            for (m, n) in evicted.drain(..) {
+                self.count_dropped(&m, n);
+            }
         });
-        for m in &evicted {
-            self.count_dropped(m);
-        }
         self.metrics.deliveries.inc_by(out.delivered);
         if out.dropped > 0 {
             self.metrics.dropped_deliveries.inc_by(out.dropped);
@@ -377,10 +380,10 @@ impl Hub {
 
     /// A slow dashboard's outbox dropped this (older) telemetry message to make
     /// room: counted against the device that sent it.
-    fn count_dropped(&self, msg: &Encoded) {
+    fn count_dropped(&self, msg: &Encoded, n: u64) {
         if let Some(Body::Telemetry(t)) = &msg.envelope().body {
             if let Some(a) = self.directory.activity(&t.device_id) {
-                a.counters.dropped();
+                a.counters.dropped(n);
             }
         }
     }
@@ -581,10 +584,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-thread_local! {
+/// The fan-out's working space on one thread, reused so publishing allocates
+/// nothing.
+#[derive(Default)]
+struct Scratch {
     /// Dashboards with overlapping patterns already served by the publication in
-    /// progress on this thread (reused, so publishing allocates nothing).
-    static SEEN: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// progress.
+    seen: Vec<u64>,
+    /// Telemetry evicted from full queues, with how many queues evicted it.
+    evicted: Vec<(Arc<Encoded>, u64)>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 // Index and dashboard-map operations are single map calls that leave the maps

@@ -162,9 +162,8 @@ fn ticks_report_changes_rates_and_forget_long_offline_devices() {
     publish(&hub, &d, "c", 12, 1_500);
     d.rate_limited();
     hub.count_dropped(
-        &Publication::new(d.info.clone(), Telemetry::default(), 1)
-            .message()
-            .clone(),
+        Publication::new(d.info.clone(), Telemetry::default(), 1).message(),
+        1,
     );
     let tick = hub.tick(3_000, 60_000).unwrap();
     let s = &stats_of(&tick).devices[0];
