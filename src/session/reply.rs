@@ -7,8 +7,14 @@
 //! once `limits.max_malformed` arrive in a row, with a close. Valid requests clear
 //! the count; requests held back by a rate limit neither count nor clear it.
 
-use super::{error_for, Close};
-use crate::proto::{error::Code, Envelope};
+use tokio::io::AsyncWrite;
+
+use super::{error_for, send, Close};
+use crate::{
+    metrics::RoleMeters,
+    proto::{error::Code, Envelope},
+    ws,
+};
 
 /// A handler's answer.
 pub enum Reply {
@@ -76,6 +82,22 @@ pub struct Strikes {
 impl Strikes {
     pub fn new(max: u32) -> Self {
         Self { count: 0, max }
+    }
+
+    /// Judges a handler's reply and sends what it carries, encoded by `encode`.
+    /// `Err` ends the session with that close (`None`: the socket is gone).
+    pub async fn answer<W: AsyncWrite + Unpin>(
+        &mut self,
+        reply: Reply,
+        writer: &mut ws::Writer<W>,
+        encode: impl FnOnce(&Envelope) -> ws::Message,
+        meters: &RoleMeters,
+    ) -> Result<(), Option<Close>> {
+        match self.judge(reply) {
+            Ok(Some(env)) => send(writer, &encode(&env), meters).await.map_err(|_| None),
+            Ok(None) => Ok(()),
+            Err(c) => Err(Some(c)),
+        }
     }
 
     /// What to do with a handler's reply: `Ok` with the envelope to send (if

@@ -73,7 +73,7 @@ pub async fn run<S>(
             server_version: env!("CARGO_PKG_VERSION").into(),
         })),
     };
-    let close = match send(&mut writer, &dashboard.encode(&welcome), &dashboard.meters).await {
+    let close = match send(&mut writer, &encode(format, &welcome), &dashboard.meters).await {
         Ok(()) => dashboard.serve(&mut reader, &mut writer, shutdown).await,
         Err(_) => None,
     };
@@ -261,14 +261,9 @@ impl Dashboard {
                             refusal.into()
                         }
                     };
-                    match self.strikes.judge(reply) {
-                        Ok(Some(env)) => {
-                            if send(writer, &self.encode(&env), &self.meters).await.is_err() {
-                                return None;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(c) => return Some(c),
+                    let format = self.format;
+                    if let Err(end) = self.strikes.answer(reply, writer, |e| encode(format, e), &self.meters).await {
+                        return end;
                     }
                 }
             }
@@ -284,11 +279,12 @@ impl Dashboard {
             Command::NotificationRequest(r) => self.on_notification_request(r).await,
         }
     }
+}
 
-    fn encode(&self, env: &Envelope) -> ws::Message {
-        match self.format {
-            WireFormat::Protobuf => ws::Message::Binary(env.encode_to_vec().into()),
-            WireFormat::Json => ws::Message::Text(serde_json::to_string(env).unwrap_or_default()),
-        }
+/// A reply in the connection's wire format.
+fn encode(format: WireFormat, env: &Envelope) -> ws::Message {
+    match format {
+        WireFormat::Protobuf => ws::Message::Binary(env.encode_to_vec().into()),
+        WireFormat::Json => ws::Message::Text(serde_json::to_string(env).unwrap_or_default()),
     }
 }

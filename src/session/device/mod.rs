@@ -182,14 +182,8 @@ impl Device {
                         Ok(command) => self.apply(command).await,
                         Err(refusal) => refusal.into(),
                     };
-                    match self.strikes.judge(reply) {
-                        Ok(Some(env)) => {
-                            if send(writer, &binary(&env), &self.meters).await.is_err() {
-                                return None;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(c) => return Some(c),
+                    if let Err(end) = self.strikes.answer(reply, writer, binary, &self.meters).await {
+                        return end;
                     }
                 }
             }
