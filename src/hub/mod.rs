@@ -26,6 +26,7 @@ pub mod fleet;
 pub mod history;
 pub mod index;
 pub mod outbox;
+pub mod presence;
 pub mod publication;
 
 use std::{
@@ -37,11 +38,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::{
-    metrics::Metrics,
-    proto::{envelope::Body, Envelope, Presence},
-    store::DeviceRow,
-};
+use crate::{metrics::Metrics, proto::envelope::Body, store::DeviceRow};
 
 pub use bus::{Bus, BusEvents, PresenceChange};
 pub use category::Pattern;
@@ -50,6 +47,7 @@ pub use encoded::{Encoded, WireFormat};
 pub use history::HistoryLimits;
 pub use index::Filter;
 pub use outbox::{Drained, Outbox, Pushed};
+use presence::{presence_key, presence_message};
 pub use publication::Publication;
 
 /// The hub's side of one dashboard connection.
@@ -388,44 +386,6 @@ impl Hub {
         }
     }
 
-    /// A device connected to this node: it owns the device id from now on (an
-    /// older session here is kicked, one on another node hears of it through the
-    /// bus), and the device is registered. Announced if it was offline everywhere.
-    pub fn device_online(&self, info: Arc<DeviceInfo>) -> Connected {
-        self.device_online_at(info, now_ms())
-    }
-
-    fn device_online_at(&self, info: Arc<DeviceInfo>, now: u64) -> Connected {
-        // Under the directory lock, like going offline: announcements and bus
-        // events leave in the order the changes happened (see `register_dashboard`).
-        self.directory
-            .connect(info, now, |info, change| match change {
-                directory::Change::CameOnline => {
-                    self.announce(info, true, now);
-                    self.bus.presence(&PresenceChange {
-                        device: info.clone(),
-                        online: true,
-                        at_ms: now,
-                    });
-                }
-                directory::Change::TookOver => self.bus.takeover(info, now),
-            })
-    }
-
-    /// A device session on this node ended: the device goes offline unless a newer
-    /// connection (on any node) took it over.
-    pub fn device_offline(&self, session: &DeviceSession) {
-        let now = now_ms();
-        self.directory.disconnect(session, now, |info| {
-            self.announce(info, false, now);
-            self.bus.presence(&PresenceChange {
-                device: info.clone(),
-                online: false,
-                at_ms: now,
-            });
-        });
-    }
-
     /// Sends fleet statistics every `interval` until shutdown (see `fleet`).
     pub async fn run_fleet_stats(
         self: Arc<Self>,
@@ -506,15 +466,6 @@ impl Hub {
     pub fn dashboards(&self) -> usize {
         read(&self.dashboards).len()
     }
-
-    /// Queues a presence change to every dashboard: the latest value per device.
-    fn announce(&self, info: &DeviceInfo, online: bool, at_ms: u64) {
-        let key = presence_key(&info.id);
-        let msg = presence_message(info, online, at_ms);
-        for d in read(&self.dashboards).values() {
-            d.outbox.push_latest(&key, msg.clone());
-        }
-    }
 }
 
 /// What arrives from other nodes takes the same paths as what happens here, minus
@@ -529,51 +480,17 @@ impl BusEvents for Hub {
     }
 
     fn presence(&self, from: NodeId, change: PresenceChange) {
-        let announce = |info: &Arc<DeviceInfo>| self.announce(info, change.online, change.at_ms);
-        if change.online {
-            self.directory.remote_connected(
-                change.device.clone(),
-                from,
-                change.at_ms,
-                false,
-                |info, _| announce(info),
-            );
-        } else {
-            self.directory
-                .remote_offline(&change.device.id, from, change.at_ms, announce);
-        }
+        self.remote_presence(from, change);
     }
 
     fn takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64) {
-        self.directory
-            .remote_connected(device, from, at_ms, true, |info, since_ms| {
-                self.announce(info, true, since_ms)
-            });
+        self.remote_takeover(from, device, at_ms);
     }
 }
 
-/// Outbox keys of latest-value messages (see `outbox`).
-fn presence_key(device_id: &str) -> String {
-    format!("presence/{device_id}")
-}
-
+/// Outbox key of a notification's latest progress (see `outbox`).
 pub fn progress_key(notification_id: &str) -> String {
     format!("progress/{notification_id}")
-}
-
-fn presence_message(info: &DeviceInfo, online: bool, at_ms: u64) -> Arc<Encoded> {
-    Encoded::new(Envelope {
-        body: Some(Body::Presence(Presence {
-            device_id: info.id.clone(),
-            online,
-            at_ms,
-            tags: info
-                .tags
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        })),
-    })
 }
 
 /// Milliseconds since the Unix epoch.
