@@ -66,6 +66,10 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Malformed envelopes in a row before the connection is closed with 1007.
     pub max_malformed: u32,
+    /// Readings one telemetry message may carry (beyond: `Error{MALFORMED}`). Bounds
+    /// what a message costs the hub besides its bytes: a 64 KiB message could
+    /// otherwise carry some 30,000 empty readings.
+    pub max_readings: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +83,7 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             max_frame_bytes: 64 * 1024,
             max_malformed: 5,
+            max_readings: 1024,
         }
     }
 }

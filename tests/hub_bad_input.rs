@@ -184,3 +184,21 @@ async fn an_oversized_subscription_filter_is_refused() {
     // Nothing was subscribed.
     assert!(d.subscribe(&["env.*"]).await == ["env.*"]);
 }
+
+#[tokio::test]
+async fn telemetry_with_too_many_readings_is_refused() {
+    let hub = Hub::with(|c| c.limits.max_readings = 3).await;
+    let mut d = hub.dashboard().await;
+    d.subscribe(&["*"]).await;
+    let mut dev = hub.device("dev-1").await;
+    let readings = |n: usize| (0..n).map(|i| number(&format!("r{i}"), 1.0, "")).collect();
+    dev.send_telemetry("env.t", readings(4)).await;
+    let e = dev.expect_error().await;
+    assert_eq!(code(&e), Code::Malformed);
+    assert!(e.message.contains("at most 3"), "{}", e.message);
+    d.expect_no_telemetry(std::time::Duration::from_millis(200))
+        .await;
+    // Up to the limit is fine.
+    dev.send_telemetry("env.t", readings(3)).await;
+    assert_eq!(d.expect_telemetry().await.readings.len(), 3);
+}

@@ -4,8 +4,15 @@
 //! then shared, its proto3 JSON text and the compressed and framed variants inside
 //! `ws::SharedMessage`. Fan-out pushes one `Arc<Encoded>` to each subscriber, so no
 //! message is encoded, compressed or framed per subscriber.
+//!
+//! Telemetry is held as bytes only: the hub never keeps its decoded form (a 60 KB
+//! message of many small readings would take tens of times its size decoded). A
+//! JSON dashboard's text is rendered from a decoding that is dropped at once.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, OnceLock,
+};
 
 use bytes::Bytes;
 
@@ -30,6 +37,9 @@ pub struct Encoded {
     envelope: OnceLock<Envelope>,
     binary: SharedMessage,
     json: OnceLock<SharedMessage>,
+    /// Telemetry: its sender's dropped counter, charged when a slow dashboard's
+    /// queue evicts this message (set by the hub as it publishes): no lookup.
+    dropped_to: OnceLock<Arc<AtomicU64>>,
 }
 
 impl Encoded {
@@ -39,35 +49,64 @@ impl Encoded {
             envelope: OnceLock::from(envelope),
             binary,
             json: OnceLock::new(),
+            dropped_to: OnceLock::new(),
         })
     }
 
-    /// An envelope the hub encoded itself, as bytes (e.g. a `History` assembled
-    /// from kept telemetry without decoding it); decoded only if a JSON client or
-    /// [`Encoded::envelope`] needs it.
+    /// An envelope the hub encoded itself, as bytes (telemetry, or a `History`
+    /// assembled from kept telemetry without decoding it): never kept decoded by
+    /// the hub's own paths; [`Encoded::envelope`] decodes and keeps it.
     pub fn from_binary(bytes: Bytes) -> Arc<Self> {
         Arc::new(Self {
             envelope: OnceLock::new(),
             binary: SharedMessage::binary(bytes),
             json: OnceLock::new(),
+            dropped_to: OnceLock::new(),
         })
     }
 
+    /// The envelope, decoded (and then kept) if it was built from bytes.
     pub fn envelope(&self) -> &Envelope {
-        self.envelope.get_or_init(|| {
-            // Only the hub's own encodings get here, so decoding cannot fail; an
-            // empty envelope would be the harmless answer if it did.
-            prost::Message::decode(self.binary.payload().clone()).unwrap_or_default()
-        })
+        self.envelope.get_or_init(|| self.decode())
     }
 
-    /// The message for `format`; the JSON text is produced on first use only.
+    fn decode(&self) -> Envelope {
+        // Only the hub's own encodings get here, so decoding cannot fail; an empty
+        // envelope would be the harmless answer if it did.
+        prost::Message::decode(self.binary.payload().clone()).unwrap_or_default()
+    }
+
+    /// The message for `format`; the JSON text is produced on first use only,
+    /// from a decoding that is not kept.
     pub fn message(&self, format: WireFormat) -> &SharedMessage {
         match format {
             WireFormat::Protobuf => &self.binary,
-            WireFormat::Json => self
-                .json
-                .get_or_init(|| SharedMessage::text(to_json(self.envelope()))),
+            WireFormat::Json => self.json.get_or_init(|| {
+                SharedMessage::text(match self.envelope.get() {
+                    Some(e) => to_json(e),
+                    None => to_json(&self.decode()),
+                })
+            }),
+        }
+    }
+
+    /// Charges this message's future drops to `counter` (the first call wins).
+    pub fn charge_drops_to(&self, counter: &Arc<AtomicU64>) {
+        if self.dropped_to.get().is_none() {
+            let _ = self.dropped_to.set(counter.clone());
+        }
+    }
+
+    /// Whether the decoded form is kept.
+    #[cfg(test)]
+    pub(crate) fn is_decoded(&self) -> bool {
+        self.envelope.get().is_some()
+    }
+
+    /// `n` slow dashboards' queues evicted this message.
+    pub fn dropped(&self, n: u64) {
+        if let Some(c) = self.dropped_to.get() {
+            c.fetch_add(n, Ordering::Relaxed);
         }
     }
 }

@@ -27,7 +27,9 @@ pub struct Counters {
     last_seen_ms: AtomicU64,
     messages: AtomicU64,
     rate_limited: AtomicU64,
-    dropped: AtomicU64,
+    /// Shared with the device's published messages, which charge their drops to it
+    /// (see `Encoded::charge_drops_to`).
+    pub(super) dropped: Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -47,11 +49,6 @@ impl Counters {
 
     pub fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Slow dashboards' outboxes dropped `n` of this device's messages.
-    pub fn dropped(&self, n: u64) {
-        self.dropped.fetch_add(n, Ordering::Relaxed);
     }
 }
 

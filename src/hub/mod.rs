@@ -38,7 +38,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::{metrics::Metrics, proto::envelope::Body, store::DeviceRow};
+use crate::{metrics::Metrics, store::DeviceRow};
 
 pub use bus::{Bus, BusEvents, PresenceChange};
 pub use category::Pattern;
@@ -323,6 +323,7 @@ impl Hub {
     fn deliver(&self, activity: &directory::Activity, p: &Publication) -> Published {
         let (category, received_ms) = (p.category(), p.received_ms());
         activity.counters.accepted(received_ms);
+        p.message().charge_drops_to(&activity.counters.dropped);
         self.history
             .keep(&activity.series, category, p.message(), received_ms);
         self.fan_out(p)
@@ -363,10 +364,9 @@ impl Hub {
                     Pushed::Closed => {}
                 }
             });
-            // Counted once the index lock is released: counting looks the sender
-            // up in the directory.
+            // Charged to the senders once the index lock is released.
             for (m, n) in evicted.drain(..) {
-                self.count_dropped(&m, n);
+                m.dropped(n);
             }
         });
         self.metrics.deliveries.inc_by(out.delivered);
@@ -374,16 +374,6 @@ impl Hub {
             self.metrics.dropped_deliveries.inc_by(out.dropped);
         }
         out
-    }
-
-    /// A slow dashboard's outbox dropped this (older) telemetry message to make
-    /// room: counted against the device that sent it.
-    fn count_dropped(&self, msg: &Encoded, n: u64) {
-        if let Some(Body::Telemetry(t)) = &msg.envelope().body {
-            if let Some(a) = self.directory.activity(&t.device_id) {
-                a.counters.dropped(n);
-            }
-        }
     }
 
     /// Sends fleet statistics every `interval` until shutdown (see `fleet`).

@@ -1,12 +1,16 @@
 //! A [`Publication`]: one accepted telemetry message on its way through the hub.
 //!
 //! It is the value that crosses the publish path, locally and between nodes: the
-//! sending device's identity and tags (subscription filters match on them), the
-//! time the hub received it, and the envelope encoded once. The category and
-//! `received_ms` are read from the encoded telemetry itself, so they can never
-//! disagree with what dashboards receive.
+//! sending device's identity and tags (subscription filters match on them), its
+//! category, the time the hub received it, and the envelope encoded once. The
+//! telemetry is kept as its encoding only (see `encoded`): the category and
+//! `received_ms` are taken from it as it is encoded, so they cannot disagree with
+//! what dashboards receive.
 
 use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
 
 use super::{DeviceInfo, Encoded};
 use crate::proto::{envelope::Body, Envelope, Telemetry};
@@ -14,6 +18,8 @@ use crate::proto::{envelope::Body, Envelope, Telemetry};
 #[derive(Clone)]
 pub struct Publication {
     device: Arc<DeviceInfo>,
+    category: String,
+    received_ms: u64,
     message: Arc<Encoded>,
 }
 
@@ -23,10 +29,20 @@ impl Publication {
     pub fn new(device: Arc<DeviceInfo>, mut telemetry: Telemetry, received_ms: u64) -> Self {
         telemetry.device_id.clone_from(&device.id);
         telemetry.received_ms = received_ms;
-        let message = Encoded::new(Envelope {
+        let envelope = Envelope {
             body: Some(Body::Telemetry(telemetry)),
-        });
-        Self { device, message }
+        };
+        let message = Encoded::from_binary(Bytes::from(envelope.encode_to_vec()));
+        let category = match envelope.body {
+            Some(Body::Telemetry(t)) => t.category,
+            _ => String::new(),
+        };
+        Self {
+            device,
+            category,
+            received_ms,
+            message,
+        }
     }
 
     pub fn device(&self) -> &Arc<DeviceInfo> {
@@ -37,19 +53,55 @@ impl Publication {
         &self.message
     }
 
-    fn telemetry(&self) -> &Telemetry {
-        match &self.message.envelope().body {
-            Some(Body::Telemetry(t)) => t,
-            // `new` is the only constructor, and it encodes telemetry.
-            _ => unreachable!("a Publication always holds telemetry"),
-        }
-    }
-
     pub fn category(&self) -> &str {
-        &self.telemetry().category
+        &self.category
     }
 
     pub fn received_ms(&self) -> u64 {
-        self.telemetry().received_ms
+        self.received_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        hub::WireFormat,
+        proto::{reading::Value, Reading},
+    };
+
+    /// Telemetry is held as bytes: neither publishing nor rendering JSON for a
+    /// dashboard keeps its decoded form.
+    #[test]
+    fn telemetry_is_held_as_its_encoding_only() {
+        let device = Arc::new(DeviceInfo {
+            id: "d1".into(),
+            tags: Default::default(),
+        });
+        let t = Telemetry {
+            device_id: "forged".into(),
+            category: "env.t".into(),
+            readings: vec![Reading {
+                name: "v".into(),
+                value: Some(Value::Number(1.5)),
+                unit: String::new(),
+            }],
+            ..Default::default()
+        };
+        let p = Publication::new(device, t, 42);
+        assert_eq!((p.category(), p.received_ms()), ("env.t", 42));
+        assert!(!p.message().is_decoded());
+        let json = p.message().message(WireFormat::Json).payload().clone();
+        assert!(
+            !p.message().is_decoded(),
+            "JSON rendered from a dropped decoding"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            v["telemetry"]["deviceId"], "d1",
+            "the token's id, not the frame's"
+        );
+        assert_eq!(v["telemetry"]["receivedMs"], "42");
+        assert_eq!(v["telemetry"]["readings"][0]["number"], 1.5);
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::proto::{FleetStats, Telemetry};
+use crate::proto::{envelope::Body, FleetStats, Telemetry};
 
 fn hub_with(history: HistoryLimits) -> Arc<Hub> {
     Hub::new(
@@ -155,16 +155,16 @@ fn ticks_report_changes_rates_and_forget_long_offline_devices() {
         hub.tick(1_000, 60_000).is_some(),
         "a new device is a change"
     );
+    // A dashboard that holds one message: "b" then "c" evicts "b".
+    let slow = hub.register_dashboard(1);
+    subscribe(&hub, &slow, "b", Filter::default());
+    subscribe(&hub, &slow, "c", Filter::default());
     for seq in 1..=10 {
         publish(&hub, &d, "a", seq, 1_500);
     }
     publish(&hub, &d, "b", 11, 1_500);
     publish(&hub, &d, "c", 12, 1_500);
     d.rate_limited();
-    hub.count_dropped(
-        Publication::new(d.info.clone(), Telemetry::default(), 1).message(),
-        1,
-    );
     let tick = hub.tick(3_000, 60_000).unwrap();
     let s = &stats_of(&tick).devices[0];
     assert_eq!(s.messages, 12);

@@ -104,6 +104,18 @@ impl Device {
             )
             .into();
         }
+        let max_readings = self.app.config.limits.max_readings;
+        if t.readings.len() > max_readings {
+            return Refusal::new(
+                close::POLICY_VIOLATION,
+                Code::Malformed,
+                format!(
+                    "invalid telemetry: {} readings; at most {max_readings} per message",
+                    t.readings.len()
+                ),
+            )
+            .into();
+        }
         // Never earlier than this device's previous message, even if the hub's clock
         // steps back: clients order a series by (received_ms, seq).
         let now = now_ms().max(self.telemetry.last_received_ms);
