@@ -75,6 +75,8 @@ impl App {
                 // offline (their counters start from zero) until they reconnect.
                 remember_since_ms: now_ms().saturating_sub(d.forget_after.as_millis() as u64),
                 bus,
+                queue_bytes: d.queue_bytes,
+                queued_bytes_max: d.queued_bytes_max,
             },
         );
         let notifier = Notifier::new(

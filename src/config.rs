@@ -115,6 +115,14 @@ impl Default for RateLimit {
 pub struct Dashboard {
     /// Telemetry messages queued per dashboard; when full the oldest is dropped.
     pub queue_len: usize,
+    /// Bytes of telemetry queued per dashboard, as accounted (a message at twice
+    /// its encoded size, eight times for JSON dashboards, plus 64); when full the
+    /// oldest is dropped.
+    pub queue_bytes: usize,
+    /// Bytes of telemetry queued for all dashboards together, accounted the same
+    /// way; when reached, the oldest telemetry of the dashboard being pushed to is
+    /// dropped.
+    pub queued_bytes_max: usize,
     /// Category patterns one dashboard may hold.
     pub max_subscriptions: usize,
     /// Origins allowed on `/v1/dashboard` besides same-origin and localhost
@@ -147,6 +155,8 @@ impl Default for Dashboard {
     fn default() -> Self {
         Self {
             queue_len: 4096,
+            queue_bytes: 16 << 20,
+            queued_bytes_max: 256 << 20,
             max_subscriptions: 256,
             allowed_origins: Vec::new(),
             history_len: 120,
@@ -280,6 +290,13 @@ impl Config {
             return bad("dashboard.queue_len and max_subscriptions must be > 0");
         }
         let d = &self.dashboard;
+        // One JSON message of the largest size must fit a dashboard's queue.
+        let largest = self.limits.max_message_bytes.saturating_mul(8) + 64;
+        if d.queue_bytes < largest || d.queued_bytes_max < d.queue_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "dashboard.queue_bytes must be >= {largest} (8 x limits.max_message_bytes + 64) and <= dashboard.queued_bytes_max"
+            )));
+        }
         if d.fleet_interval.is_zero() || d.forget_after.is_zero() {
             return bad("dashboard.fleet_interval and forget_after must be > 0");
         }

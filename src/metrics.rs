@@ -71,8 +71,10 @@ pub struct Metrics {
     pub inflate_context_bytes: Gauge,
     /// Devices the fleet view remembers (online, or offline within forget_after).
     pub fleet_devices: Gauge,
-    /// Bytes the recent-history windows hold (see `hub::fleet`).
+    /// Bytes the recent-history windows hold (see `hub::history`).
     pub history_bytes: Gauge,
+    /// Bytes of telemetry queued for all dashboards, as accounted (see `hub::outbox`).
+    pub queued_bytes: Gauge,
     pub notifications_accepted: Family<SeverityLabel, Counter>,
     pub notifications_delivered: Counter,
     pub notifications_redelivered: Counter,
@@ -218,6 +220,11 @@ impl Metrics {
             "telehub_history_bytes",
             "Bytes of telemetry kept for History replays (budget: dashboard.history_max_bytes)",
             m.history_bytes.clone(),
+        );
+        r.register(
+            "telehub_queued_bytes",
+            "Bytes of telemetry queued for dashboards, as accounted (bound: dashboard.queued_bytes_max)",
+            m.queued_bytes.clone(),
         );
         m
     }

@@ -74,6 +74,9 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics
+        .queued_bytes
+        .set(i64::try_from(app.hub.queued_bytes()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

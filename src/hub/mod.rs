@@ -120,6 +120,10 @@ pub struct Options {
     pub remember_since_ms: u64,
     /// What joins this hub to other nodes ([`bus::Local`]: none).
     pub bus: Arc<dyn Bus>,
+    /// Accounted bytes of telemetry one dashboard's queue may hold (see `outbox`).
+    pub queue_bytes: usize,
+    /// Accounted bytes of telemetry all dashboards' queues may hold together.
+    pub queued_bytes_max: usize,
 }
 
 impl Default for Options {
@@ -129,6 +133,8 @@ impl Default for Options {
             registry: Vec::new(),
             remember_since_ms: u64::MAX,
             bus: Arc::new(bus::Local),
+            queue_bytes: usize::MAX,
+            queued_bytes_max: usize::MAX,
         }
     }
 }
@@ -148,6 +154,10 @@ pub struct Hub {
     /// Fleet statistics for `WatchFleet`.
     fleet: fleet::Fleet,
     bus: Arc<dyn Bus>,
+    /// Accounted bytes one dashboard's queued telemetry may hold.
+    queue_bytes: usize,
+    /// The bytes of telemetry queued for all dashboards, and their bound.
+    queued: Arc<outbox::Budget>,
     next_dashboard: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -164,6 +174,8 @@ impl Hub {
             history: history::History::new(options.history),
             fleet: fleet::Fleet::default(),
             bus: options.bus,
+            queue_bytes: options.queue_bytes,
+            queued: outbox::Budget::new(options.queued_bytes_max),
             next_dashboard: AtomicU64::new(1),
             metrics,
         });
@@ -191,10 +203,18 @@ impl Hub {
     /// directory while the dashboard joins means no presence change can fall
     /// between its snapshot and its registration, and announcements reach every
     /// dashboard in the order the changes happened.
-    pub fn register_dashboard(&self, queue_len: usize) -> Arc<DashboardHandle> {
+    pub fn register_dashboard(&self, queue_len: usize, format: WireFormat) -> Arc<DashboardHandle> {
         let handle = Arc::new(DashboardHandle {
             id: self.next_dashboard.fetch_add(1, Ordering::Relaxed),
-            outbox: Outbox::new(queue_len, queue_len.max(1024)),
+            outbox: Outbox::bounded(
+                queue_len,
+                queue_len.max(1024),
+                outbox::ByteLimits {
+                    max_bytes: self.queue_bytes,
+                    format,
+                    budget: self.queued.clone(),
+                },
+            ),
             patterns: AtomicUsize::new(0),
         });
         self.directory.with_online(|online| {
@@ -332,7 +352,7 @@ impl Hub {
     fn fan_out(&self, p: &Publication) -> Published {
         let (device, category, msg) = (p.device(), p.category(), p.message());
         let mut out = Published::default();
-        SCRATCH.with_borrow_mut(|Scratch { seen, evicted }| {
+        SEEN.with_borrow_mut(|seen| {
             seen.clear();
             read(&self.index).for_each_match(category, |entry| {
                 if let Some(f) = &entry.filter {
@@ -351,23 +371,17 @@ impl Hub {
                     seen.push(d.id);
                 }
                 match d.outbox.push_telemetry(msg.clone()) {
-                    Pushed::Queued => out.delivered += 1,
-                    Pushed::DroppedOldest(old) => {
+                    Pushed::Queued { evicted } => {
                         out.delivered += 1;
-                        out.dropped += 1;
-                        // Full queues usually evict the same (oldest) message.
-                        match evicted.last_mut() {
-                            Some((m, n)) if Arc::ptr_eq(m, &old) => *n += 1,
-                            _ => evicted.push((old, 1)),
-                        }
+                        out.dropped += evicted;
+                    }
+                    Pushed::Dropped { evicted } => {
+                        out.delivered += 1;
+                        out.dropped += evicted + 1;
                     }
                     Pushed::Closed => {}
                 }
             });
-            // Charged to the senders once the index lock is released.
-            for (m, n) in evicted.drain(..) {
-                m.dropped(n);
-            }
         });
         self.metrics.deliveries.inc_by(out.delivered);
         if out.dropped > 0 {
@@ -424,6 +438,9 @@ impl Hub {
         self.metrics
             .history_bytes
             .set(i64::try_from(self.history.bytes()).unwrap_or(i64::MAX));
+        self.metrics
+            .queued_bytes
+            .set(i64::try_from(self.queued_bytes()).unwrap_or(i64::MAX));
         sent
     }
 
@@ -442,6 +459,11 @@ impl Hub {
             filter,
             cut,
         )
+    }
+
+    /// Bytes of telemetry queued for all dashboards, as their bound counts them.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.queued()
     }
 
     /// Bytes the history holds, as its budget counts them.
@@ -491,19 +513,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The fan-out's working space on one thread, reused so publishing allocates
-/// nothing.
-#[derive(Default)]
-struct Scratch {
-    /// Dashboards with overlapping patterns already served by the publication in
-    /// progress.
-    seen: Vec<u64>,
-    /// Telemetry evicted from full queues, with how many queues evicted it.
-    evicted: Vec<(Arc<Encoded>, u64)>,
-}
-
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    /// Dashboards with overlapping patterns already served by the publication in
+    /// progress on this thread (reused, so publishing allocates nothing).
+    static SEEN: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 // Index and dashboard-map operations are single map calls that leave the maps

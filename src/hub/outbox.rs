@@ -5,9 +5,16 @@
 //! go and writes it as one batch.
 //!
 //! Policy when the consumer is slow, by kind of message:
-//! - Telemetry is droppable. When `capacity` messages are queued, the *oldest*
-//!   queued telemetry is dropped to make room (counted, and reported to the dashboard
-//!   as a `Dropped` notice with the next batch).
+//! - Telemetry is droppable. When `capacity` messages are queued, or the queued
+//!   telemetry would pass the outbox's byte bound, or the hub's [`Budget`] for all
+//!   queued telemetry, the *oldest* queued telemetry is dropped to make room (charged
+//!   to its sender, counted, and reported to the dashboard as a `Dropped` notice with
+//!   the next batch); if nothing of this outbox can go, the new message is dropped.
+//!   A queued message is accounted at what it will hold by the time it is written:
+//!   its bytes and its frame (twice its encoded size) for protobuf dashboards, four
+//!   times more for JSON ones (the text and its frame), plus [`ENTRY_COST`]. The
+//!   budget is checked, then taken, without a lock across outboxes, so concurrent
+//!   publishers may pass it by at most one message each.
 //! - *Latest-value* messages (presence per device, progress per notification) are
 //!   never dropped but coalesced: at most one is pending per key, and a newer one
 //!   replaces it in place, so the dashboard always ends with every key's latest
@@ -25,21 +32,73 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
 use tokio::sync::Notify;
 
-use super::Encoded;
+use super::{Encoded, WireFormat};
+
+/// What a queued message costs besides its bytes (the queue entry, the `Arc`, the
+/// message's header), so that a bound of tiny messages is still a real bound.
+pub const ENTRY_COST: usize = 64;
 
 /// What happened to a pushed telemetry message.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
-    Queued,
-    /// Queued, and the oldest telemetry (this one) was dropped to make room; or,
-    /// when only control messages are queued, the new message itself was dropped.
-    DroppedOldest(Arc<Encoded>),
+    /// Queued, after `evicted` older telemetry messages were dropped to make room.
+    Queued { evicted: u64 },
+    /// Not queued: no room even after `evicted` older ones were dropped (only
+    /// control messages are queued, or the hub's budget is held by other outboxes).
+    Dropped { evicted: u64 },
     /// The dashboard is gone; nothing was queued.
     Closed,
+}
+
+/// The bytes of telemetry queued in all the hub's outboxes, and their bound.
+#[derive(Debug)]
+pub struct Budget {
+    queued: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            queued: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes queued now, as accounted.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn fits(&self, cost: usize) -> bool {
+        self.queued().saturating_add(cost) <= self.max
+    }
+
+    fn take(&self, cost: usize) {
+        self.queued.fetch_add(cost, Ordering::Relaxed);
+    }
+
+    fn give(&self, cost: usize) {
+        self.queued.fetch_sub(cost, Ordering::Relaxed);
+    }
+}
+
+/// An outbox's bounds in bytes (see the module doc).
+pub struct ByteLimits {
+    /// Accounted bytes of telemetry this outbox may hold.
+    pub max_bytes: usize,
+    /// The dashboard's wire format (JSON messages are accounted larger).
+    pub format: WireFormat,
+    /// Shared by every outbox of the hub.
+    pub budget: Arc<Budget>,
 }
 
 pub struct Outbox {
@@ -49,12 +108,17 @@ pub struct Outbox {
     ready: Notify,
     capacity: usize,
     control_headroom: usize,
+    /// Accounted bytes this outbox's telemetry may hold.
+    max_bytes: usize,
+    /// Accounted bytes per encoded byte (see the module doc).
+    per_byte: usize,
+    budget: Option<Arc<Budget>>,
 }
 
 /// One place in the send order.
 enum Item {
-    /// A message, and whether it may be dropped (telemetry).
-    Message(Arc<Encoded>, bool),
+    /// A message, and for telemetry (droppable) its accounted cost.
+    Message(Arc<Encoded>, Option<usize>),
     /// The latest message for this key, held in `State::latest`.
     Latest(String),
     /// A place kept by [`Outbox::reserve`], not filled yet.
@@ -70,6 +134,8 @@ struct State {
     queue: VecDeque<Item>,
     /// `Item::Message`s in `queue` (what `capacity` and the headroom count).
     messages: usize,
+    /// Accounted bytes of the queued telemetry.
+    bytes: usize,
     /// The pending message of every `Item::Latest` key in `queue`.
     latest: HashMap<String, Arc<Encoded>>,
     /// Telemetry messages dropped since the last drain.
@@ -91,12 +157,41 @@ pub struct Drained {
 }
 
 impl Outbox {
+    /// An outbox bounded in messages only.
     pub fn new(capacity: usize, control_headroom: usize) -> Self {
+        Self::with(capacity, control_headroom, usize::MAX, 2, None)
+    }
+
+    /// An outbox bounded in messages and in bytes.
+    pub fn bounded(capacity: usize, control_headroom: usize, bytes: ByteLimits) -> Self {
+        let per_byte = match bytes.format {
+            WireFormat::Protobuf => 2,
+            WireFormat::Json => 8,
+        };
+        Self::with(
+            capacity,
+            control_headroom,
+            bytes.max_bytes,
+            per_byte,
+            Some(bytes.budget),
+        )
+    }
+
+    fn with(
+        capacity: usize,
+        control_headroom: usize,
+        max_bytes: usize,
+        per_byte: usize,
+        budget: Option<Arc<Budget>>,
+    ) -> Self {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             capacity: capacity.max(1),
             control_headroom,
+            max_bytes,
+            per_byte,
+            budget,
         }
     }
 
@@ -106,42 +201,70 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues telemetry, dropping the oldest queued telemetry when full.
+    /// What a telemetry message is accounted at in this outbox.
+    fn cost(&self, msg: &Encoded) -> usize {
+        msg.message(WireFormat::Protobuf)
+            .payload()
+            .len()
+            .saturating_mul(self.per_byte)
+            .saturating_add(ENTRY_COST)
+    }
+
+    /// Whether `cost` more bytes fit this outbox's bounds.
+    fn fits(&self, st: &State, cost: usize) -> bool {
+        st.messages < self.capacity
+            && st.bytes.saturating_add(cost) <= self.max_bytes
+            && self.budget.as_ref().is_none_or(|b| b.fits(cost))
+    }
+
+    /// Queues telemetry, dropping the oldest queued telemetry while it does not
+    /// fit (see the module doc).
     pub fn push_telemetry(&self, msg: Arc<Encoded>) -> Pushed {
+        let cost = self.cost(&msg);
         let mut st = self.lock();
         if st.closed {
             return Pushed::Closed;
         }
-        let mut result = Pushed::Queued;
-        if st.messages >= self.capacity {
+        let mut evicted = 0;
+        while !self.fits(&st, cost) {
             // The oldest droppable entry is almost always at the front.
-            if let Some(i) = st
+            let Some(i) = st
                 .queue
                 .iter()
-                .position(|item| matches!(item, Item::Message(_, true)))
-            {
-                let evicted = st.queue.remove(i);
+                .position(|item| matches!(item, Item::Message(_, Some(_))))
+            else {
+                break;
+            };
+            if let Some(Item::Message(old, Some(old_cost))) = st.queue.remove(i) {
                 st.messages -= 1;
-                st.dropped += 1;
-                st.dropped_total += 1;
-                if let Some(Item::Message(old, _)) = evicted {
-                    result = Pushed::DroppedOldest(old);
+                st.bytes -= old_cost;
+                if let Some(b) = &self.budget {
+                    b.give(old_cost);
                 }
-            } else {
-                // Only control messages are queued: drop the new telemetry instead.
-                st.dropped += 1;
-                st.dropped_total += 1;
-                return Pushed::DroppedOldest(msg);
+                old.dropped(1);
+                evicted += 1;
             }
         }
+        st.dropped += evicted;
+        st.dropped_total += evicted;
+        if !self.fits(&st, cost) {
+            st.dropped += 1;
+            st.dropped_total += 1;
+            msg.dropped(1);
+            return Pushed::Dropped { evicted };
+        }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(Item::Message(msg, true));
+        st.queue.push_back(Item::Message(msg, Some(cost)));
         st.messages += 1;
+        st.bytes += cost;
+        if let Some(b) = &self.budget {
+            b.take(cost);
+        }
         drop(st);
         if was_empty {
             self.ready.notify_one();
         }
-        result
+        Pushed::Queued { evicted }
     }
 
     /// Queues the latest state for `key` (never dropped): replaces a message for the
@@ -179,7 +302,7 @@ impl Outbox {
             return false;
         }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(Item::Message(msg, false));
+        st.queue.push_back(Item::Message(msg, None));
         st.messages += 1;
         drop(st);
         if was_empty {
@@ -213,7 +336,7 @@ impl Outbox {
         st.messages += msgs.len();
         st.queue.remove(at);
         for (i, m) in msgs.into_iter().enumerate() {
-            st.queue.insert(at + i, Item::Message(m, false));
+            st.queue.insert(at + i, Item::Message(m, None));
         }
         drop(st);
         self.ready.notify_one();
@@ -228,20 +351,26 @@ impl Outbox {
             queue,
             latest,
             messages,
+            bytes,
             ..
         } = &mut *st;
+        let before = *bytes;
         while let Some(item) = queue.front() {
             if matches!(item, Item::Reserved(_)) {
                 break;
             }
             match queue.pop_front() {
-                Some(Item::Message(m, _)) => {
+                Some(Item::Message(m, cost)) => {
                     *messages = messages.saturating_sub(1);
+                    *bytes -= cost.unwrap_or(0);
                     out.push(m);
                 }
                 Some(Item::Latest(key)) => out.extend(latest.remove(&key)),
                 _ => {}
             }
+        }
+        if let Some(b) = &self.budget {
+            b.give(before - st.bytes);
         }
         Drained {
             dropped: std::mem::take(&mut st.dropped),
@@ -262,6 +391,19 @@ impl Outbox {
         st.queue.clear();
         st.latest.clear();
         st.messages = 0;
+        if let Some(b) = &self.budget {
+            b.give(std::mem::take(&mut st.bytes));
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // `close` gives the bytes back; an outbox dropped without it does here.
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = &self.budget {
+            b.give(std::mem::take(&mut st.bytes));
+        }
     }
 }
 
@@ -362,5 +504,92 @@ mod tests {
         assert_eq!(out.len(), 2);
         ob.close();
         assert!(matches!(ob.push_telemetry(msg(4)), Pushed::Closed));
+    }
+
+    /// A telemetry-sized message: `Dropped` with an `n`-byte-ish count, so its
+    /// encoded size is fixed per test.
+    fn sized(n: u64) -> (Arc<Encoded>, usize) {
+        let m = msg(n);
+        let len = m.message(WireFormat::Protobuf).payload().len();
+        (m, len)
+    }
+
+    fn bounded(max_bytes: usize, format: WireFormat, budget: &Arc<Budget>) -> Outbox {
+        Outbox::bounded(
+            100,
+            10,
+            ByteLimits {
+                max_bytes,
+                format,
+                budget: budget.clone(),
+            },
+        )
+    }
+
+    #[test]
+    fn telemetry_is_bounded_in_bytes_and_drops_are_charged_to_the_sender() {
+        let (_, len) = sized(1);
+        let cost = 2 * len + ENTRY_COST;
+        let budget = Budget::new(usize::MAX);
+        let ob = bounded(2 * cost, WireFormat::Protobuf, &budget);
+        let sender = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let msgs: Vec<Arc<Encoded>> = (1..=3).map(|n| sized(n).0).collect();
+        for m in &msgs {
+            m.charge_drops_to(&sender);
+        }
+        assert_eq!(
+            ob.push_telemetry(msgs[0].clone()),
+            Pushed::Queued { evicted: 0 }
+        );
+        assert_eq!(
+            ob.push_telemetry(msgs[1].clone()),
+            Pushed::Queued { evicted: 0 }
+        );
+        assert_eq!(budget.queued(), 2 * cost);
+        assert_eq!(
+            ob.push_telemetry(msgs[2].clone()),
+            Pushed::Queued { evicted: 1 }
+        );
+        assert_eq!(sender.load(Ordering::Relaxed), 1, "charged to its sender");
+        assert_eq!(budget.queued(), 2 * cost);
+        let mut out = Vec::new();
+        let d = ob.drain(&mut out);
+        assert_eq!(d.dropped, 1);
+        assert_eq!(out.iter().map(|m| count_of(m)).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(budget.queued(), 0, "drained bytes are given back");
+
+        // A JSON dashboard's messages are accounted four times larger: one fits.
+        let json = bounded(2 * cost, WireFormat::Json, &budget);
+        assert_eq!(json.push_telemetry(msg(1)), Pushed::Queued { evicted: 0 });
+        assert_eq!(json.push_telemetry(msg(2)), Pushed::Queued { evicted: 1 });
+        assert_eq!(budget.queued(), 8 * len + ENTRY_COST);
+        drop(json);
+        assert_eq!(budget.queued(), 0, "a dropped outbox gives its bytes back");
+    }
+
+    #[test]
+    fn the_hubs_budget_bounds_every_outbox_together() {
+        let (_, len) = sized(1);
+        let cost = 2 * len + ENTRY_COST;
+        let budget = Budget::new(3 * cost);
+        let a = bounded(usize::MAX, WireFormat::Protobuf, &budget);
+        let b = bounded(usize::MAX, WireFormat::Protobuf, &budget);
+        for n in 0..3 {
+            assert_eq!(a.push_telemetry(msg(n)), Pushed::Queued { evicted: 0 });
+        }
+        // B holds nothing that could go: its new message is dropped.
+        assert_eq!(b.push_telemetry(msg(9)), Pushed::Dropped { evicted: 0 });
+        // A makes room from its own oldest.
+        assert_eq!(a.push_telemetry(msg(3)), Pushed::Queued { evicted: 1 });
+        assert_eq!(budget.queued(), 3 * cost);
+        a.close();
+        assert_eq!(budget.queued(), 0);
+        assert_eq!(b.push_telemetry(msg(10)), Pushed::Queued { evicted: 0 });
+        let mut out = Vec::new();
+        assert_eq!(
+            b.drain(&mut out).dropped,
+            1,
+            "B's dropped message is reported"
+        );
     }
 }

@@ -60,8 +60,8 @@ fn subscribe(hub: &Arc<Hub>, d: &Arc<DashboardHandle>, pattern: &str, filter: Fi
 #[test]
 fn overlapping_patterns_deliver_once_and_filters_narrow() {
     let hub = hub();
-    let a = hub.register_dashboard(16);
-    let b = hub.register_dashboard(16);
+    let a = hub.register_dashboard(16, WireFormat::Protobuf);
+    let b = hub.register_dashboard(16, WireFormat::Protobuf);
     for p in ["env.*", "*", "env.temperature"] {
         subscribe(&hub, &a, p, Filter::default());
     }
@@ -87,7 +87,7 @@ fn overlapping_patterns_deliver_once_and_filters_narrow() {
 #[test]
 fn presence_on_transitions_only_and_takeover_kicks() {
     let hub = hub();
-    let dash = hub.register_dashboard(16);
+    let dash = hub.register_dashboard(16, WireFormat::Protobuf);
     let first = online(&hub, "d1", &[], 1);
     let second = online(&hub, "d1", &[], 2);
     // The takeover stored a permit for the first session's kick.
@@ -114,7 +114,7 @@ fn presence_on_transitions_only_and_takeover_kicks() {
     assert_eq!(states(&mut out), [false]);
     // A dashboard connecting while a device is online gets it in its snapshot.
     let _third = online(&hub, "d1", &[], 4);
-    let late = hub.register_dashboard(16);
+    let late = hub.register_dashboard(16, WireFormat::Protobuf);
     let mut snapshot = Vec::new();
     late.outbox.drain(&mut snapshot);
     assert_eq!(snapshot.len(), 1);
@@ -156,7 +156,7 @@ fn ticks_report_changes_rates_and_forget_long_offline_devices() {
         "a new device is a change"
     );
     // A dashboard that holds one message: "b" then "c" evicts "b".
-    let slow = hub.register_dashboard(1);
+    let slow = hub.register_dashboard(1, WireFormat::Protobuf);
     subscribe(&hub, &slow, "b", Filter::default());
     subscribe(&hub, &slow, "c", Filter::default());
     for seq in 1..=10 {
@@ -286,7 +286,7 @@ fn a_wide_replay_takes_the_latest_of_the_most_recently_active_series() {
 #[test]
 fn dropped_telemetry_is_counted_against_the_device_that_sent_it() {
     let hub = hub();
-    let dash = hub.register_dashboard(2);
+    let dash = hub.register_dashboard(2, WireFormat::Protobuf);
     subscribe(&hub, &dash, "*", Filter::default());
     let (fast, slow) = (online(&hub, "fast", &[], 0), online(&hub, "slow", &[], 0));
     // The queue holds 2: fast's two messages fill it, slow's two push them out.
@@ -297,7 +297,7 @@ fn dropped_telemetry_is_counted_against_the_device_that_sent_it() {
         publish(&hub, &slow, "a", seq, 1);
     }
     hub.tick(1, 60_000);
-    let watcher = hub.register_dashboard(16);
+    let watcher = hub.register_dashboard(16, WireFormat::Protobuf);
     hub.fleet.watch(&watcher, true, 2);
     let mut out = Vec::new();
     watcher.outbox.drain(&mut out);

@@ -51,7 +51,9 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut reader, mut writer) = conn.split();
-    let handle = app.hub.register_dashboard(app.config.dashboard.queue_len);
+    let handle = app
+        .hub
+        .register_dashboard(app.config.dashboard.queue_len, format);
     let mut dashboard = Dashboard {
         handle,
         role: claims.role,
