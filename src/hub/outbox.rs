@@ -12,9 +12,14 @@
 //!   the next batch); if nothing of this outbox can go, the new message is dropped.
 //!   A queued message is accounted at what it will hold by the time it is written:
 //!   its bytes and its frame (twice its encoded size) for protobuf dashboards, four
-//!   times more for JSON ones (the text and its frame), plus [`ENTRY_COST`]. The
-//!   budget is checked, then taken, without a lock across outboxes, so concurrent
-//!   publishers may pass it by at most one message each.
+//!   times more for JSON ones (the text and its frame), plus [`ENTRY_COST`].
+//! - The hub's budget is fair: an outbox holding less than its share of it (the
+//!   budget over the number of outboxes) may queue even when stuck dashboards hold
+//!   the rest, so they cannot starve the others; only outboxes above their share
+//!   make room from their own oldest telemetry. The total therefore stays within
+//!   twice the budget (the budget, plus at most a share for every outbox), and
+//!   concurrent publishers may pass it by one message each: it is checked, then
+//!   taken, without a lock across outboxes.
 //! - *Latest-value* messages (presence per device, progress per notification) are
 //!   never dropped but coalesced: at most one is pending per key, and a newer one
 //!   replaces it in place, so the dashboard always ends with every key's latest
@@ -63,6 +68,8 @@ pub enum Pushed {
 pub struct Budget {
     queued: AtomicUsize,
     max: usize,
+    /// Outboxes sharing it (for each one's fair share).
+    outboxes: AtomicUsize,
 }
 
 impl Budget {
@@ -70,7 +77,13 @@ impl Budget {
         Arc::new(Self {
             queued: AtomicUsize::new(0),
             max,
+            outboxes: AtomicUsize::new(0),
         })
+    }
+
+    /// What one outbox may hold whatever the others hold.
+    fn share(&self) -> usize {
+        self.max / self.outboxes.load(Ordering::Relaxed).max(1)
     }
 
     /// Bytes queued now, as accounted.
@@ -184,6 +197,9 @@ impl Outbox {
         per_byte: usize,
         budget: Option<Arc<Budget>>,
     ) -> Self {
+        if let Some(b) = &budget {
+            b.outboxes.fetch_add(1, Ordering::Relaxed);
+        }
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
@@ -212,9 +228,13 @@ impl Outbox {
 
     /// Whether `cost` more bytes fit this outbox's bounds.
     fn fits(&self, st: &State, cost: usize) -> bool {
+        let bytes = st.bytes.saturating_add(cost);
         st.messages < self.capacity
-            && st.bytes.saturating_add(cost) <= self.max_bytes
-            && self.budget.as_ref().is_none_or(|b| b.fits(cost))
+            && bytes <= self.max_bytes
+            && self
+                .budget
+                .as_ref()
+                .is_none_or(|b| bytes <= b.share() || b.fits(cost))
     }
 
     /// Queues telemetry, dropping the oldest queued telemetry while it does not
@@ -403,6 +423,7 @@ impl Drop for Outbox {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = &self.budget {
             b.give(std::mem::take(&mut st.bytes));
+            b.outboxes.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -568,28 +589,34 @@ mod tests {
     }
 
     #[test]
-    fn the_hubs_budget_bounds_every_outbox_together() {
+    fn the_hubs_budget_bounds_every_outbox_together_and_fairly() {
         let (_, len) = sized(1);
         let cost = 2 * len + ENTRY_COST;
-        let budget = Budget::new(3 * cost);
-        let a = bounded(usize::MAX, WireFormat::Protobuf, &budget);
-        let b = bounded(usize::MAX, WireFormat::Protobuf, &budget);
-        for n in 0..3 {
-            assert_eq!(a.push_telemetry(msg(n)), Pushed::Queued { evicted: 0 });
+        // Two outboxes: a share of 2 messages each, a budget of 4.
+        let budget = Budget::new(4 * cost);
+        let stuck = bounded(usize::MAX, WireFormat::Protobuf, &budget);
+        let other = bounded(usize::MAX, WireFormat::Protobuf, &budget);
+        for n in 1..=4 {
+            assert_eq!(stuck.push_telemetry(msg(n)), Pushed::Queued { evicted: 0 });
         }
-        // B holds nothing that could go: its new message is dropped.
-        assert_eq!(b.push_telemetry(msg(9)), Pushed::Dropped { evicted: 0 });
-        // A makes room from its own oldest.
-        assert_eq!(a.push_telemetry(msg(3)), Pushed::Queued { evicted: 1 });
-        assert_eq!(budget.queued(), 3 * cost);
-        a.close();
-        assert_eq!(budget.queued(), 0);
-        assert_eq!(b.push_telemetry(msg(10)), Pushed::Queued { evicted: 0 });
+        assert_eq!(budget.queued(), 4 * cost, "the budget is spent");
+        // Above its share, the stuck outbox makes room from its own oldest.
+        assert_eq!(stuck.push_telemetry(msg(5)), Pushed::Queued { evicted: 1 });
+        // Below its share, the other still queues: the stuck one cannot starve it.
+        for n in 11..=12 {
+            assert_eq!(other.push_telemetry(msg(n)), Pushed::Queued { evicted: 0 });
+        }
+        assert_eq!(budget.queued(), 6 * cost, "within twice the budget");
+        // Past its share with the budget spent, it makes room from its own.
+        assert_eq!(other.push_telemetry(msg(13)), Pushed::Queued { evicted: 1 });
+        // The stuck one, far above its share, gives back until the budget fits.
+        assert_eq!(stuck.push_telemetry(msg(6)), Pushed::Queued { evicted: 3 });
+        assert_eq!(budget.queued(), 4 * cost);
+        stuck.close();
         let mut out = Vec::new();
-        assert_eq!(
-            b.drain(&mut out).dropped,
-            1,
-            "B's dropped message is reported"
-        );
+        assert_eq!(other.drain(&mut out).dropped, 1);
+        let got: Vec<u64> = out.iter().map(|m| count_of(m)).collect();
+        assert_eq!(got, [12, 13]);
+        assert_eq!(budget.queued(), 0);
     }
 }
