@@ -13,10 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use telehub::{
-    auth::Role,
-    proto::{error::Code, Reading},
-};
+use telehub::proto::{error::Code, Reading};
 
 const DEVICES: u64 = 8;
 const STUCK: usize = 8;
@@ -53,23 +50,9 @@ async fn stuck_dashboards_and_large_messages_stay_within_the_byte_bounds() {
     assert!(e.message.contains("at most 1024"), "{}", e.message);
 
     // Dashboards with a tiny receive window and no compression, that stop reading.
-    let viewer = hub.token("stuck", Role::Viewer, &[]);
     let mut stuck = Vec::new();
     for _ in 0..STUCK {
-        let tcp = hub.tcp(None, Some(4096)).await;
-        let tls = hub.tls_on(tcp).await.expect("TLS");
-        let mut d = hub
-            .connect_over(
-                tls,
-                "/v1/dashboard",
-                &telehub::ws::client::ClientConfig {
-                    offer_deflate: None,
-                    ..client_config(Some(&viewer), &[PROTOCOL])
-                },
-            )
-            .await
-            .expect("dashboard");
-        d.expect_welcome().await;
+        let mut d = hub.slow_dashboard("stuck").await;
         d.subscribe(&["*"]).await;
         stuck.push(d);
     }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use telehub::{auth::Role, proto::envelope::Body};
+use telehub::proto::envelope::Body;
 
 const MESSAGES: u64 = 1200;
 const SIZE: usize = 8 * 1024;
@@ -27,21 +27,7 @@ async fn a_slow_dashboard_does_not_stall_others_and_is_told_what_it_missed() {
 
     // The slow dashboard: a tiny receive window and no compression, so the hub
     // fills its socket quickly; then it stops reading.
-    let viewer = hub.token("slow", Role::Viewer, &[]);
-    let tcp = hub.tcp(None, Some(4096)).await;
-    let tls = hub.tls_on(tcp).await.expect("TLS");
-    let mut slow = hub
-        .connect_over(
-            tls,
-            "/v1/dashboard",
-            &telehub::ws::client::ClientConfig {
-                offer_deflate: None,
-                ..client_config(Some(&viewer), &[PROTOCOL])
-            },
-        )
-        .await
-        .expect("slow dashboard");
-    slow.expect_welcome().await;
+    let mut slow = hub.slow_dashboard("slow").await;
     slow.subscribe(&["*"]).await;
 
     let mut fast = hub.dashboard().await;

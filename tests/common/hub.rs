@@ -217,6 +217,28 @@ impl Hub {
         dashboard
     }
 
+    /// A viewer dashboard that will read slowly or not at all: a tiny TCP receive
+    /// window and no compression, so the hub fills its socket quickly. Its Welcome
+    /// is read.
+    pub async fn slow_dashboard(&self, subject: &str) -> Client {
+        let viewer = self.token(subject, Role::Viewer, &[]);
+        let tcp = self.tcp(None, Some(4096)).await;
+        let tls = self.tls_on(tcp).await.expect("TLS");
+        let mut slow = self
+            .connect_over(
+                tls,
+                "/v1/dashboard",
+                &ClientConfig {
+                    offer_deflate: None,
+                    ..client_config(Some(&viewer), &[PROTOCOL])
+                },
+            )
+            .await
+            .expect("slow dashboard");
+        slow.expect_welcome().await;
+        slow
+    }
+
     /// A plain HTTP/1.1 GET over TLS: (status, headers, body).
     pub async fn get(&self, path: &str) -> (u16, String, String) {
         self.request("GET", path, None, None).await
