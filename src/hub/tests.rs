@@ -127,19 +127,24 @@ fn stats_of(msg: &Encoded) -> &FleetStats {
     }
 }
 
-/// Every kept message a `*` subscription would replay now.
-fn kept(hub: &Hub) -> usize {
+/// The telemetry a subscription to `pattern` would replay now, every chunk.
+fn replayed(hub: &Hub, pattern: &str) -> Vec<Telemetry> {
     hub.gather(
-        &[Pattern::parse("*").unwrap()],
+        &[Pattern::parse(pattern).unwrap()],
         &Filter::default(),
         u64::MAX,
     )
     .iter()
-    .map(|m| match &m.envelope().body {
-        Some(Body::History(h)) => h.telemetry.len(),
-        _ => 0,
+    .flat_map(|m| match &m.envelope().body {
+        Some(Body::History(h)) => h.telemetry.clone(),
+        other => panic!("{other:?}"),
     })
-    .sum()
+    .collect()
+}
+
+/// Every kept message a `*` subscription would replay now.
+fn kept(hub: &Hub) -> usize {
+    replayed(hub, "*").len()
 }
 
 #[test]
@@ -183,18 +188,8 @@ fn ticks_report_changes_rates_and_forget_long_offline_devices() {
     assert!(hub.tick(5_000, 60_000).is_none());
 
     // The window keeps the newest `len` messages per series.
-    let h = hub.gather(
-        &[Pattern::parse("a").unwrap()],
-        &Filter::default(),
-        u64::MAX,
-    );
-    let Some(Body::History(h)) = &h[0].envelope().body else {
-        panic!()
-    };
-    assert_eq!(
-        h.telemetry.iter().map(|t| t.seq).collect::<Vec<_>>(),
-        [9, 10]
-    );
+    let seqs: Vec<u64> = replayed(&hub, "a").iter().map(|t| t.seq).collect();
+    assert_eq!(seqs, [9, 10]);
 
     hub.directory.disconnect(&d, 6_000, |_| {});
     assert!(!stats_of(&hub.tick(6_000, 60_000).unwrap()).devices[0].online);
@@ -267,20 +262,11 @@ fn a_wide_replay_takes_the_latest_of_the_most_recently_active_series() {
             publish(&hub, &s, "a", seq, at);
         }
     }
-    let h = hub.gather(
-        &[Pattern::parse("*").unwrap()],
-        &Filter::default(),
-        u64::MAX,
-    );
-    let Some(Body::History(h)) = &h[0].envelope().body else {
-        panic!()
-    };
-    let got: Vec<(&str, u64)> = h
-        .telemetry
-        .iter()
-        .map(|t| (t.device_id.as_str(), t.seq))
+    let got: Vec<(String, u64)> = replayed(&hub, "*")
+        .into_iter()
+        .map(|t| (t.device_id, t.seq))
         .collect();
-    assert_eq!(got, [("d1", 3), ("d2", 3)]);
+    assert_eq!(got, [("d1".to_string(), 3), ("d2".to_string(), 3)]);
 }
 
 #[test]
