@@ -97,7 +97,7 @@ impl App {
     }
 
     /// Starts the timers that run until shutdown: notification expiry, progress
-    /// and pruning; fleet statistics.
+    /// and pruning; fleet statistics; batched and conflated streams.
     pub fn spawn_background(&self, trigger: &Trigger) {
         tokio::spawn(self.notifier.clone().run(trigger.subscribe()));
         tokio::spawn(self.hub.clone().run_fleet_stats(
@@ -105,6 +105,7 @@ impl App {
             self.config.dashboard.forget_after,
             trigger.subscribe(),
         ));
+        tokio::spawn(self.hub.clone().run_streams(trigger.subscribe()));
     }
 
     /// Transport limits for one connection, from the configuration.

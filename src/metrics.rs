@@ -27,6 +27,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `batched` or `conflated`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SeverityLabel {
     pub severity: &'static str,
 }
@@ -65,6 +71,9 @@ pub struct Metrics {
     pub rate_limited: Counter,
     pub deliveries: Counter,
     pub dropped_deliveries: Counter,
+    pub batches_built: Family<KindLabel, Counter>,
+    pub batches_queued: Family<KindLabel, Counter>,
+    pub conflated_away: Counter,
     pub decode_errors: Counter,
     pub closed_slow: Counter,
     /// Read from the transport at scrape time (see `encode`).
@@ -157,6 +166,21 @@ impl Metrics {
             m.dropped_deliveries.clone(),
         );
         r.register(
+            "telehub_batches_built",
+            "Batch messages built, each encoded once for every dashboard that gets it, by kind (batched, conflated)",
+            m.batches_built.clone(),
+        );
+        r.register(
+            "telehub_batches_queued",
+            "Batch messages queued to dashboards (the same built Batch counts once per dashboard), by kind",
+            m.batches_queued.clone(),
+        );
+        r.register(
+            "telehub_conflated_away",
+            "Telemetry messages a conflated stream did not send: superseded in their interval, or readings unchanged",
+            m.conflated_away.clone(),
+        );
+        r.register(
             "telehub_decode_errors",
             "Messages that were not a valid telehub.v1.Envelope for their endpoint",
             m.decode_errors.clone(),
@@ -243,6 +267,16 @@ impl Metrics {
             payload_in: bytes(&self.bytes_in, "payload"),
             payload_out: bytes(&self.bytes_out, "payload"),
         }
+    }
+
+    /// Batches built of `kind` (`batched`, `conflated`).
+    pub fn batches(&self, kind: &'static str) -> Counter {
+        self.batches_built.get_or_create(&KindLabel { kind }).clone()
+    }
+
+    /// Batches queued to dashboards, of `kind`.
+    pub fn batch_deliveries(&self, kind: &'static str) -> Counter {
+        self.batches_queued.get_or_create(&KindLabel { kind }).clone()
     }
 
     pub fn refused(&self, reason: &'static str) {

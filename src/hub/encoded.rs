@@ -37,9 +37,20 @@ pub struct Encoded {
     envelope: OnceLock<Envelope>,
     binary: SharedMessage,
     json: OnceLock<SharedMessage>,
-    /// Telemetry: its sender's dropped counter, charged when a slow dashboard's
-    /// queue evicts this message (set by the hub as it publishes): no lookup.
-    dropped_to: OnceLock<Arc<AtomicU64>>,
+    /// Telemetry messages it carries: 1 for a `Telemetry` (and for any other
+    /// message, so that queue counts stay meaningful), n for a `Batch`.
+    carries: u64,
+    /// The senders' dropped counters, charged when a slow dashboard's queue evicts
+    /// this message (set by the hub as it publishes or batches): no lookup.
+    charges: OnceLock<Charges>,
+}
+
+/// Who is charged when a message is dropped, and how many of their messages it
+/// carries.
+enum Charges {
+    One(Arc<AtomicU64>),
+    /// A batch: each sender once, with its count (attributed in one add each).
+    Many(Vec<(Arc<AtomicU64>, u64)>),
 }
 
 impl Encoded {
@@ -49,7 +60,50 @@ impl Encoded {
             envelope: OnceLock::from(envelope),
             binary,
             json: OnceLock::new(),
-            dropped_to: OnceLock::new(),
+            carries: 1,
+            charges: OnceLock::new(),
+        })
+    }
+
+    /// `Envelope{<field>: <parts back to back>}` as bytes: a message the hub
+    /// assembles from kept encodings without decoding them (a `History`, a
+    /// `Batch`). It carries `carries` telemetry messages, whose drops are charged
+    /// to the senders of `charged` (see [`Encoded::charge_drops_to`]).
+    pub fn assemble<'a>(
+        field: u32,
+        parts: &[&[u8]],
+        carries: u64,
+        charged: impl IntoIterator<Item = &'a Encoded>,
+    ) -> Arc<Self> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = bytes::BytesMut::with_capacity(len + 8);
+        encode_key(field, WireType::LengthDelimited, &mut out);
+        encode_varint(len as u64, &mut out);
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+        let mut charges: Vec<(Arc<AtomicU64>, u64)> = Vec::new();
+        for m in charged {
+            let Some(Charges::One(c)) = m.charges.get() else {
+                continue;
+            };
+            // Messages of one sender are usually adjacent; a short scan otherwise.
+            match charges.iter_mut().rev().find(|(k, _)| Arc::ptr_eq(k, c)) {
+                Some((_, n)) => *n += 1,
+                None => charges.push((c.clone(), 1)),
+            }
+        }
+        Arc::new(Self {
+            envelope: OnceLock::new(),
+            binary: SharedMessage::binary(out.freeze()),
+            json: OnceLock::new(),
+            carries,
+            charges: if charges.is_empty() {
+                OnceLock::new()
+            } else {
+                OnceLock::from(Charges::Many(charges))
+            },
         })
     }
 
@@ -61,7 +115,8 @@ impl Encoded {
             envelope: OnceLock::new(),
             binary: SharedMessage::binary(bytes),
             json: OnceLock::new(),
-            dropped_to: OnceLock::new(),
+            carries: 1,
+            charges: OnceLock::new(),
         })
     }
 
@@ -92,9 +147,14 @@ impl Encoded {
 
     /// Charges this message's future drops to `counter` (the first call wins).
     pub fn charge_drops_to(&self, counter: &Arc<AtomicU64>) {
-        if self.dropped_to.get().is_none() {
-            let _ = self.dropped_to.set(counter.clone());
+        if self.charges.get().is_none() {
+            let _ = self.charges.set(Charges::One(counter.clone()));
         }
+    }
+
+    /// Telemetry messages this message carries (see the field).
+    pub fn carries(&self) -> u64 {
+        self.carries
     }
 
     /// Whether the decoded form is kept.
@@ -103,11 +163,22 @@ impl Encoded {
         self.envelope.get().is_some()
     }
 
-    /// `n` slow dashboards' queues evicted this message.
-    pub fn dropped(&self, n: u64) {
-        if let Some(c) = self.dropped_to.get() {
-            c.fetch_add(n, Ordering::Relaxed);
+    /// A slow dashboard's queue dropped this message: charges its senders, and
+    /// returns how many telemetry messages were dropped with it. One atomic add
+    /// per sender, no lookup, no allocation.
+    pub fn dropped(&self) -> u64 {
+        match self.charges.get() {
+            Some(Charges::One(c)) => {
+                c.fetch_add(self.carries, Ordering::Relaxed);
+            }
+            Some(Charges::Many(senders)) => {
+                for (c, n) in senders {
+                    c.fetch_add(*n, Ordering::Relaxed);
+                }
+            }
+            None => {}
         }
+        self.carries
     }
 }
 
@@ -138,6 +209,12 @@ fn to_json(envelope: &Envelope) -> String {
             .iter()
             .enumerate()
             .flat_map(|(j, t)| patch_of(format!("/history/telemetry/{j}"), t))
+            .collect(),
+        Some(Body::Batch(b)) => b
+            .telemetry
+            .iter()
+            .enumerate()
+            .flat_map(|(j, t)| patch_of(format!("/batch/telemetry/{j}"), t))
             .collect(),
         _ => Vec::new(),
     };

@@ -46,16 +46,9 @@ pub(super) const ENTRY_OVERHEAD: usize = 64;
 
 /// `Envelope{history: History{telemetry: <elements>, more}}` as bytes.
 fn history_envelope(elements: &[u8], more: bool) -> Arc<Encoded> {
-    use prost::encoding::{encode_key, encode_varint, WireType};
-    let history_len = elements.len() + if more { 2 } else { 0 };
-    let mut out = BytesMut::with_capacity(history_len + 6);
-    encode_key(HISTORY_FIELD, WireType::LengthDelimited, &mut out);
-    encode_varint(history_len as u64, &mut out);
-    out.extend_from_slice(elements);
-    if more {
-        prost::encoding::bool::encode(2, &true, &mut out);
-    }
-    Encoded::from_binary(out.freeze())
+    // `more = true`: field 2, varint 1.
+    let more: &[u8] = if more { &[2 << 3, 1] } else { &[] };
+    Encoded::assemble(HISTORY_FIELD, &[elements, more], 0, [])
 }
 
 /// How much history the hub keeps and replays (from `[dashboard]` in the config).

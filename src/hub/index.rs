@@ -7,6 +7,10 @@
 //! A lookup for `env.temperature` costs one hash probe for exact subscriptions,
 //! one per dotted prefix (`env.temperature`, `env`) for wildcard subscriptions, and
 //! a scan of the `*` subscribers: independent of how many patterns exist.
+//!
+//! Live subscriptions are listed one by one (a publication is pushed to each);
+//! batched and conflated ones are grouped per (delivery, filter), so a publication
+//! costs one append per group, not per dashboard (see `stream`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -15,6 +19,7 @@ use std::{
 
 use super::{
     category::{prefixes, Pattern},
+    stream::Delivery,
     DashboardHandle,
 };
 
@@ -37,6 +42,17 @@ impl Filter {
         self.device_ids.is_empty() && self.tags.is_empty()
     }
 
+    /// A hash equal filters share (device ids in any order), for interning.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut ids: Vec<&String> = self.device_ids.iter().collect();
+        ids.sort_unstable();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ids.hash(&mut h);
+        self.tags.hash(&mut h);
+        h.finish()
+    }
+
     pub fn matches(&self, device_id: &str, tags: &BTreeMap<String, String>) -> bool {
         (self.device_ids.is_empty() || self.device_ids.contains(device_id))
             && self.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
@@ -50,15 +66,62 @@ pub struct Entry {
     pub filter: Option<Arc<Filter>>,
 }
 
+/// The dashboards that subscribed to one pattern with the same timed delivery and
+/// the same filter (one interned `Arc`, see `Hub::intern`): a publication is
+/// appended once per group to its shared stream, whatever the group's size.
+pub struct Group {
+    pub delivery: Delivery,
+    pub filter: Option<Arc<Filter>>,
+    pub dashboards: Vec<Arc<DashboardHandle>>,
+}
+
+/// Everything subscribed to one pattern.
+#[derive(Default)]
+pub struct Slot {
+    /// Live subscriptions: each message is pushed to each of them.
+    live: Vec<Entry>,
+    /// Batched and conflated subscriptions, grouped by stream.
+    timed: Vec<Group>,
+}
+
+impl Slot {
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.timed.is_empty()
+    }
+
+    /// Removes `dashboard_id` from wherever it is; true if it was here.
+    fn remove(&mut self, dashboard_id: u64) -> bool {
+        let before = self.live.len();
+        self.live.retain(|e| e.dashboard.id() != dashboard_id);
+        let mut removed = self.live.len() < before;
+        for g in &mut self.timed {
+            let before = g.dashboards.len();
+            g.dashboards.retain(|d| d.id() != dashboard_id);
+            removed |= g.dashboards.len() < before;
+        }
+        self.timed.retain(|g| !g.dashboards.is_empty());
+        removed
+    }
+}
+
 #[derive(Default)]
 pub struct Index {
-    exact: HashMap<String, Vec<Entry>>,
-    prefix: HashMap<String, Vec<Entry>>,
-    all: Vec<Entry>,
+    exact: HashMap<String, Slot>,
+    prefix: HashMap<String, Slot>,
+    all: Slot,
+}
+
+/// The same filter: both absent, or the same interned `Arc`.
+pub fn same_filter(a: &Option<Arc<Filter>>, b: &Option<Arc<Filter>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 impl Index {
-    fn slot(&mut self, pattern: &Pattern) -> &mut Vec<Entry> {
+    fn slot(&mut self, pattern: &Pattern) -> &mut Slot {
         match pattern {
             Pattern::Exact(c) => self.exact.entry(c.clone()).or_default(),
             Pattern::Prefix(p) => self.prefix.entry(p.clone()).or_default(),
@@ -66,31 +129,36 @@ impl Index {
         }
     }
 
-    /// Adds or replaces `dashboard`'s subscription to `pattern`; true if added.
-    pub fn insert(&mut self, pattern: &Pattern, entry: Entry) -> bool {
+    /// Adds or replaces `entry.dashboard`'s subscription to `pattern` (its filter
+    /// and delivery); true if added.
+    pub fn insert(&mut self, pattern: &Pattern, entry: Entry, delivery: Delivery) -> bool {
         let slot = self.slot(pattern);
-        match slot
-            .iter_mut()
-            .find(|e| e.dashboard.id() == entry.dashboard.id())
-        {
-            Some(existing) => {
-                *existing = entry;
-                false
-            }
-            None => {
-                slot.push(entry);
-                true
+        let replaced = slot.remove(entry.dashboard.id());
+        if delivery == Delivery::Live {
+            slot.live.push(entry);
+        } else {
+            match slot
+                .timed
+                .iter_mut()
+                .find(|g| g.delivery == delivery && same_filter(&g.filter, &entry.filter))
+            {
+                Some(g) => g.dashboards.push(entry.dashboard),
+                None => slot.timed.push(Group {
+                    delivery,
+                    filter: entry.filter,
+                    dashboards: vec![entry.dashboard],
+                }),
             }
         }
+        !replaced
     }
 
     /// Removes `dashboard_id`'s subscription to `pattern`; true if there was one.
     pub fn remove(&mut self, pattern: &Pattern, dashboard_id: u64) -> bool {
         let (removed, emptied) = {
             let slot = self.slot(pattern);
-            let before = slot.len();
-            slot.retain(|e| e.dashboard.id() != dashboard_id);
-            (slot.len() < before, slot.is_empty())
+            let removed = slot.remove(dashboard_id);
+            (removed, slot.is_empty())
         };
         if emptied {
             match pattern {
@@ -106,20 +174,31 @@ impl Index {
         removed
     }
 
-    /// Calls `f` for every subscription whose pattern matches `category`. A
-    /// dashboard with several matching patterns is visited once per pattern; the
-    /// caller de-duplicates.
-    pub fn for_each_match(&self, category: &str, mut f: impl FnMut(&Entry)) {
-        if let Some(v) = self.exact.get(category) {
-            v.iter().for_each(&mut f);
+    /// Calls `f` for every slot whose pattern matches `category`.
+    fn for_each_slot(&self, category: &str, mut f: impl FnMut(&Slot)) {
+        if let Some(s) = self.exact.get(category) {
+            f(s);
         }
         if !self.prefix.is_empty() {
             for p in prefixes(category) {
-                if let Some(v) = self.prefix.get(p) {
-                    v.iter().for_each(&mut f);
+                if let Some(s) = self.prefix.get(p) {
+                    f(s);
                 }
             }
         }
-        self.all.iter().for_each(f);
+        f(&self.all);
+    }
+
+    /// Calls `f` for every live subscription whose pattern matches `category`. A
+    /// dashboard with several matching patterns is visited once per pattern; the
+    /// caller de-duplicates.
+    pub fn for_each_match(&self, category: &str, mut f: impl FnMut(&Entry)) {
+        self.for_each_slot(category, |s| s.live.iter().for_each(&mut f));
+    }
+
+    /// Calls `f` for every group of timed subscriptions whose pattern matches
+    /// `category` (a stream may have a group under several patterns).
+    pub fn for_each_group(&self, category: &str, mut f: impl FnMut(&Group)) {
+        self.for_each_slot(category, |s| s.timed.iter().for_each(&mut f));
     }
 }

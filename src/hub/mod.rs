@@ -17,6 +17,10 @@
 //! [`directory::Directory`] is the one owner of who speaks for each device.
 //!
 //! Every message is encoded once ([`Encoded`]) and shared by every subscriber.
+//! Batched and conflated subscriptions go one step further: a publication is
+//! appended once to a shared [`stream::Stream`] per (category, delivery, filter),
+//! and each interval's `Batch` is built once for all its dashboards
+//! ([`Hub::flush_streams`]).
 
 pub mod bus;
 pub mod category;
@@ -28,12 +32,13 @@ pub mod index;
 pub mod outbox;
 pub mod presence;
 pub mod publication;
+pub mod stream;
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock, Weak,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -49,6 +54,7 @@ pub use index::Filter;
 pub use outbox::{Drained, Outbox, Pushed};
 use presence::{presence_key, presence_message};
 pub use publication::Publication;
+pub use stream::Delivery;
 
 /// The hub's side of one dashboard connection.
 pub struct DashboardHandle {
@@ -103,12 +109,32 @@ impl Drop for HistoryJob {
     }
 }
 
-/// What one publication's fan-out did on this node.
+/// What one publication's fan-out did on this node (in telemetry messages: a
+/// batch counts for what it carries). A publication to batched or conflated
+/// subscriptions only is counted when its batch is flushed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Published {
     pub delivered: u64,
     pub dropped: u64,
 }
+
+impl Published {
+    /// Counts one push of a message carrying `carries` telemetry messages.
+    fn add(&mut self, pushed: Pushed, carries: u64) {
+        match pushed {
+            Pushed::Queued { evicted } => {
+                self.delivered += carries;
+                self.dropped += evicted;
+            }
+            Pushed::Dropped { evicted } => {
+                self.delivered += carries;
+                self.dropped += evicted + carries;
+            }
+            Pushed::Closed => {}
+        }
+    }
+}
+
 
 /// How a hub is built.
 pub struct Options {
@@ -158,6 +184,11 @@ pub struct Hub {
     queue_bytes: usize,
     /// The bytes of telemetry queued for all dashboards, and their bound.
     queued: Arc<outbox::Budget>,
+    /// Batched and conflated streams and their timers.
+    streams: stream::Streams,
+    /// Every subscription filter in use, by digest, so that equal filters share
+    /// one `Arc` (and so one stream).
+    filters: Mutex<HashMap<u64, Vec<Weak<Filter>>>>,
     next_dashboard: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -176,6 +207,8 @@ impl Hub {
             bus: options.bus,
             queue_bytes: options.queue_bytes,
             queued: outbox::Budget::new(options.queued_bytes_max),
+            streams: stream::Streams::default(),
+            filters: Mutex::default(),
             next_dashboard: AtomicU64::new(1),
             metrics,
         });
@@ -273,9 +306,10 @@ impl Hub {
         }
     }
 
-    /// Adds (or replaces the filter of) `handle`'s subscriptions to `patterns`, all
-    /// under one index lock and sharing one filter. Returns the job that gathers
-    /// the matching series' recent telemetry (`History`) for the dashboard.
+    /// Adds (or replaces the filter and delivery of) `handle`'s subscriptions to
+    /// `patterns`, all under one index lock and sharing one filter. Returns the job
+    /// that gathers the matching series' recent telemetry (`History`) for the
+    /// dashboard.
     ///
     /// No gap, and history first: a place in the dashboard's outbox is reserved
     /// under the index lock, so live telemetry of the new subscriptions queues
@@ -285,15 +319,18 @@ impl Hub {
     /// message is either fanned out before the subscription exists (and is in the
     /// history) or queued live behind the reservation (and, if it was kept just
     /// before the cut, in the history too: clients keep only telemetry newer than
-    /// what they hold, see `History` in the proto).
+    /// what they hold, see `History` in the proto). Batched and conflated
+    /// subscriptions keep the rule: their batches are queued when flushed, behind
+    /// the reservation, and hold everything appended since the subscription.
     pub fn subscribe(
         self: &Arc<Self>,
         handle: &Arc<DashboardHandle>,
         patterns: &[Pattern],
         filter: Filter,
+        delivery: Delivery,
     ) -> HistoryJob {
         let history_filter = filter.clone();
-        let filter = (!filter.is_empty()).then(|| Arc::new(filter));
+        let filter = (!filter.is_empty()).then(|| self.intern(filter));
         let (reservation, cut) = {
             let mut index = write(&self.index);
             for p in patterns {
@@ -303,6 +340,7 @@ impl Hub {
                         dashboard: handle.clone(),
                         filter: filter.clone(),
                     },
+                    delivery,
                 );
                 if added {
                     handle.patterns.fetch_add(1, Ordering::Relaxed);
@@ -318,6 +356,29 @@ impl Hub {
             patterns: patterns.to_vec(),
             filter: history_filter,
         }
+    }
+
+    /// The one shared `Arc` of filters equal to `filter`.
+    fn intern(&self, filter: Filter) -> Arc<Filter> {
+        let mut filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        if filters.len() > 1024 {
+            filters.retain(|_, v| {
+                v.retain(|w| w.strong_count() > 0);
+                !v.is_empty()
+            });
+        }
+        let same = filters.entry(filter.digest()).or_default();
+        same.retain(|w| w.strong_count() > 0);
+        if let Some(f) = same
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|f| **f == filter)
+        {
+            return f;
+        }
+        let f = Arc::new(filter);
+        same.push(Arc::downgrade(&f));
+        f
     }
 
     pub fn unsubscribe(&self, handle: &DashboardHandle, patterns: &[Pattern]) {
@@ -370,24 +431,115 @@ impl Hub {
                     }
                     seen.push(d.id);
                 }
-                match d.outbox.push_telemetry(msg.clone()) {
-                    Pushed::Queued { evicted } => {
-                        out.delivered += 1;
-                        out.dropped += evicted;
-                    }
-                    Pushed::Dropped { evicted } => {
-                        out.delivered += 1;
-                        out.dropped += evicted + 1;
-                    }
-                    Pushed::Closed => {}
-                }
+                out.add(d.outbox.push_telemetry(msg.clone()), 1);
             });
         });
+        // Batched and conflated: one append per stream, not per dashboard (a
+        // stream may be reached through several patterns: once).
+        STREAMS_SEEN.with_borrow_mut(|seen| {
+            seen.clear();
+            read(&self.index).for_each_group(category, |group| {
+                if let Some(f) = &group.filter {
+                    if !f.matches(&device.id, &device.tags) {
+                        return;
+                    }
+                }
+                let key = (group.delivery, stream::filter_id(&group.filter));
+                if seen.contains(&key) {
+                    return;
+                }
+                seen.push(key);
+                self.streams
+                    .append(category, group.delivery, &group.filter, &device.id, msg);
+            });
+        });
+        self.count(&out);
+        out
+    }
+
+    fn count(&self, out: &Published) {
         self.metrics.deliveries.inc_by(out.delivered);
         if out.dropped > 0 {
             self.metrics.dropped_deliveries.inc_by(out.dropped);
         }
-        out
+    }
+
+    /// Flushes the batched and conflated streams due at `now` (see `stream`);
+    /// returns when the next one is due.
+    pub fn flush_streams(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let (due, next) = self.streams.due(now);
+        for s in due {
+            self.flush(&s);
+        }
+        next
+    }
+
+    /// Sends one stream's pending telemetry, as `Batch`es built once, to every
+    /// dashboard that receives the stream now.
+    fn flush(&self, stream: &Arc<stream::Stream>) {
+        let taken = stream.take();
+        let kind = stream.delivery().label();
+        if taken.conflated_away > 0 {
+            self.metrics.conflated_away.inc_by(taken.conflated_away);
+        }
+        if taken.messages.is_empty() {
+            return;
+        }
+        let batches = stream.batches(&taken.messages);
+        self.metrics.batches(kind).inc_by(batches.len() as u64);
+        let (mut out, mut receivers) = (Published::default(), 0u64);
+        SEEN.with_borrow_mut(|seen| {
+            seen.clear();
+            let key = (stream.delivery(), stream.filter_id());
+            read(&self.index).for_each_group(stream.category(), |group| {
+                if (group.delivery, stream::filter_id(&group.filter)) != key {
+                    return;
+                }
+                for d in &group.dashboards {
+                    // Reached through two patterns (`env.*` and `*`): once.
+                    if d.patterns.load(Ordering::Relaxed) > 1 {
+                        if seen.contains(&d.id) {
+                            continue;
+                        }
+                        seen.push(d.id);
+                    }
+                    receivers += 1;
+                    for b in &batches {
+                        out.add(d.outbox.push_telemetry(b.clone()), b.carries());
+                    }
+                }
+            });
+        });
+        self.metrics
+            .batch_deliveries(kind)
+            .inc_by(receivers * batches.len() as u64);
+        self.count(&out);
+        if receivers == 0 {
+            self.streams.remove_if_idle(stream);
+        }
+    }
+
+    /// Flushes batched and conflated streams as they fall due, until shutdown.
+    pub async fn run_streams(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
+        loop {
+            let next = self.flush_streams(tokio::time::Instant::now());
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.recv() => break,
+                _ = sleep => {}
+                _ = self.streams.rearmed() => {}
+            }
+        }
+    }
+
+    /// Batched and conflated streams in existence.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
     }
 
     /// Sends fleet statistics every `interval` until shutdown (see `fleet`).
@@ -517,6 +669,8 @@ thread_local! {
     /// Dashboards with overlapping patterns already served by the publication in
     /// progress on this thread (reused, so publishing allocates nothing).
     static SEEN: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The streams (delivery, filter) the publication in progress was appended to.
+    static STREAMS_SEEN: std::cell::RefCell<Vec<(Delivery, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 // Index and dashboard-map operations are single map calls that leave the maps

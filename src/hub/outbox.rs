@@ -261,16 +261,15 @@ impl Outbox {
                 if let Some(b) = &self.budget {
                     b.give(old_cost);
                 }
-                old.dropped(1);
-                evicted += 1;
+                evicted += old.dropped();
             }
         }
         st.dropped += evicted;
         st.dropped_total += evicted;
         if !self.fits(&st, cost) {
-            st.dropped += 1;
-            st.dropped_total += 1;
-            msg.dropped(1);
+            let n = msg.dropped();
+            st.dropped += n;
+            st.dropped_total += n;
             return Pushed::Dropped { evicted };
         }
         let was_empty = st.queue.is_empty();

@@ -1,5 +1,5 @@
-//! A dashboard subscribes to categories (optionally narrowed to devices and tags),
-//! or unsubscribes.
+//! A dashboard subscribes to categories (optionally narrowed to devices and tags,
+//! live, batched or conflated), or unsubscribes.
 //!
 //! A Subscribe is validated in one place ([`Subscription::parse`]) and applied
 //! atomically: every pattern is valid and within the limits, or nothing is
@@ -17,7 +17,8 @@ use super::Dashboard;
 use crate::{
     hub::{
         index::{MAX_FILTER_DEVICE_IDS, MAX_FILTER_TAGS},
-        Filter, Pattern,
+        stream::{MAX_CONFLATE_MS, MAX_DELAY_MS},
+        Delivery, Filter, Pattern,
     },
     proto::{envelope::Body, error::Code, Envelope, Subscribe, Subscribed, Unsubscribe},
     session::{
@@ -44,6 +45,7 @@ pub fn pacer() -> DefaultDirectRateLimiter {
 struct Subscription {
     patterns: Vec<Pattern>,
     filter: Filter,
+    delivery: Delivery,
 }
 
 impl Subscription {
@@ -73,8 +75,30 @@ impl Subscription {
                 "a filter may name at most {MAX_FILTER_DEVICE_IDS} devices and {MAX_FILTER_TAGS} tags"
             )));
         }
+        let delivery = match (s.max_delay_ms, s.conflate_ms) {
+            (0, 0) => Delivery::Live,
+            (ms @ 1..=MAX_DELAY_MS, 0) => Delivery::Batched { max_delay_ms: ms },
+            (0, ms @ 1..=MAX_CONFLATE_MS) => Delivery::Conflated { interval_ms: ms },
+            (_, 0) => {
+                return Err(refuse(format!(
+                    "max_delay_ms must be 1..={MAX_DELAY_MS} (0: live)"
+                )))
+            }
+            (0, _) => {
+                return Err(refuse(format!(
+                    "conflate_ms must be 1..={MAX_CONFLATE_MS} (0: not conflated)"
+                )))
+            }
+            _ => {
+                return Err(refuse(
+                    "a subscription is batched (max_delay_ms) or conflated (conflate_ms), not both"
+                        .into(),
+                ))
+            }
+        };
         Ok(Self {
             patterns,
+            delivery,
             filter: Filter {
                 device_ids: s.device_ids.into_iter().collect(),
                 tags: s.tags.into_iter().collect(),
@@ -106,7 +130,7 @@ impl Dashboard {
         let history = self
             .app
             .hub
-            .subscribe(&self.handle, &sub.patterns, sub.filter);
+            .subscribe(&self.handle, &sub.patterns, sub.filter, sub.delivery);
         let format = self.format;
         tokio::task::spawn_blocking(move || history.run(format));
         for p in sub.patterns {
