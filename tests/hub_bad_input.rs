@@ -175,6 +175,7 @@ async fn an_oversized_subscription_filter_is_refused() {
             categories: vec!["*".into()],
             device_ids: ids,
             tags: Default::default(),
+            ..Default::default()
         })),
     })
     .await;

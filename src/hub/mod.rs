@@ -519,6 +519,28 @@ impl Hub {
         }
     }
 
+    /// Removes the streams no subscription receives any more. The index and the
+    /// streams' map are never locked together (publishers take them in that
+    /// order), so a stream found unreceived is removed only if still idle.
+    fn sweep_streams(&self) {
+        let unreceived: Vec<_> = self
+            .streams
+            .all()
+            .into_iter()
+            .filter(|s| {
+                let key = (s.delivery(), s.filter_id());
+                let mut received = false;
+                read(&self.index).for_each_group(s.category(), |g| {
+                    received |= (g.delivery, stream::filter_id(&g.filter)) == key;
+                });
+                !received
+            })
+            .collect();
+        for s in &unreceived {
+            self.streams.remove_if_idle(s);
+        }
+    }
+
     /// Flushes batched and conflated streams as they fall due, until shutdown.
     pub async fn run_streams(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
         loop {
@@ -565,6 +587,7 @@ impl Hub {
     /// (what [`Hub::run_fleet_stats`] does every interval). Returns the
     /// `FleetStats` sent, if anything changed.
     pub fn tick(&self, now: u64, forget_after_ms: u64) -> Option<Arc<Encoded>> {
+        self.sweep_streams();
         let forgotten = self.directory.forget(now, forget_after_ms);
         for (_, activity) in &forgotten {
             self.history.release(&activity.series);

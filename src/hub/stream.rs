@@ -24,7 +24,8 @@
 //! - Memory: a batched stream holds at most [`EARLY_FLUSH_BYTES`] (past that it is
 //!   flushed at once, before its interval ends); a conflated one holds one message
 //!   per series that spoke in the interval, and one digest per series it sent. A
-//!   stream nobody receives any more is removed at its next flush.
+//!   stream nobody receives any more is removed at its next flush, or at the
+//!   hub's next statistics tick if no message comes.
 //! - No lock is held across `.await`, and a stream's lock only across a push or a
 //!   take; the flush assembles and pushes outside it.
 
@@ -463,6 +464,14 @@ impl Streams {
                 map.remove(&key);
             }
         }
+    }
+
+    /// Every stream, to check which are still received (see [`Streams::remove_if_idle`]).
+    pub fn all(&self) -> Vec<Arc<Stream>> {
+        read(&self.map)
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
     }
 
     /// Streams in existence.

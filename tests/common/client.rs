@@ -153,7 +153,18 @@ impl Client {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                ..Default::default()
             })),
+        })
+        .await;
+        self.expect_subscribed().await
+    }
+
+    /// Sends any Subscribe (batched, conflated, ...) and returns the confirmed
+    /// patterns.
+    pub async fn subscribe_with(&mut self, s: Subscribe) -> Vec<String> {
+        self.send(&Envelope {
+            body: Some(Body::Subscribe(s)),
         })
         .await;
         self.expect_subscribed().await
