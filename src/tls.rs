@@ -118,6 +118,15 @@ pub fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> 
         .with_single_cert(certs, key)?;
     // WebSockets upgrade over HTTP/1.1 only (RFC 8441 is not supported).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Session resumption with stateless tickets (RFC 8446 §2.2): a device that
+    // reconnects skips the certificate and its signature, so a fleet reconnecting
+    // at once (after a network blip or a hub restart behind a balancer) costs the
+    // hub far less. The ticket keys live only in this process and rotate; the hub
+    // keeps nothing per session, and after a restart the next handshake of each
+    // device is simply a full one. One ticket per handshake: a device resumes once
+    // per connection.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 
@@ -221,7 +230,11 @@ mod tests {
             CertSource::Generated { new_ca: false }
         );
         assert_eq!(fs::read(dir.join(CA_CERT)).unwrap(), ca);
-        server_config(&dir).unwrap();
+        let server = server_config(&dir).unwrap();
+        assert!(
+            server.ticketer.enabled(),
+            "stateless tickets: resumption whatever the fleet size, nothing kept per session"
+        );
         client_config(&dir.join(CA_CERT)).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -262,3 +262,40 @@ async fn the_binary_shuts_down_gracefully_on_sigterm() {
     assert!(status.success(), "exit status {status:?}; log: {log:#?}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// TLS session resumption: a device that reconnects with the ticket of its previous
+/// connection skips the full handshake (`device-sim` devices keep their own ticket
+/// cache); a different device's first connection is a full handshake.
+#[tokio::test]
+async fn a_reconnecting_device_resumes_its_tls_session() {
+    let hub = Hub::start().await;
+    let shared = telehub::sim::Endpoint::parse(
+        &format!("wss://{}", hub.host()),
+        Some(&hub.certs_dir.join("ca.pem")),
+    )
+    .expect("endpoint");
+    let token = hub.token("resumer", Role::Device, &[]);
+    let device = shared.with_own_sessions();
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let (mut conn, _) = device
+            .connect("/v1/device", &token, false, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        kinds.push(conn.get_ref().resumed());
+        // Read the Welcome: the session ticket arrives before it.
+        let _ = conn.next().await.expect("welcome");
+        let _ = conn.close(1000, "bye").await;
+    }
+    assert_eq!(kinds, [false, true, true], "full, then resumed each time");
+
+    let other = shared.with_own_sessions();
+    let (conn, _) = other
+        .connect("/v1/device", &token, false, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    assert!(
+        !conn.get_ref().resumed(),
+        "another device's cache is its own"
+    );
+}

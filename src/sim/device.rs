@@ -68,6 +68,8 @@ enum End {
 
 pub(crate) struct Device {
     shared: Arc<Shared>,
+    /// The hub, with this device's own TLS session cache (it resumes on reconnect).
+    endpoint: Endpoint,
     token: String,
     profile: Profile,
     backlog: Backlog<Telemetry>,
@@ -124,6 +126,7 @@ impl Device {
         let mut ticker = interval_at(Instant::now() + Duration::from_secs_f64(phase), period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let device = Device {
+            endpoint: shared.endpoint.with_own_sessions(),
             profile: Profile::new(super::profile::Kind::for_index(index), &mut rng),
             backlog: Backlog::new(shared.backlog),
             shared,
@@ -220,12 +223,13 @@ impl Device {
         &mut self,
         sig: &mut Signals,
     ) -> Option<Result<ws::Connection<super::SimStream>, ws::Error>> {
-        let shared = self.shared.clone();
-        let token = self.token.clone();
-        let attempt =
-            shared
-                .endpoint
-                .connect("/v1/device", &token, shared.compression, CONNECT_TIMEOUT);
+        let (endpoint, token) = (self.endpoint.clone(), self.token.clone());
+        let attempt = endpoint.connect(
+            "/v1/device",
+            &token,
+            self.shared.compression,
+            CONNECT_TIMEOUT,
+        );
         tokio::pin!(attempt);
         loop {
             tokio::select! {

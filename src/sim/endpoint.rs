@@ -6,6 +6,7 @@ use std::{
     io,
     path::Path,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -15,7 +16,11 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
-use tokio_rustls::{client::TlsStream, rustls::pki_types::ServerName, TlsConnector};
+use tokio_rustls::{
+    client::TlsStream,
+    rustls::{self, pki_types::ServerName},
+    TlsConnector,
+};
 
 use crate::ws::{
     self,
@@ -32,8 +37,8 @@ pub struct Endpoint {
     addr: String,
     /// The `Host` header value.
     host_header: String,
-    /// TLS connector and the name the certificate must carry; `None` for `ws://`.
-    tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// TLS configuration and the name the certificate must carry; `None` for `ws://`.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -84,7 +89,7 @@ impl Endpoint {
                 .with_context(|| format!("loading the CA certificate {}", ca.display()))?;
             let name = ServerName::try_from(host.clone())
                 .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
-            Some((TlsConnector::from(config), name))
+            Some((config, name))
         } else {
             None
         };
@@ -93,6 +98,20 @@ impl Endpoint {
             addr,
             tls,
         })
+    }
+
+    /// The same endpoint with its own TLS session cache, as one device keeps: its
+    /// reconnects resume the TLS session (a ticket from its previous connection)
+    /// instead of a full handshake. Endpoints cloned from one another share their
+    /// cache, which keeps a few tickets per server name: enough for one device.
+    pub fn with_own_sessions(&self) -> Endpoint {
+        let mut own = self.clone();
+        if let Some((config, _)) = &mut own.tls {
+            let mut c = (**config).clone();
+            c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+            *config = Arc::new(c);
+        }
+        own
     }
 
     /// Whether this endpoint uses TLS.
@@ -144,7 +163,8 @@ impl Endpoint {
         tcp.set_nodelay(true)?;
         Ok(match &self.tls {
             None => SimStream::Plain(tcp),
-            Some((connector, name)) => {
+            Some((config, name)) => {
+                let connector = TlsConnector::from(config.clone());
                 let tls = tokio::time::timeout(timeout, connector.connect(name.clone(), tcp))
                     .await
                     .map_err(step("TLS handshake timed out"))??;
@@ -190,6 +210,18 @@ fn split_host_port(authority: &str, default_port: u16) -> anyhow::Result<(String
 pub enum SimStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl SimStream {
+    /// A TLS stream whose handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        match self {
+            SimStream::Plain(_) => false,
+            SimStream::Tls(t) => {
+                t.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+            }
+        }
+    }
 }
 
 impl AsyncRead for SimStream {

@@ -1,6 +1,7 @@
-//! `device-sim bench fanout`: P publisher devices → hub → S dashboard subscribers;
-//! deliveries/s, delivery latency percentiles, the generator's CPU time and, with
-//! `--hub-pid`, the hub's CPU µs per delivery.
+//! `device-sim bench fanout`: P publisher devices → hub → S dashboard subscribers,
+//! live, batched (`--max-delay-ms`) or conflated (`--conflate-ms`); deliveries/s,
+//! delivery latency percentiles, bytes per subscriber, the generator's CPU time and,
+//! with `--hub-pid`, the hub's CPU µs per delivery.
 
 use std::{
     sync::{
@@ -54,6 +55,16 @@ pub struct FanoutArgs {
     /// bench.c{i%K}, subscriber j subscribed to bench.c{j%K}); 1 = everyone on "*".
     #[arg(long, default_value_t = 1)]
     categories: usize,
+    /// Subscribe batched: `Subscribe.max_delay_ms` (0: live).
+    #[arg(long, default_value_t = 0)]
+    max_delay_ms: u32,
+    /// Subscribe conflated: `Subscribe.conflate_ms` (0: not conflated).
+    #[arg(long, default_value_t = 0)]
+    conflate_ms: u32,
+    /// Also connect this many dashboards that subscribe to "*" and never read: the
+    /// hub's memory (peak RSS, with --hub-pid) shows what they make it hold.
+    #[arg(long, default_value_t = 0)]
+    stuck: usize,
 }
 
 #[derive(Serialize, Debug)]
@@ -63,11 +74,16 @@ struct FanoutReport {
     categories: usize,
     payload_bytes: usize,
     compression: bool,
+    /// `live`, `batched` or `conflated`, and the interval.
+    delivery: &'static str,
+    interval_ms: u32,
     offered_rate: Option<f64>,
     window_s: f64,
     published_per_s: f64,
     deliveries: u64,
     deliveries_per_s: f64,
+    /// Message bytes one subscriber received per second, on average.
+    bytes_per_subscriber_per_s: f64,
     /// Deliveries the hub's outboxes dropped (slow subscribers), during the window.
     dropped: u64,
     latency_us_p50: f64,
@@ -81,6 +97,11 @@ struct FanoutReport {
     /// Hub CPU µs per delivery (with --hub-pid).
     hub_cpu_us_per_delivery: Option<f64>,
     publisher_errors: u64,
+    stuck_dashboards: usize,
+    /// Hub RSS before the publishers start and its peak until the window ends
+    /// (sampled every 100 ms, with --hub-pid).
+    hub_rss_start_kib: Option<u64>,
+    hub_rss_peak_kib: Option<u64>,
 }
 
 pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
@@ -92,6 +113,9 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
     }
     if !(64..=60_000).contains(&a.payload) {
         bail!("--payload must be 64..=60000 bytes");
+    }
+    if a.max_delay_ms > 0 && a.conflate_ms > 0 {
+        bail!("--max-delay-ms and --conflate-ms: one or the other");
     }
     if let Some(r) = a.rate {
         if !(r.is_finite() && r > 0.0) {
@@ -110,6 +134,7 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
     let mut connecting = JoinSet::new();
     for j in 0..a.subscribers {
         let (setup, gate) = (setup.clone(), gate.clone());
+        let (max_delay_ms, conflate_ms) = (a.max_delay_ms, a.conflate_ms);
         let pattern = if a.categories == 1 {
             "*".to_owned()
         } else {
@@ -123,6 +148,8 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
             let sub = Envelope {
                 body: Some(Body::Subscribe(Subscribe {
                     categories: vec![pattern],
+                    max_delay_ms,
+                    conflate_ms,
                     ..Default::default()
                 })),
             };
@@ -137,6 +164,43 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
         let (counters, measuring, stop) = (counters.clone(), measuring.clone(), stop.subscribe());
         subs.spawn(subscriber(conn, counters, measuring, stop));
     }
+    // Stuck dashboards: subscribed, never read from again.
+    let mut stuck = Vec::with_capacity(a.stuck);
+    for j in 0..a.stuck {
+        let mut conn = setup
+            .connect("/v1/dashboard", &format!("bench-stuck-{j}"), Role::Viewer)
+            .await?;
+        let sub = Envelope {
+            body: Some(Body::Subscribe(Subscribe {
+                categories: vec!["*".into()],
+                max_delay_ms: a.max_delay_ms,
+                conflate_ms: a.conflate_ms,
+                ..Default::default()
+            })),
+        };
+        conn.send(&ws::Message::Binary(Bytes::from(sub.encode_to_vec())))
+            .await?;
+        wait_for(&mut conn, |b| matches!(b, Body::Subscribed(_))).await?;
+        stuck.push(conn);
+    }
+    let rss_start = a.common.hub_pid.map(cpu::process_rss_kib).transpose()?;
+    let sampler = a.common.hub_pid.map(|pid| {
+        let mut stop = stop.subscribe();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|&s| s) => break,
+                }
+                if let Ok(kib) = cpu::process_rss_kib(pid) {
+                    peak = peak.max(kib);
+                }
+            }
+            peak
+        })
+    });
     let mut pubs = JoinSet::new();
     for i in 0..a.publishers {
         let setup = setup.clone();
@@ -172,6 +236,11 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
     let published = counters.published.load(Relaxed) - published0;
     let dropped = counters.dropped.load(Relaxed) - dropped0;
     let _ = stop.send(true);
+    let rss_peak = match sampler {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
+    drop(stuck);
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3)
         .context("creating the latency histogram")?;
@@ -199,11 +268,21 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
         categories: a.categories,
         payload_bytes: a.payload,
         compression: a.common.compression,
+        delivery: match (a.max_delay_ms, a.conflate_ms) {
+            (0, 0) => "live",
+            (_, 0) => "batched",
+            _ => "conflated",
+        },
+        interval_ms: a.max_delay_ms.max(a.conflate_ms),
         offered_rate: a.rate,
         window_s: round(secs, 3),
         published_per_s: round(published as f64 / secs, 0),
         deliveries,
         deliveries_per_s: round(deliveries as f64 / secs, 0),
+        bytes_per_subscriber_per_s: round(
+            counters.received_bytes.load(Relaxed) as f64 / secs / a.subscribers as f64,
+            0,
+        ),
         dropped,
         latency_us_p50: us(0.5),
         latency_us_p99: us(0.99),
@@ -215,6 +294,9 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
             .filter(|_| deliveries > 0)
             .map(|c| round(c.as_secs_f64() * 1e6 / deliveries as f64, 3)),
         publisher_errors: counters.publisher_errors.load(Relaxed),
+        stuck_dashboards: a.stuck,
+        hub_rss_start_kib: rss_start,
+        hub_rss_peak_kib: rss_peak,
     };
     if a.common.json {
         println!("{}", serde_json::to_string(&report)?);

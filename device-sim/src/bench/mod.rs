@@ -6,6 +6,11 @@
 //!   the generator's own CPU time and, with `--hub-pid`, the hub's CPU µs per delivery.
 //! - `idle`: connects N idle devices and reports the hub's RSS growth per connection.
 //! - `campaign`: a critical notification to N online devices while telemetry flows.
+//! - `reconnect`: a TLS reconnect storm: N devices drop at once and reconnect at
+//!   once, resuming their TLS sessions (or not, `--no-resume`).
+//!
+//! `fanout` also measures batched (`--max-delay-ms`) and conflated (`--conflate-ms`)
+//! subscriptions; stuck dashboards are measured with `fanout --stuck`.
 //!
 //! Each bench has its own file; what they share is in [`common`] (arguments,
 //! connection setup, report rounding) and [`traffic`] (the timestamped telemetry
@@ -15,6 +20,7 @@ mod campaign;
 mod common;
 mod fanout;
 mod idle;
+mod reconnect;
 mod traffic;
 
 use clap::Subcommand;
@@ -28,6 +34,8 @@ pub enum BenchCommand {
     /// A critical notification to N online devices: time to acknowledgement, store
     /// writes, telemetry latency meanwhile.
     Campaign(campaign::CampaignArgs),
+    /// N devices connect, drop at once and reconnect at once (TLS resumption).
+    Reconnect(reconnect::ReconnectArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -35,5 +43,6 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(a) => fanout::fanout(a).await,
         BenchCommand::Idle(a) => idle::idle(a).await,
         BenchCommand::Campaign(a) => campaign::campaign(a).await,
+        BenchCommand::Reconnect(a) => reconnect::reconnect(a).await,
     }
 }

@@ -1,6 +1,7 @@
 //! Timestamped telemetry, shared by the `fanout` and `campaign` benches: [`publisher`]
 //! devices send envelopes of a given size carrying their send instant, [`subscriber`]
-//! dashboards record each delivery's latency, and [`Counters`] add up the run.
+//! dashboards record each delivery's latency (live `Telemetry`, or each message of
+//! a `Batch`), and [`Counters`] add up the run.
 //!
 //! Publishers and subscribers live in this one process, so one monotonic clock
 //! (`EPOCH`) timestamps both ends. Subscribers parse only what they measure: the
@@ -37,6 +38,8 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     /// Errors received by publishers (e.g. RATE_LIMITED: the hub limit is too low).
     pub(crate) publisher_errors: AtomicU64,
+    /// Message bytes (after inflation) subscribers received in the window.
+    pub(crate) received_bytes: AtomicU64,
 }
 
 /// A telemetry envelope of `size` encoded bytes whose first reading is the raw
@@ -186,7 +189,7 @@ pub(crate) async fn subscriber(
 ) -> (u64, Histogram<u64>) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
-    let mut count = 0u64;
+    let (mut count, mut bytes) = (0u64, 0u64);
     let (mut reader, mut writer) = conn.split();
     loop {
         let incoming = tokio::select! {
@@ -194,16 +197,21 @@ pub(crate) async fn subscriber(
             _ = stop.wait_for(|&s| s) => break,
         };
         match incoming {
-            Ok(ws::Incoming::Message(ws::Message::Binary(b))) => match telemetry_stamp(&b) {
-                Some(stamp) => {
-                    if measuring.load(Relaxed) {
+            Ok(ws::Incoming::Message(ws::Message::Binary(b))) => {
+                let measured = measuring.load(Relaxed);
+                let now = now_nanos();
+                let telemetry = each_stamp(&b, |stamp| {
+                    if measured {
                         count += 1;
                         if let Some(sent) = stamp {
-                            let _ = hist.record(now_nanos().saturating_sub(sent).max(1));
+                            let _ = hist.record(now.saturating_sub(sent).max(1));
                         }
                     }
+                });
+                if measured {
+                    bytes += b.len() as u64;
                 }
-                None => {
+                if !telemetry {
                     if let Ok(Envelope {
                         body: Some(Body::Dropped(d)),
                     }) = Envelope::decode(b)
@@ -211,7 +219,7 @@ pub(crate) async fn subscriber(
                         counters.dropped.fetch_add(d.count, Relaxed);
                     }
                 }
-            },
+            }
             Ok(ws::Incoming::Ping(p)) => {
                 if writer.pong(&p).await.is_err() {
                     break;
@@ -222,45 +230,66 @@ pub(crate) async fn subscriber(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), writer.close(1000, "bench done")).await;
+    counters.received_bytes.fetch_add(bytes, Relaxed);
     (count, hist)
 }
 
-/// Minimal decode of an `Envelope`: `None` unless it holds `telemetry` (field 1);
-/// then the first reading's raw 8-byte stamp, if present.
-fn telemetry_stamp(envelope: &[u8]) -> Option<Option<u64>> {
-    let telemetry = field(envelope, 1)?;
-    let stamp = field(telemetry, 5)
-        .and_then(|reading| field(reading, 6))
-        .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
-        .map(u64::from_le_bytes);
-    Some(stamp)
+/// Minimal decode of an `Envelope`: calls `each` with the first reading's raw
+/// 8-byte send stamp (if present) of every telemetry message it holds: one for a
+/// `Telemetry` (field 1), every element of a `Batch` (field 18). False if it holds
+/// neither.
+fn each_stamp(envelope: &[u8], mut each: impl FnMut(Option<u64>)) -> bool {
+    let stamp = |telemetry: &[u8]| {
+        field(telemetry, 5)
+            .and_then(|reading| field(reading, 6))
+            .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+            .map(u64::from_le_bytes)
+    };
+    let mut found = false;
+    for (n, body) in fields(envelope) {
+        match n {
+            1 => each(stamp(body)),
+            18 => fields(body)
+                .filter(|(n, _)| *n == 1)
+                .for_each(|(_, t)| each(stamp(t))),
+            _ => continue,
+        }
+        found = true;
+    }
+    found
 }
 
 /// The first length-delimited field `number` of a protobuf message, skipping others.
-fn field(mut buf: &[u8], number: u32) -> Option<&[u8]> {
+fn field(buf: &[u8], number: u32) -> Option<&[u8]> {
+    fields(buf).find(|(n, _)| *n == number).map(|(_, v)| v)
+}
+
+/// The length-delimited fields of a protobuf message, in order (others skipped;
+/// stops at the first malformed byte).
+fn fields(mut buf: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
     use prost::encoding::{decode_varint, WireType};
-    while !buf.is_empty() {
-        let key = decode_varint(&mut buf).ok()?;
-        let wire = WireType::try_from(key & 7).ok()?;
-        let n = (key >> 3) as u32;
-        match wire {
-            WireType::Varint => {
-                decode_varint(&mut buf).ok()?;
-            }
-            WireType::SixtyFourBit => buf = buf.get(8..)?,
-            WireType::ThirtyTwoBit => buf = buf.get(4..)?,
-            WireType::LengthDelimited => {
-                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
-                let value = buf.get(..len)?;
-                if n == number {
-                    return Some(value);
+    std::iter::from_fn(move || {
+        while !buf.is_empty() {
+            let key = decode_varint(&mut buf).ok()?;
+            let wire = WireType::try_from(key & 7).ok()?;
+            let n = (key >> 3) as u32;
+            match wire {
+                WireType::Varint => {
+                    decode_varint(&mut buf).ok()?;
                 }
-                buf = &buf[len..];
+                WireType::SixtyFourBit => buf = buf.get(8..)?,
+                WireType::ThirtyTwoBit => buf = buf.get(4..)?,
+                WireType::LengthDelimited => {
+                    let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                    let value = buf.get(..len)?;
+                    buf = &buf[len..];
+                    return Some((n, value));
+                }
+                WireType::StartGroup | WireType::EndGroup => return None,
             }
-            WireType::StartGroup | WireType::EndGroup => return None,
         }
-    }
-    None
+        None
+    })
 }
 
 #[cfg(test)]
@@ -276,15 +305,36 @@ mod tests {
             t.readings[0].value = Some(Value::Raw(12345u64.to_le_bytes().to_vec()));
             let mut buf = Vec::new();
             prost::encoding::message::encode(1u32, &t, &mut buf);
-            assert_eq!(telemetry_stamp(&buf), Some(Some(12345)));
+            assert_eq!(stamps(&buf), Some(vec![Some(12345)]));
         }
+        // A Batch of two: both stamps, in order.
+        let mut t = bench_envelope("bench.c0", 7, 100, &fill);
+        let batch = telehub::proto::Batch {
+            telemetry: [1u64, 2]
+                .map(|n| {
+                    t.readings[0].value = Some(Value::Raw(n.to_le_bytes().to_vec()));
+                    t.clone()
+                })
+                .to_vec(),
+            category: "bench.c0".into(),
+            conflated: false,
+        };
+        let env = Envelope {
+            body: Some(Body::Batch(batch)),
+        };
+        assert_eq!(stamps(&env.encode_to_vec()), Some(vec![Some(1), Some(2)]));
         let other = Envelope {
             body: Some(Body::Dropped(telehub::proto::Dropped {
                 count: 1,
                 total: 2,
             })),
         };
-        assert_eq!(telemetry_stamp(&other.encode_to_vec()), None);
-        assert_eq!(telemetry_stamp(&[0xff, 0xff]), None);
+        assert_eq!(stamps(&other.encode_to_vec()), None);
+        assert_eq!(stamps(&[0xff, 0xff]), None);
+    }
+
+    fn stamps(envelope: &[u8]) -> Option<Vec<Option<u64>>> {
+        let mut out = Vec::new();
+        each_stamp(envelope, |s| out.push(s)).then_some(out)
     }
 }
