@@ -4,12 +4,16 @@
 //! [`ReadState::check_header`] (everything decidable from a header, before any payload
 //! is buffered) or in the payload handlers just below it (close body, UTF-8, inflation).
 //!
-//! Cancel safety: `next` only mutates `buf` across an `.await` (through `read_buf`, which
-//! is cancel-safe); a frame is consumed and acted on synchronously once it is complete,
-//! so dropping the future between frames or mid-frame loses nothing.
+//! Cancel safety: `next` only mutates `buf` across an `.await` (through `read_buf` or
+//! `read_fresh`, both cancel-safe: bytes land in `buf` in the poll that reads them); a
+//! frame is consumed and acted on synchronously once it is complete, so dropping the
+//! future between frames or mid-frame loses nothing.
+//!
+//! Memory: a connection with nothing buffered holds no read buffer (see
+//! [`read_fresh`]).
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::deflate::Inflater;
 use super::error::{Error, ProtocolError};
@@ -17,11 +21,38 @@ use super::extension::DeflateParams;
 use super::frame::{apply_mask, decode_header, Header, Opcode};
 use super::message::{CloseFrame, Config, Incoming, Message, Role};
 
-/// Smallest read we ask the socket for.
+/// Smallest read we ask the socket for while a frame is in progress.
 const READ_CHUNK: usize = 4 << 10;
-/// An empty read buffer larger than this is released, so that one large message does
-/// not pin memory on a connection that then idles.
-const KEEP_BUF: usize = 64 << 10;
+/// The per-thread buffer a connection with nothing buffered reads into.
+const SCRATCH: usize = 16 << 10;
+
+thread_local! {
+    /// Where idle connections read (see [`read_fresh`]): one per worker thread
+    /// instead of one per connection.
+    static SCRATCH_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Reads into this thread's scratch buffer and leaves in `buf` exactly the bytes
+/// that arrived. A connection waiting here for its next message holds no buffer:
+/// most of a fleet is idle most of the time, and a 4 KiB buffer kept per waiting
+/// connection was a third of its memory. The scratch is borrowed only within one
+/// poll, never across an `.await`, so tasks on the same thread never share it.
+async fn read_fresh<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        SCRATCH_BUF.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            buf.extend_from_slice(rb.filled());
+            std::task::Poll::Ready(Ok(n))
+        })
+    })
+    .await
+}
 
 /// The receive half's state, separate from the I/O object so that `Connection` and
 /// `Reader` share it.
@@ -88,10 +119,15 @@ impl ReadState {
                     return Err(e);
                 }
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-                self.buf.reserve(READ_CHUNK);
-            }
-            match io.read_buf(&mut self.buf).await {
+            let read = if self.buf.is_empty() {
+                read_fresh(io, &mut self.buf).await
+            } else {
+                if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                    self.buf.reserve(READ_CHUNK);
+                }
+                io.read_buf(&mut self.buf).await
+            };
+            match read {
                 Ok(0) => {
                     self.done = true;
                     return Err(Error::Eof);
@@ -123,7 +159,9 @@ impl ReadState {
             }
             self.buf.advance(h.header_len);
             let mut payload = self.buf.split_to(len);
-            if self.buf.is_empty() && self.buf.capacity() > KEEP_BUF {
+            if self.buf.is_empty() {
+                // Nothing more buffered: hold no capacity while waiting (see
+                // `read_fresh`).
                 self.buf = BytesMut::new();
             }
             if let Some(mask) = h.mask {
