@@ -135,7 +135,6 @@ impl Published {
     }
 }
 
-
 /// How a hub is built.
 pub struct Options {
     pub history: HistoryLimits,

@@ -543,7 +543,10 @@ mod tests {
         let b = decoded(&batches[0]);
         assert_eq!(b.category, "env.t");
         assert!(!b.conflated);
-        assert_eq!(b.telemetry.iter().map(|t| t.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            b.telemetry.iter().map(|t| t.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         assert_eq!(batches[0].carries(), 3);
         let expected = Envelope {
             body: Some(Body::Batch(b)),
@@ -595,7 +598,11 @@ mod tests {
             .iter()
             .map(|t| (t.device_id.clone(), t.seq))
             .collect();
-        assert_eq!(got, [("a".into(), 3), ("b".into(), 2)], "latest, first-spoke order");
+        assert_eq!(
+            got,
+            [("a".into(), 3), ("b".into(), 2)],
+            "latest, first-spoke order"
+        );
         assert_eq!(taken.conflated_away, 1, "a's first value was superseded");
 
         // a: same readings, new seq: not re-sent; b: changed.
@@ -622,7 +629,13 @@ mod tests {
         let delivery = Delivery::Batched { max_delay_ms: 1000 };
         let start = Instant::now();
         for n in 0..3 {
-            streams.append("env.t", delivery, &None, "d", publication("d", n, 1.0).message());
+            streams.append(
+                "env.t",
+                delivery,
+                &None,
+                "d",
+                publication("d", n, 1.0).message(),
+            );
         }
         let (due, next) = streams.due(start);
         assert!(due.is_empty());

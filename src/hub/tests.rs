@@ -53,8 +53,13 @@ fn queued(d: &DashboardHandle) -> usize {
 }
 
 fn subscribe(hub: &Arc<Hub>, d: &Arc<DashboardHandle>, pattern: &str, filter: Filter) {
-    hub.subscribe(d, &[Pattern::parse(pattern).unwrap()], filter, Delivery::Live)
-        .run(WireFormat::Protobuf);
+    hub.subscribe(
+        d,
+        &[Pattern::parse(pattern).unwrap()],
+        filter,
+        Delivery::Live,
+    )
+    .run(WireFormat::Protobuf);
 }
 
 #[test]
