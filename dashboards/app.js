@@ -2,11 +2,13 @@
 // and keeps the header (connection state, role, message rate, dropped) current.
 //
 // Module map: connection.js (WebSocket, token, reconnect) -> app.js (routing) ->
-// series.js (buffers) -> charts.js / latest.js; fleet.js; subscriptions.js;
-// notifications.js. frame.js batches all DOM work into one animation frame.
+// series.js (buffers) -> charts.js / latest.js; fleet.js; subscriptions.js (with
+// delivery.js: batched or conflated); notifications.js. frame.js batches all DOM
+// work into one animation frame.
 
 import { Charts } from "./charts.js";
 import { Connection, adoptFragment } from "./connection.js";
+import { DeliveryMode, fetchSettings } from "./delivery.js";
 import { byId, num, setAttr, setText, showMessage } from "./dom.js";
 import { FleetView } from "./fleet.js";
 import { LatestTable } from "./latest.js";
@@ -31,6 +33,22 @@ const logoutButton = byId("logout");
 const store = new SeriesStore();
 const charts = new Charts({ store });
 const latest = new LatestTable({ store });
+// Batched, or conflated while many series are shown; a change re-sends every
+// subscription with the new mode.
+const delivery = new DeliveryMode({
+  seriesShown: () => store.size,
+  onChange: () => subscriptions.redeliver(),
+});
+// The hub's settings for the mode are read before the first connection (so the
+// first Subscribes carry them) and again after every later welcome: the hub may
+// have restarted with others, or not have answered the first time.
+let settingsFresh = false; // read just before connecting; no need to ask again
+async function readSettings() {
+  const settings = await fetchSettings();
+  if (!settings) return false;
+  delivery.configure(settings);
+  return true;
+}
 
 // Telemetry received this second (shown as msg/s) and this dashboard's drops: the
 // hub's `total` counts per connection, so earlier connections' totals are added.
@@ -52,6 +70,8 @@ const conn = new Connection({
     setText(roleText, welcome.role || "viewer");
     showMessage(loginError, "");
     fleet.reconnected();
+    if (!settingsFresh) readSettings();
+    settingsFresh = false;
     // The hub keeps nothing for a dashboard across connections: ask again for
     // everything. History replays then fill the charts' gap.
     subscriptions.resend();
@@ -72,11 +92,13 @@ const conn = new Connection({
 /** Drops the series for which keep(series) is false, with their charts and rows. */
 function pruneSeries(keep) {
   const removed = store.retain(keep);
+  if (!removed.length) return;
   charts.removed(removed);
   latest.removed(removed);
+  delivery.seriesChanged();
 }
 
-const subscriptions = new Subscriptions({ conn, onPrune: pruneSeries });
+const subscriptions = new Subscriptions({ conn, onPrune: pruneSeries, deliveryFields: () => delivery.fields() });
 // `#subscribe=PATTERN` (what `telehub demo` prints) subscribes a tab that has no
 // subscriptions yet; one that has some keeps them.
 const initialPattern = fragment.get("subscribe");
@@ -103,7 +125,10 @@ function addTelemetry(telemetry) {
   }
   charts.touched(added.series, added.created);
   latest.touched(added.series, added.created);
-  if (added.created) subscriptions.addKnown(added.series.category);
+  if (added.created) {
+    subscriptions.addKnown(added.series.category);
+    delivery.seriesChanged();
+  }
 }
 
 // One handler per message kind.
@@ -114,6 +139,16 @@ const handlers = {
   },
   history(h) {
     for (const t of h.telemetry || []) addTelemetry(t);
+  },
+  // Batched or conflated delivery: each message exactly as if it had come alone.
+  batch(b) {
+    const telemetry = b.telemetry || [];
+    telemetryThisSecond += telemetry.length;
+    for (const t of telemetry) {
+      // The Batch names the category of all it carries.
+      if (!t.category) t.category = b.category;
+      addTelemetry(t);
+    }
   },
   subscribed: (s) => subscriptions.onSubscribed(s),
   presence: (p) => fleet.onPresence(p),
@@ -127,6 +162,7 @@ const handlers = {
   error(e) {
     if (notifications.onError(e)) return;
     if (e.code === "INVALID_SUBSCRIPTION") return subscriptions.onError(e);
+    if (e.code === "RATE_LIMITED" && subscriptions.onRateLimited(e)) return;
     // Anything else is shown for a while in the banner under the header.
     showMessage(hubError, `hub: ${e.code || "ERROR"}${e.message ? ": " + e.message : ""}`);
     clearTimeout(hubErrorTimer);
@@ -159,6 +195,7 @@ logoutButton.addEventListener("click", () => {
   latest.clear();
   fleet.clear();
   subscriptions.clear();
+  delivery.clear();
   notifications.clear();
   droppedEarlier = droppedThisConnection = 0;
   setText(droppedText, 0);
@@ -170,4 +207,7 @@ setInterval(() => {
   telemetryThisSecond = 0;
 }, 1000);
 
+// Not waited for longer than fetchSettings' own timeout: without the hub's values
+// the page subscribes with the defaults.
+settingsFresh = await readSettings();
 conn.start();

@@ -1,6 +1,7 @@
 // Category subscriptions: the subscribe form, the list of current subscriptions
 // (as the hub confirms them), the datalist of known categories, and resending
-// everything after a reconnect.
+// everything after a reconnect or when the delivery mode changes (delivery.js:
+// every Subscribe carries the mode in force).
 //
 // Two views of the same thing are kept on purpose: `desired` is what the user asked
 // for, with each pattern's filter, kept in sessionStorage and resent after every
@@ -12,9 +13,10 @@
 // keeps what was sent in that order, so each reply is matched with its request:
 // an INVALID_SUBSCRIPTION names no pattern, and series are pruned only once the
 // hub confirms (until then its telemetry is still arriving and would recreate them;
-// wants() drops that meanwhile).
+// wants() drops that meanwhile). A Subscribe the hub's pacing held back
+// (RATE_LIMITED: nothing applied) is answered by that error instead, and sent again.
 
-import { byId, el, parseList, parseTags, showMessage, tagsText } from "./dom.js";
+import { byId, el, num, parseList, parseTags, showMessage, tagsText } from "./dom.js";
 import { scheduleAtMost } from "./frame.js";
 
 const STORAGE_KEY = "telehub_subscriptions";
@@ -43,11 +45,13 @@ export class Subscriptions {
   /**
    * conn: the Connection (to send). onPrune(keep): drop series for which
    * keep(series) is false (their subscription was removed or its filter changed,
-   * as the hub has confirmed).
+   * as the hub has confirmed). deliveryFields(): the delivery mode's Subscribe
+   * fields (see delivery.js), added to every Subscribe.
    */
-  constructor({ conn, onPrune }) {
+  constructor({ conn, onPrune, deliveryFields }) {
     this.conn = conn;
     this.onPrune = onPrune;
+    this.deliveryFields = deliveryFields;
     this.form = byId("subscribe");
     this.pattern = byId("pattern");
     this.tagsInput = byId("filter-tags");
@@ -62,6 +66,8 @@ export class Subscriptions {
     // Subscribes and Unsubscribes sent on this connection and not answered yet,
     // oldest first: { kind, pattern, filter, previous, prune } (see send()).
     this.inFlight = [];
+    // Subscribes the hub held back (RATE_LIMITED), waiting to be sent again.
+    this.held = new Set();
     // Exact categories seen in telemetry or fleet stats, least recently seen first.
     this.known = new Set();
     this.renderDatalist = this.renderDatalist.bind(this);
@@ -125,6 +131,7 @@ export class Subscriptions {
     const subscribe = { categories: [pattern] };
     if (filter.deviceIds.length) subscribe.deviceIds = filter.deviceIds;
     if (Object.keys(filter.tags).length) subscribe.tags = filter.tags;
+    Object.assign(subscribe, this.deliveryFields());
     if (!this.conn.send({ subscribe })) return false;
     this.inFlight.push({ kind: "subscribe", pattern, filter, previous, prune });
     return true;
@@ -164,11 +171,24 @@ export class Subscriptions {
   resend() {
     // Requests of the previous connection will never be answered; what they would
     // have pruned goes now (the hub of this connection has none of it).
-    const unanswered = this.inFlight;
+    const unanswered = [...this.inFlight, ...this.held];
     this.inFlight = [];
+    this.held.clear();
     this.active = [];
     for (const request of unanswered) request.prune?.();
     for (const [pattern, filter] of this.desired) this.send(pattern, filter);
+  }
+
+  /**
+   * The delivery mode changed: every subscription is sent again with it, with its
+   * filter unchanged (the hub replaces the pattern's mode in place; the History it
+   * replays again is dropped by the series' de-duplication). When not connected
+   * nothing is sent: the resend after reconnecting carries the new mode.
+   */
+  redeliver() {
+    for (const [pattern, filter] of this.desired) {
+      this.send(pattern, filter, this.active.includes(pattern) ? filter : undefined);
+    }
   }
 
   /** The hub's `subscribed`: the complete list now in force, answering our oldest request. */
@@ -224,6 +244,27 @@ export class Subscriptions {
     this.save();
   }
 
+  /**
+   * A RATE_LIMITED error: the hub paces Subscribes (each replays History) and
+   * applied nothing of our oldest unanswered one. It goes again once allowed, with
+   * the pattern's filter and mode as they are then (a later Subscribe of the same
+   * pattern may have been sent meanwhile: the last one the hub applies must be the
+   * current one). False when it was not about a Subscribe.
+   */
+  onRateLimited(error) {
+    if (this.inFlight[0]?.kind !== "subscribe") return false;
+    const request = this.inFlight.shift();
+    this.held.add(request);
+    setTimeout(() => {
+      if (!this.held.delete(request)) return; // a reconnect resent everything meanwhile
+      const filter = this.desired.get(request.pattern);
+      // Unsubscribed meanwhile, or not connected (the resend after reconnecting
+      // sends it): no reply will come, so what it would have pruned goes now.
+      if (!filter || !this.send(request.pattern, filter, request.previous, request.prune)) request.prune?.();
+    }, Math.max(100, num(error.retryAfterMs)));
+    return true;
+  }
+
   /** A category seen in telemetry or fleet stats, offered in the pattern picker. */
   addKnown(category) {
     if (!category) return;
@@ -255,6 +296,7 @@ export class Subscriptions {
     this.desired.clear();
     sessionStorage.removeItem(STORAGE_KEY);
     this.inFlight = [];
+    this.held.clear();
     this.known.clear();
     this.active = [];
     this.render();

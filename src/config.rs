@@ -9,6 +9,8 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+use crate::hub::stream::{MAX_CONFLATE_MS, MAX_DELAY_MS};
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -149,6 +151,19 @@ pub struct Dashboard {
     /// Serve the dashboard from this directory instead of the copy built into the
     /// binary (for working on the dashboard without rebuilding the hub).
     pub assets_dir: Option<PathBuf>,
+    /// The browser page subscribes batched (`Subscribe.max_delay_ms`) with this
+    /// delay: one redraw per batch instead of one per message, and nothing a person
+    /// can see added to the latency.
+    #[serde(with = "humantime_serde")]
+    pub page_max_delay: Duration,
+    /// While the page shows more than `page_conflate_above` series it subscribes
+    /// conflated (`Subscribe.conflate_ms`) at this interval: each series' latest
+    /// value, not every value, since nobody reads hundreds of charts at 20 Hz.
+    #[serde(with = "humantime_serde")]
+    pub page_conflate_interval: Duration,
+    /// Series the page may show before it switches to conflated delivery (it
+    /// switches back below 80 % of this, so it does not flap at the boundary).
+    pub page_conflate_above: usize,
 }
 
 impl Default for Dashboard {
@@ -166,6 +181,9 @@ impl Default for Dashboard {
             fleet_interval: Duration::from_secs(1),
             forget_after: Duration::from_secs(3600),
             assets_dir: None,
+            page_max_delay: Duration::from_millis(50),
+            page_conflate_interval: Duration::from_millis(500),
+            page_conflate_above: 200,
         }
     }
 }
@@ -300,6 +318,16 @@ impl Config {
         if d.fleet_interval.is_zero() || d.forget_after.is_zero() {
             return bad("dashboard.fleet_interval and forget_after must be > 0");
         }
+        // The page sends these as whole milliseconds in a Subscribe, which the hub
+        // accepts only within these bounds.
+        let within = |t: Duration, max_ms: u32| (1..=u128::from(max_ms)).contains(&t.as_millis());
+        if !within(d.page_max_delay, MAX_DELAY_MS)
+            || !within(d.page_conflate_interval, MAX_CONFLATE_MS)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "dashboard.page_max_delay must be 1ms..={MAX_DELAY_MS}ms and page_conflate_interval 1ms..={MAX_CONFLATE_MS}ms"
+            )));
+        }
         if self.limits.ping_interval.is_zero() || self.limits.idle_timeout.is_zero() {
             return bad("limits.ping_interval and idle_timeout must be > 0");
         }
@@ -347,5 +375,46 @@ mod tests {
         let mut zero = Config::default();
         zero.rate.burst = 0;
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn page_delivery_keys_default_parse_and_stay_within_what_a_subscribe_accepts() {
+        let d = Config::default().dashboard;
+        assert_eq!(
+            (
+                d.page_max_delay,
+                d.page_conflate_interval,
+                d.page_conflate_above
+            ),
+            (Duration::from_millis(50), Duration::from_millis(500), 200)
+        );
+        let cfg: Config = toml::from_str(
+            "[dashboard]\npage_max_delay = \"20ms\"\npage_conflate_interval = \"2s\"\npage_conflate_above = 3\n",
+        )
+        .unwrap();
+        let d = &cfg.dashboard;
+        assert_eq!(
+            (
+                d.page_max_delay,
+                d.page_conflate_interval,
+                d.page_conflate_above
+            ),
+            (Duration::from_millis(20), Duration::from_secs(2), 3)
+        );
+        cfg.validate().unwrap();
+        // 0 and sub-millisecond values would be sent as 0 (live), the others refused.
+        let ms = Duration::from_millis;
+        for (delay, interval) in [
+            (ms(0), ms(500)),
+            (Duration::from_micros(500), ms(500)),
+            (ms(10_001), ms(500)),
+            (ms(50), ms(0)),
+            (ms(50), ms(60_001)),
+        ] {
+            let mut c = Config::default();
+            c.dashboard.page_max_delay = delay;
+            c.dashboard.page_conflate_interval = interval;
+            assert!(c.validate().is_err(), "{delay:?} / {interval:?} accepted");
+        }
     }
 }

@@ -271,12 +271,16 @@ impl Metrics {
 
     /// Batches built of `kind` (`batched`, `conflated`).
     pub fn batches(&self, kind: &'static str) -> Counter {
-        self.batches_built.get_or_create(&KindLabel { kind }).clone()
+        self.batches_built
+            .get_or_create(&KindLabel { kind })
+            .clone()
     }
 
     /// Batches queued to dashboards, of `kind`.
     pub fn batch_deliveries(&self, kind: &'static str) -> Counter {
-        self.batches_queued.get_or_create(&KindLabel { kind }).clone()
+        self.batches_queued
+            .get_or_create(&KindLabel { kind })
+            .clone()
     }
 
     pub fn refused(&self, reason: &'static str) {

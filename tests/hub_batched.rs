@@ -88,9 +88,15 @@ async fn one_batch_per_interval_carries_every_message_in_order_for_every_dashboa
                 .filter(|t| t.device_id == dev)
                 .map(|t| t.seq)
                 .collect();
-            assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "{dev}: every message, in order");
+            assert_eq!(
+                seqs,
+                (1..=20).collect::<Vec<_>>(),
+                "{dev}: every message, in order"
+            );
         }
-        assert!(batches.iter().all(|b| b.category == "env.t" && !b.conflated));
+        assert!(batches
+            .iter()
+            .all(|b| b.category == "env.t" && !b.conflated));
         assert!(all.iter().all(|t| t.received_ms > 0));
         per_dashboard.push(batches.len());
     }
@@ -103,7 +109,10 @@ async fn one_batch_per_interval_carries_every_message_in_order_for_every_dashboa
     let built = per_dashboard[0] as f64;
     assert!(per_dashboard.iter().all(|&n| n == per_dashboard[0]));
     let m = hub.metrics();
-    assert_eq!(m.get("telehub_batches_built_total{kind=\"batched\"}"), built);
+    assert_eq!(
+        m.get("telehub_batches_built_total{kind=\"batched\"}"),
+        built
+    );
     assert_eq!(
         m.get("telehub_batches_queued_total{kind=\"batched\"}"),
         3.0 * built
@@ -124,8 +133,7 @@ async fn filters_narrow_batches_and_json_dashboards_get_the_proto3_mapping() {
         .await
         .expect("JSON dashboard");
     json.send_raw(telehub::ws::Message::Text(
-        r#"{"subscribe":{"categories":["env.*"],"tags":{"site":"north"},"maxDelayMs":50}}"#
-            .into(),
+        r#"{"subscribe":{"categories":["env.*"],"tags":{"site":"north"},"maxDelayMs":50}}"#.into(),
     ))
     .await;
     assert_eq!(json.expect_subscribed().await, ["env.*"]);
@@ -250,7 +258,11 @@ async fn conflation_sends_the_latest_changed_value_per_series_once_per_interval(
         [("a".to_string(), 3), ("b".to_string(), 1)],
         "the latest of each series, in the order they first spoke"
     );
-    assert_eq!(expect_batch(&mut other).await, batch, "the same batch for both");
+    assert_eq!(
+        expect_batch(&mut other).await,
+        batch,
+        "the same batch for both"
+    );
 
     // a repeats its value (a new seq, same readings): not re-sent. b changed.
     a.send_telemetry("env.t", vec![number("t", 3.0, "")]).await;
@@ -260,9 +272,19 @@ async fn conflation_sends_the_latest_changed_value_per_series_once_per_interval(
     d.expect_no_telemetry(Duration::from_millis(600)).await;
 
     let m = hub.metrics();
-    assert_eq!(m.get("telehub_batches_built_total{kind=\"conflated\"}"), 2.0);
-    assert_eq!(m.get("telehub_batches_queued_total{kind=\"conflated\"}"), 4.0);
-    assert_eq!(m.get("telehub_conflated_away_total"), 3.0, "a:1, a:2, a:3 again");
+    assert_eq!(
+        m.get("telehub_batches_built_total{kind=\"conflated\"}"),
+        2.0
+    );
+    assert_eq!(
+        m.get("telehub_batches_queued_total{kind=\"conflated\"}"),
+        4.0
+    );
+    assert_eq!(
+        m.get("telehub_conflated_away_total"),
+        3.0,
+        "a:1, a:2, a:3 again"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The plain HTTP side of the one TLS listener: `/healthz` for orchestrators,
-//! `/metrics` for Prometheus, the dashboard page, and 404s.
+//! `/metrics` for Prometheus, the dashboard page and its settings, and 404s.
 
 mod common;
 
@@ -121,4 +121,35 @@ async fn index_page_and_unknown_paths() {
     // A plain GET on a WebSocket endpoint is not an upgrade.
     let (status, _, _) = hub.get("/v1/device").await;
     assert!((400..500).contains(&status), "{status}");
+}
+
+#[tokio::test]
+async fn dashboard_settings_tell_the_page_how_to_subscribe_without_a_token() {
+    let hub = Hub::start().await;
+    let (status, head, body) = hub.get("/v1/dashboard/settings").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(
+        v,
+        serde_json::json!({"max_delay_ms": 50, "conflate_ms": 500, "conflate_above": 200})
+    );
+
+    let hub = Hub::with(|c| {
+        c.dashboard.page_max_delay = std::time::Duration::from_millis(20);
+        c.dashboard.page_conflate_interval = std::time::Duration::from_secs(2);
+        c.dashboard.page_conflate_above = 3;
+    })
+    .await;
+    let (status, _, body) = hub.get("/v1/dashboard/settings").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(
+        v,
+        serde_json::json!({"max_delay_ms": 20, "conflate_ms": 2000, "conflate_above": 3})
+    );
 }

@@ -7,10 +7,13 @@
 //! | `GET /v1/notifications/{id}?state=S&after=DEV&limit=N` | viewer, operator | counts and a page of per-device rows |
 //! | `PUT /v1/devices/{id}` | operator | register a device or replace its tags |
 //! | `GET /v1/devices?after=DEV&limit=N` | viewer, operator | the registry, paged |
+//! | `GET /v1/dashboard/settings` | anyone | how the browser page subscribes |
 //!
 //! Only `Authorization: Bearer <token>` authenticates here, never the cookie the
 //! dashboard WebSocket accepts: a cookie would let any web page a logged-in
-//! operator visits push notifications (CSRF). Bodies are JSON; every refusal is a
+//! operator visits push notifications (CSRF). The page settings need no token: they
+//! are configuration the page itself would show, and it reads them before it has
+//! connected (or been given a token). Bodies are JSON; every refusal is a
 //! status with a one-line plain-text reason (400 invalid body, 401/403 token, 404
 //! unknown id, 422 no device matches, 503 store unavailable).
 
@@ -448,4 +451,31 @@ pub async fn devices(
         .into_response(),
         Err(e) => unavailable(e),
     }
+}
+
+/// `GET /v1/dashboard/settings` answer: how the browser page subscribes, from the
+/// `dashboard.page_*` configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageSettingsBody {
+    /// `Subscribe.max_delay_ms` of the page's (default) batched subscriptions.
+    pub max_delay_ms: u32,
+    /// `Subscribe.conflate_ms` while it shows more than `conflate_above` series.
+    pub conflate_ms: u32,
+    pub conflate_above: usize,
+}
+
+pub async fn page_settings(State(app): State<Arc<App>>) -> Response {
+    let d = &app.config.dashboard;
+    // validate() keeps both within what a Subscribe accepts (at most 60,000 ms).
+    let ms = |t: Duration| u32::try_from(t.as_millis()).unwrap_or(u32::MAX);
+    (
+        // A hub restarted with other settings must not be hidden by a cached copy.
+        [(header::CACHE_CONTROL, "no-cache")],
+        Json(PageSettingsBody {
+            max_delay_ms: ms(d.page_max_delay),
+            conflate_ms: ms(d.page_conflate_interval),
+            conflate_above: d.page_conflate_above,
+        }),
+    )
+        .into_response()
 }

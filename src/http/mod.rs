@@ -55,6 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/notifications/{id}", get(api::status))
         .route("/v1/devices", get(api::devices))
         .route("/v1/devices/{id}", put(api::put_device))
+        .route("/v1/dashboard/settings", get(api::page_settings))
         .route("/{*file}", get(assets::serve))
         .with_state(app)
 }

@@ -75,27 +75,26 @@ impl Subscription {
                 "a filter may name at most {MAX_FILTER_DEVICE_IDS} devices and {MAX_FILTER_TAGS} tags"
             )));
         }
-        let delivery = match (s.max_delay_ms, s.conflate_ms) {
-            (0, 0) => Delivery::Live,
-            (ms @ 1..=MAX_DELAY_MS, 0) => Delivery::Batched { max_delay_ms: ms },
-            (0, ms @ 1..=MAX_CONFLATE_MS) => Delivery::Conflated { interval_ms: ms },
-            (_, 0) => {
-                return Err(refuse(format!(
-                    "max_delay_ms must be 1..={MAX_DELAY_MS} (0: live)"
-                )))
-            }
-            (0, _) => {
-                return Err(refuse(format!(
-                    "conflate_ms must be 1..={MAX_CONFLATE_MS} (0: not conflated)"
-                )))
-            }
-            _ => {
-                return Err(refuse(
+        let delivery =
+            match (s.max_delay_ms, s.conflate_ms) {
+                (0, 0) => Delivery::Live,
+                (ms @ 1..=MAX_DELAY_MS, 0) => Delivery::Batched { max_delay_ms: ms },
+                (0, ms @ 1..=MAX_CONFLATE_MS) => Delivery::Conflated { interval_ms: ms },
+                (_, 0) => {
+                    return Err(refuse(format!(
+                        "max_delay_ms must be 1..={MAX_DELAY_MS} (0: live)"
+                    )))
+                }
+                (0, _) => {
+                    return Err(refuse(format!(
+                        "conflate_ms must be 1..={MAX_CONFLATE_MS} (0: not conflated)"
+                    )))
+                }
+                _ => return Err(refuse(
                     "a subscription is batched (max_delay_ms) or conflated (conflate_ms), not both"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         Ok(Self {
             patterns,
             delivery,
