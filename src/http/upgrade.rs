@@ -157,9 +157,28 @@ async fn run_session<S>(
     let subject = claims.sub.clone();
     tracing::debug!(%subject, role = %claims.role, "session start");
     match endpoint {
-        Endpoint::Device => session::device::run(conn, claims, app, meters.clone(), shutdown).await,
+        // Boxed apart: a device's task holds a device session's future, not one as
+        // large as a dashboard's (idle fleets are mostly devices).
+        Endpoint::Device => {
+            Box::pin(session::device::run(
+                conn,
+                claims,
+                app,
+                meters.clone(),
+                shutdown,
+            ))
+            .await
+        }
         Endpoint::Dashboard => {
-            session::dashboard::run(conn, claims, format, app, meters.clone(), shutdown).await
+            Box::pin(session::dashboard::run(
+                conn,
+                claims,
+                format,
+                app,
+                meters.clone(),
+                shutdown,
+            ))
+            .await
         }
     }
     meters.connections.dec();

@@ -60,11 +60,17 @@ pub async fn run<S>(
             server_version: env!("CARGO_PKG_VERSION").into(),
         })),
     };
-    if send(&mut writer, &binary(&welcome), &meters).await.is_err() {
+    // Futures awaited once, or rarely, are boxed (here and in `serve`): a session's
+    // future is as large as the largest thing it ever awaits, and every idle
+    // connection holds it all the time.
+    if Box::pin(send(&mut writer, &binary(&welcome), &meters))
+        .await
+        .is_err()
+    {
         return;
     }
     let connected = app.hub.device_online(info);
-    app.notifier.registered(connected.registration).await;
+    Box::pin(app.notifier.registered(connected.registration)).await;
     let session = connected.session;
     let mut device = Device {
         deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
@@ -79,7 +85,7 @@ pub async fn run<S>(
     if let Some(c) = &close {
         tracing::debug!(device = %device.session.info.id, code = c.code, reason = %c.reason, "device session closing");
     }
-    finish(&mut reader, &mut writer, close.as_ref()).await;
+    Box::pin(finish(&mut reader, &mut writer, close.as_ref())).await;
 }
 
 /// One connected device.
@@ -146,12 +152,12 @@ impl Device {
             let next_due = self.deliveries.next_due();
             tokio::select! {
                 _ = wake.notified() => {
-                    if self.deliveries.send_new(writer, &self.meters).await.is_err() {
+                    if Box::pin(self.deliveries.send_new(writer, &self.meters)).await.is_err() {
                         return None;
                     }
                 }
                 _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
-                    if self.deliveries.resend_due(writer, &self.meters).await.is_err() {
+                    if Box::pin(self.deliveries.resend_due(writer, &self.meters)).await.is_err() {
                         return None;
                     }
                 }
@@ -193,7 +199,7 @@ impl Device {
     async fn apply(&mut self, command: Command) -> Reply {
         match command {
             Command::Telemetry(t) => self.on_telemetry(t),
-            Command::Ack(a) => self.on_ack(a).await,
+            Command::Ack(a) => Box::pin(self.on_ack(a)).await,
         }
     }
 }
