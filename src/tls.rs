@@ -111,11 +111,19 @@ pub fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> 
         .map_err(|source| pem_err(&cert_path, "certificate", source))?;
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|source| pem_err(&key_path, "private key", source))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::ring::default_provider();
+    // TLS 1.3 with AES-128-GCM first, in the server's order: its key schedule hashes
+    // with SHA-256, several times cheaper here than the SHA-384 of AES-256-GCM, the
+    // usual first choice of clients (6 % of the hub's CPU in a reconnect storm).
+    // Every suite of the default provider is still offered.
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    config.ignore_client_order = true;
     // WebSockets upgrade over HTTP/1.1 only (RFC 8441 is not supported).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Session resumption with stateless tickets (RFC 8446 §2.2): a device that
@@ -234,6 +242,11 @@ mod tests {
         assert!(
             server.ticketer.enabled(),
             "stateless tickets: resumption whatever the fleet size, nothing kept per session"
+        );
+        assert!(server.ignore_client_order);
+        assert_eq!(
+            server.crypto_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
         );
         client_config(&dir.join(CA_CERT)).unwrap();
         fs::remove_dir_all(&dir).unwrap();

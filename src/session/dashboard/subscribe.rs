@@ -8,10 +8,7 @@
 
 use std::num::NonZeroU32;
 
-use governor::{
-    clock::{Clock, DefaultClock},
-    DefaultDirectRateLimiter, Quota, RateLimiter,
-};
+use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::Dashboard;
 use crate::{
@@ -35,9 +32,10 @@ pub const SUBSCRIBE_BURST: u32 = 64;
 
 /// The pacing limiter of one dashboard's Subscribes.
 pub fn pacer() -> DefaultDirectRateLimiter {
-    RateLimiter::direct(
+    RateLimiter::direct_with_clock(
         Quota::per_second(NonZeroU32::new(SUBSCRIBES_PER_SECOND).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(SUBSCRIBE_BURST).unwrap_or(NonZeroU32::MIN)),
+        crate::session::limiter_clock(),
     )
 }
 
@@ -111,7 +109,7 @@ impl Dashboard {
     /// holds; the matching recent telemetry follows as `History`.
     pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Reply {
         if let Err(not_until) = self.subscribes.check() {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let wait = not_until.wait_time_from(crate::session::limiter_clock().now());
             return Reply::Held(Some(error_envelope(
                 Code::RateLimited,
                 format!(

@@ -40,7 +40,10 @@ pub struct Telemetry {
 impl Telemetry {
     pub fn new(config: &Config) -> Self {
         Self {
-            limiter: RateLimiter::direct(config.rate_quota()),
+            limiter: RateLimiter::direct_with_clock(
+                config.rate_quota(),
+                crate::session::limiter_clock(),
+            ),
             limited: Refusals::default(),
             last_received_ms: 0,
         }
@@ -143,7 +146,7 @@ impl Device {
         if !self.telemetry.limited.should_tell(now) {
             return Reply::Held(None);
         }
-        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let wait = not_until.wait_time_from(crate::session::limiter_clock().now());
         Reply::Held(Some(error_envelope(
             Code::RateLimited,
             format!(
