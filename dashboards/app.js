@@ -56,6 +56,12 @@ let telemetryThisSecond = 0;
 let droppedEarlier = 0;
 let droppedThisConnection = 0;
 let hubErrorTimer = 0;
+// A conflated batch the hub dropped (this page fell behind) may have held the only
+// change of some series, which the hub will not send again while their value holds:
+// a fresh Subscribe brings every current value back with its History. At most this
+// often, so a page that keeps falling behind does not keep asking for replays.
+const REPAIR_EVERY_MS = 10_000;
+let lastRepair = -Infinity;
 
 const conn = new Connection({
   onState(state, text) {
@@ -156,6 +162,10 @@ const handlers = {
   dropped(d) {
     droppedThisConnection = num(d.total);
     setText(droppedText, droppedEarlier + droppedThisConnection);
+    if (delivery.conflated && performance.now() - lastRepair >= REPAIR_EVERY_MS) {
+      lastRepair = performance.now();
+      subscriptions.redeliver();
+    }
   },
   notificationAccepted: (a) => notifications.onAccepted(a),
   notificationProgress: (p) => notifications.onProgress(p),

@@ -308,11 +308,18 @@ impl Config {
             return bad("dashboard.queue_len and max_subscriptions must be > 0");
         }
         let d = &self.dashboard;
-        // One JSON message of the largest size must fit a dashboard's queue.
-        let largest = self.limits.max_message_bytes.saturating_mul(8) + 64;
+        // One JSON message of the largest size must fit a dashboard's queue: the
+        // largest telemetry, plus what the hub adds (device id, received_ms) or a
+        // Batch wraps around it (key, length, category), under 256 bytes.
+        let largest = self
+            .limits
+            .max_message_bytes
+            .saturating_add(256)
+            .saturating_mul(8)
+            + 64;
         if d.queue_bytes < largest || d.queued_bytes_max < d.queue_bytes {
             return Err(ConfigError::Invalid(format!(
-                "dashboard.queue_bytes must be >= {largest} (8 x limits.max_message_bytes + 64) and <= dashboard.queued_bytes_max"
+                "dashboard.queue_bytes must be >= {largest} (8 x (limits.max_message_bytes + 256) + 64) and <= dashboard.queued_bytes_max"
             )));
         }
         if d.fleet_interval.is_zero() || d.forget_after.is_zero() {

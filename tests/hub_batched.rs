@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{client_config, code, number, Client, Event, Hub, PROTOCOL_JSON};
 use telehub::{
     auth::Role,
-    proto::{envelope::Body, error::Code, Batch, History, Subscribe, Telemetry},
+    proto::{envelope::Body, error::Code, Batch, Subscribe, Telemetry},
 };
 
 fn batched(patterns: &[&str], max_delay_ms: u32) -> Subscribe {
@@ -208,19 +208,7 @@ async fn history_then_batches_without_a_gap_while_a_device_keeps_sending() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut d = hub.dashboard().await;
     d.subscribe_with(batched(&["env.t"], 20)).await;
-    let mut history: Vec<Telemetry> = Vec::new();
-    loop {
-        let h: History = d
-            .expect("History", |b| match b {
-                Body::History(h) => Some(h.clone()),
-                _ => None,
-            })
-            .await;
-        history.extend(h.telemetry);
-        if !h.more {
-            break;
-        }
-    }
+    let history = d.expect_history().await;
     assert!(!history.is_empty());
     // Clients keep, per series, only what is newer than what they hold.
     let mut kept: Vec<u64> = history.iter().map(|t| t.seq).collect();
@@ -329,4 +317,35 @@ async fn a_subscription_changes_delivery_when_resubscribed_and_bad_intervals_are
         assert!(tokio::time::Instant::now() < deadline, "stream not removed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_dashboard_joining_a_conflated_stream_gets_the_current_value_even_if_unchanged() {
+    let hub = Hub::start().await;
+    let mut first = hub.dashboard().await;
+    first.subscribe_with(conflated(&["env.t"], 1000)).await;
+    let mut x = hub.device("x").await;
+    x.send_telemetry("env.t", vec![number("t", 1.0, "")]).await;
+    assert_eq!(
+        ids(&expect_batch(&mut first).await.telemetry),
+        [("x".to_string(), 1)]
+    );
+
+    // x moves to 2, a second dashboard joins (its History ends with 2), and x goes
+    // back to 1 within the same interval: 1 is what the stream last sent, but the
+    // joiner holds 2, so the stream sends it again.
+    x.send_telemetry("env.t", vec![number("t", 2.0, "")]).await;
+    let mut joiner = hub.dashboard().await;
+    joiner.subscribe_with(conflated(&["env.t"], 1000)).await;
+    let history = joiner.expect_history().await;
+    assert_eq!(history.last().map(|t| t.seq), Some(2));
+    x.send_telemetry("env.t", vec![number("t", 1.0, "")]).await;
+    assert_eq!(
+        ids(&expect_batch(&mut joiner).await.telemetry),
+        [("x".to_string(), 3)]
+    );
+    assert_eq!(
+        ids(&expect_batch(&mut first).await.telemetry),
+        [("x".to_string(), 3)]
+    );
 }

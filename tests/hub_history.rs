@@ -19,23 +19,6 @@ async fn accepted(hub: &Hub, n: u64) {
     .await;
 }
 
-/// Every History message up to the last one (`more == false`).
-async fn history(dashboard: &mut Client) -> Vec<Telemetry> {
-    let mut all = Vec::new();
-    loop {
-        let h: History = dashboard
-            .expect("History", |b| match b {
-                Body::History(h) => Some(h.clone()),
-                _ => None,
-            })
-            .await;
-        all.extend(h.telemetry);
-        if !h.more {
-            return all;
-        }
-    }
-}
-
 fn seqs(ts: &[Telemetry]) -> Vec<(String, String, u64)> {
     ts.iter()
         .map(|t| (t.device_id.clone(), t.category.clone(), t.seq))
@@ -58,7 +41,7 @@ async fn a_subscription_starts_with_the_recent_window_of_each_matching_series() 
 
     let mut dash = hub.dashboard().await;
     dash.subscribe(&["env.*"]).await;
-    let h = history(&mut dash).await;
+    let h = dash.expect_history().await;
     let want: Vec<_> = (1..=5)
         .map(|s| ("d1".to_string(), "env.temperature".to_string(), s))
         .collect();
@@ -74,7 +57,7 @@ async fn a_subscription_starts_with_the_recent_window_of_each_matching_series() 
     // History (which is gathered after the reply, but only from before it).
     dash.subscribe(&["power.*"]).await;
     d1.send_telemetry("power.battery", vec![]).await;
-    let h = history(&mut dash).await;
+    let h = dash.expect_history().await;
     assert_eq!(h.iter().map(|t| t.seq).collect::<Vec<_>>(), [6, 7, 8]);
     assert_eq!(dash.expect_telemetry().await.seq, 10);
 
@@ -103,7 +86,7 @@ async fn the_window_is_bounded_and_the_filter_applies() {
     let mut dash = hub.dashboard().await;
     dash.subscribe_filtered(&["env.t"], &[], &[("fleet", "north")])
         .await;
-    let h = history(&mut dash).await;
+    let h = dash.expect_history().await;
     let seqs: Vec<u64> = h.iter().map(|t| t.seq).collect();
     assert!(h.iter().all(|t| t.device_id == "north-1"), "{h:?}");
     assert_eq!(seqs, [15, 17, 19], "north's env.t carries odd seqs");
@@ -111,7 +94,7 @@ async fn the_window_is_bounded_and_the_filter_applies() {
     // Three series, 4 messages at most: one (the newest) per series.
     let mut all = hub.dashboard().await;
     all.subscribe(&["*"]).await;
-    let h = history(&mut all).await;
+    let h = all.expect_history().await;
     assert_eq!(
         seqs_of(&h),
         [
@@ -124,7 +107,7 @@ async fn the_window_is_bounded_and_the_filter_applies() {
     // A device filter narrows as well.
     let mut one = hub.dashboard().await;
     one.subscribe_filtered(&["env.*"], &["south-1"], &[]).await;
-    let h = history(&mut one).await;
+    let h = one.expect_history().await;
     assert_eq!(h.iter().map(|t| t.seq).collect::<Vec<_>>(), [8, 9, 10]);
 }
 
@@ -199,7 +182,7 @@ async fn history_and_live_telemetry_join_without_a_gap() {
     accepted(&hub, 200).await;
     let mut dash = hub.dashboard().await;
     dash.subscribe(&["env.t"]).await;
-    let h = history(&mut dash).await;
+    let h = dash.expect_history().await;
     let mut last = h.last().expect("a history").seq;
     assert_eq!(
         h.iter().map(|t| t.seq).collect::<Vec<_>>(),

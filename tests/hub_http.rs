@@ -8,14 +8,7 @@ use common::*;
 #[tokio::test]
 async fn healthz_is_json_with_live_counts() {
     let hub = Hub::start().await;
-    let (status, head, body) = hub.get("/healthz").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{head}"
-    );
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    let v = hub.get_json("/healthz").await;
     assert_eq!(v["status"], "ok");
     assert_eq!(v["devices_online"], 0);
 
@@ -126,14 +119,7 @@ async fn index_page_and_unknown_paths() {
 #[tokio::test]
 async fn dashboard_settings_tell_the_page_how_to_subscribe_without_a_token() {
     let hub = Hub::start().await;
-    let (status, head, body) = hub.get("/v1/dashboard/settings").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{head}"
-    );
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    let v = hub.get_json("/v1/dashboard/settings").await;
     assert_eq!(
         v,
         serde_json::json!({"max_delay_ms": 50, "conflate_ms": 500, "conflate_above": 200})

@@ -37,8 +37,9 @@ pub struct Encoded {
     envelope: OnceLock<Envelope>,
     binary: SharedMessage,
     json: OnceLock<SharedMessage>,
-    /// Telemetry messages it carries: 1 for a `Telemetry` (and for any other
-    /// message, so that queue counts stay meaningful), n for a `Batch`.
+    /// Telemetry messages it carries: 1 for a `Telemetry` (and for other messages
+    /// the hub encodes, so that queue counts stay meaningful), n for a `Batch`; 0
+    /// for a `History`, which is never dropped.
     carries: u64,
     /// The senders' dropped counters, charged when a slow dashboard's queue evicts
     /// this message (set by the hub as it publishes or batches): no lookup.
@@ -88,10 +89,11 @@ impl Encoded {
             let Some(Charges::One(c)) = m.charges.get() else {
                 continue;
             };
-            // Messages of one sender are usually adjacent; a short scan otherwise.
-            match charges.iter_mut().rev().find(|(k, _)| Arc::ptr_eq(k, c)) {
-                Some((_, n)) => *n += 1,
-                None => charges.push((c.clone(), 1)),
+            // Runs of one sender's messages become one entry; a sender seen again
+            // later gets another (charges add up the same), so this stays linear.
+            match charges.last_mut() {
+                Some((k, n)) if Arc::ptr_eq(k, c) => *n += 1,
+                _ => charges.push((c.clone(), 1)),
             }
         }
         Arc::new(Self {

@@ -109,6 +109,10 @@ impl Drop for HistoryJob {
     }
 }
 
+/// Subscription filters by digest (equal filters share one `Arc`), and the map's
+/// size at which it is next pruned of filters no subscription holds.
+type Interned = (HashMap<u64, Vec<Weak<Filter>>>, usize);
+
 /// What one publication's fan-out did on this node (in telemetry messages: a
 /// batch counts for what it carries). A publication to batched or conflated
 /// subscriptions only is counted when its batch is flushed.
@@ -127,7 +131,6 @@ impl Published {
                 self.dropped += evicted;
             }
             Pushed::Dropped { evicted } => {
-                self.delivered += carries;
                 self.dropped += evicted + carries;
             }
             Pushed::Closed => {}
@@ -187,7 +190,7 @@ pub struct Hub {
     streams: stream::Streams,
     /// Every subscription filter in use, by digest, so that equal filters share
     /// one `Arc` (and so one stream).
-    filters: Mutex<HashMap<u64, Vec<Weak<Filter>>>>,
+    filters: Mutex<Interned>,
     next_dashboard: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -345,6 +348,15 @@ impl Hub {
                     handle.patterns.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            if let Delivery::Conflated { .. } = delivery {
+                // Under the index lock: nothing is appended meanwhile, so every
+                // message a joined stream skips as unchanged from now on was
+                // resent once after this point.
+                self.streams
+                    .resend_all(delivery, stream::filter_id(&filter), |category| {
+                        patterns.iter().any(|p| p.matches(category))
+                    });
+            }
             (handle.outbox.reserve(), self.history.cut())
         };
         HistoryJob {
@@ -359,12 +371,16 @@ impl Hub {
 
     /// The one shared `Arc` of filters equal to `filter`.
     fn intern(&self, filter: Filter) -> Arc<Filter> {
-        let mut filters = self.filters.lock().unwrap_or_else(|p| p.into_inner());
-        if filters.len() > 1024 {
+        let mut interned = self.filters.lock().unwrap_or_else(|p| p.into_inner());
+        let (filters, prune_at) = &mut *interned;
+        // Filters no subscription holds any more are dropped when the map has doubled
+        // since the last pruning: amortised O(1) per Subscribe.
+        if filters.len() >= *prune_at {
             filters.retain(|_, v| {
                 v.retain(|w| w.strong_count() > 0);
                 !v.is_empty()
             });
+            *prune_at = (2 * filters.len()).max(1024);
         }
         let same = filters.entry(filter.digest()).or_default();
         same.retain(|w| w.strong_count() > 0);
@@ -412,9 +428,10 @@ impl Hub {
     fn fan_out(&self, p: &Publication) -> Published {
         let (device, category, msg) = (p.device(), p.category(), p.message());
         let mut out = Published::default();
+        let index = read(&self.index);
         SEEN.with_borrow_mut(|seen| {
             seen.clear();
-            read(&self.index).for_each_match(category, |entry| {
+            index.for_each_match(category, |entry| {
                 if let Some(f) = &entry.filter {
                     if !f.matches(&device.id, &device.tags) {
                         return;
@@ -437,7 +454,7 @@ impl Hub {
         // stream may be reached through several patterns: once).
         STREAMS_SEEN.with_borrow_mut(|seen| {
             seen.clear();
-            read(&self.index).for_each_group(category, |group| {
+            index.for_each_group(category, |group| {
                 if let Some(f) = &group.filter {
                     if !f.matches(&device.id, &device.tags) {
                         return;
@@ -477,45 +494,51 @@ impl Hub {
     /// dashboard that receives the stream now.
     fn flush(&self, stream: &Arc<stream::Stream>) {
         let taken = stream.take();
-        let kind = stream.delivery().label();
         if taken.conflated_away > 0 {
             self.metrics.conflated_away.inc_by(taken.conflated_away);
         }
         if taken.messages.is_empty() {
             return;
         }
+        let receivers = self.receivers(stream);
+        if receivers.is_empty() {
+            // Nobody subscribes any more: nothing to build, and the stream can go.
+            self.streams.remove_if_idle(stream);
+            return;
+        }
+        let kind = stream.delivery().label();
         let batches = stream.batches(&taken.messages);
         self.metrics.batches(kind).inc_by(batches.len() as u64);
-        let (mut out, mut receivers) = (Published::default(), 0u64);
-        SEEN.with_borrow_mut(|seen| {
-            seen.clear();
-            let key = (stream.delivery(), stream.filter_id());
-            read(&self.index).for_each_group(stream.category(), |group| {
-                if (group.delivery, stream::filter_id(&group.filter)) != key {
-                    return;
-                }
-                for d in &group.dashboards {
-                    // Reached through two patterns (`env.*` and `*`): once.
-                    if d.patterns.load(Ordering::Relaxed) > 1 {
-                        if seen.contains(&d.id) {
-                            continue;
-                        }
-                        seen.push(d.id);
-                    }
-                    receivers += 1;
-                    for b in &batches {
-                        out.add(d.outbox.push_telemetry(b.clone()), b.carries());
-                    }
-                }
-            });
-        });
-        self.metrics
-            .batch_deliveries(kind)
-            .inc_by(receivers * batches.len() as u64);
-        self.count(&out);
-        if receivers == 0 {
-            self.streams.remove_if_idle(stream);
+        let (mut out, mut queued) = (Published::default(), 0u64);
+        for d in &receivers {
+            for b in &batches {
+                let pushed = d.outbox.push_telemetry(b.clone());
+                queued += u64::from(matches!(pushed, Pushed::Queued { .. }));
+                out.add(pushed, b.carries());
+            }
         }
+        self.metrics.batch_deliveries(kind).inc_by(queued);
+        self.count(&out);
+    }
+
+    /// The dashboards that receive `stream` now, each once (one may reach it
+    /// through two patterns, `env.*` and `*`).
+    fn receivers(&self, stream: &stream::Stream) -> Vec<Arc<DashboardHandle>> {
+        let key = (stream.delivery(), stream.filter_id());
+        let mut receivers: Vec<Arc<DashboardHandle>> = Vec::new();
+        read(&self.index).for_each_group(stream.category(), |group| {
+            if (group.delivery, stream::filter_id(&group.filter)) != key {
+                return;
+            }
+            for d in &group.dashboards {
+                if d.patterns.load(Ordering::Relaxed) > 1 && receivers.iter().any(|r| r.id == d.id)
+                {
+                    continue;
+                }
+                receivers.push(d.clone());
+            }
+        });
+        receivers
     }
 
     /// Removes the streams no subscription receives any more. The index and the

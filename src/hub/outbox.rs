@@ -16,8 +16,10 @@
 //! - The hub's budget is fair: an outbox holding less than its share of it (the
 //!   budget over the number of outboxes) may queue even when stuck dashboards hold
 //!   the rest, so they cannot starve the others; only outboxes above their share
-//!   make room from their own oldest telemetry. The total therefore stays within
-//!   twice the budget (the budget, plus at most a share for every outbox), and
+//!   make room from their own oldest telemetry; an outbox holding no telemetry may
+//!   always take one message. The total therefore stays within twice the budget
+//!   plus one message per outbox (the budget, plus at most a share or one message
+//!   for every outbox), and
 //!   concurrent publishers may pass it by one message each: it is checked, then
 //!   taken, without a lock across outboxes.
 //! - *Latest-value* messages (presence per device, progress per notification) are
@@ -229,12 +231,17 @@ impl Outbox {
     /// Whether `cost` more bytes fit this outbox's bounds.
     fn fits(&self, st: &State, cost: usize) -> bool {
         let bytes = st.bytes.saturating_add(cost);
+        // An outbox holding no telemetry may always take one message within its
+        // own bound, however many outboxes share the budget: a batch (up to 60 KiB,
+        // accounted at 2 or 8 times that) can be larger than a share when there are
+        // thousands of dashboards, and a healthy one must not be starved by stuck
+        // ones.
         st.messages < self.capacity
             && bytes <= self.max_bytes
             && self
                 .budget
                 .as_ref()
-                .is_none_or(|b| bytes <= b.share() || b.fits(cost))
+                .is_none_or(|b| st.bytes == 0 || bytes <= b.share() || b.fits(cost))
     }
 
     /// Queues telemetry, dropping the oldest queued telemetry while it does not
@@ -611,6 +618,28 @@ mod tests {
         // The stuck one, far above its share, gives back until the budget fits.
         assert_eq!(stuck.push_telemetry(msg(6)), Pushed::Queued { evicted: 3 });
         assert_eq!(budget.queued(), 4 * cost);
+        // A message larger than a share (a batch among thousands of dashboards)
+        // still reaches an outbox holding no telemetry while the budget is spent.
+        let third = bounded(usize::MAX, WireFormat::Protobuf, &budget);
+        let big = Encoded::new(Envelope {
+            body: Some(Body::Dropped(Dropped {
+                count: u64::MAX,
+                total: u64::MAX,
+            })),
+        });
+        let share = 4 * cost / 3;
+        assert!(2 * big.message(WireFormat::Protobuf).payload().len() + ENTRY_COST > share);
+        assert!(!budget.fits(cost), "the budget is spent");
+        assert_eq!(
+            third.push_telemetry(big.clone()),
+            Pushed::Queued { evicted: 0 }
+        );
+        assert_eq!(
+            third.push_telemetry(big),
+            Pushed::Queued { evicted: 1 },
+            "one at a time: the newer replaces it"
+        );
+        drop(third);
         stuck.close();
         let mut out = Vec::new();
         assert_eq!(other.drain(&mut out).dropped, 1);

@@ -20,7 +20,10 @@
 //!   possibly some from just before, which the History rule lets clients drop).
 //! - Conflated: the latest message of each series (device) in the interval, and
 //!   only when its readings differ from the last ones the stream sent for that
-//!   series (compared by a digest of the encoded readings, not decoded).
+//!   series (compared by a digest of the encoded readings, not decoded). When a
+//!   dashboard joins, the next interval sends every series that spoke, changed or
+//!   not ([`Streams::resend_all`]): the joiner's values come from its `History`,
+//!   which may be older than what the stream last sent.
 //! - Memory: a batched stream holds at most [`EARLY_FLUSH_BYTES`] (past that it is
 //!   flushed at once, before its interval ends); a conflated one holds one message
 //!   per series that spoke in the interval, and one digest per series it sent. A
@@ -128,6 +131,9 @@ struct Pending {
     slots: HashMap<String, usize>,
     /// Conflated: messages replaced by a later one of their series.
     superseded: u64,
+    /// Conflated: send the next interval's latest messages even if unchanged (a
+    /// dashboard joined, see [`Streams::resend_all`]).
+    resend: bool,
 }
 
 #[derive(Default)]
@@ -228,6 +234,7 @@ impl Stream {
         }
         let latest = std::mem::take(&mut st.latest);
         let superseded = std::mem::take(&mut st.superseded);
+        let resend = std::mem::take(&mut st.resend);
         st.slots.clear();
         drop(st);
 
@@ -239,7 +246,7 @@ impl Stream {
         for (device, msg) in latest {
             let digest = readings_digest(msg.message(WireFormat::Protobuf).payload());
             match sent.digests.entry(device) {
-                hash_map::Entry::Occupied(mut e) if Some(e.get().0) == digest => {
+                hash_map::Entry::Occupied(mut e) if !resend && Some(e.get().0) == digest => {
                     e.get_mut().1 = now;
                     unchanged += 1;
                 }
@@ -402,21 +409,41 @@ impl Streams {
         msg: &Arc<Encoded>,
     ) {
         let key = (delivery, filter_id(filter));
-        let found = read(&self.map)
-            .get(&key)
-            .and_then(|m| m.get(category))
-            .cloned();
-        let stream = match found {
-            Some(s) => s,
-            None => write(&self.map)
-                .entry(key)
-                .or_default()
-                .entry(category.to_owned())
-                .or_insert_with(|| Arc::new(Stream::new(category, delivery, filter.clone())))
-                .clone(),
+        // Pushed under the map's lock (read, or write when the stream is new): a
+        // stream being pushed to is never idle, so `remove_if_idle`, which takes the
+        // write lock, cannot remove it between its lookup and the push.
+        let armed = {
+            let map = read(&self.map);
+            map.get(&key)
+                .and_then(|m| m.get(category))
+                .map(|s| (s.push(device, msg), s.clone()))
         };
-        if let Some(at) = stream.push(device, msg) {
+        let (at, stream) = match armed {
+            Some(found) => found,
+            None => {
+                let mut map = write(&self.map);
+                let s = map
+                    .entry(key)
+                    .or_default()
+                    .entry(category.to_owned())
+                    .or_insert_with(|| Arc::new(Stream::new(category, delivery, filter.clone())));
+                (s.push(device, msg), s.clone())
+            }
+        };
+        if let Some(at) = at {
             self.arm(stream, at);
+        }
+    }
+
+    /// The next flush of every conflated stream of (delivery, filter) whose category
+    /// `matches` sends the latest message of each series even if unchanged: a
+    /// dashboard joining it holds values from its `History`, which may be older than
+    /// what the stream last sent.
+    pub fn resend_all(&self, delivery: Delivery, filter: usize, matches: impl Fn(&str) -> bool) {
+        if let Some(streams) = read(&self.map).get(&(delivery, filter)) {
+            for s in streams.values().filter(|s| matches(&s.category)) {
+                s.lock().resend = true;
+            }
         }
     }
 
@@ -619,6 +646,13 @@ mod tests {
             .collect();
         assert_eq!(got, [5]);
         assert_eq!(taken.conflated_away, 1);
+
+        // After a dashboard joins, one interval sends unchanged values too.
+        s.lock().resend = true;
+        s.push("a", publication("a", 6, 2.0).message());
+        assert_eq!(s.take().messages.len(), 1, "resent once");
+        s.push("a", publication("a", 7, 2.0).message());
+        assert!(s.take().messages.is_empty(), "then unchanged again");
         assert!(s.take().messages.is_empty());
         assert!(s.idle());
     }

@@ -43,7 +43,16 @@ async fn read_fresh<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| {
-        SCRATCH_BUF.with_borrow_mut(|scratch| {
+        SCRATCH_BUF.with(|cell| {
+            // Only a reader nested inside another reader's `poll_read` on this
+            // thread could find it borrowed: it then reads into its own buffer.
+            let Ok(mut scratch) = cell.try_borrow_mut() else {
+                let mut own = [0u8; READ_CHUNK];
+                let mut rb = ReadBuf::new(&mut own);
+                std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+                buf.extend_from_slice(rb.filled());
+                return std::task::Poll::Ready(Ok(rb.filled().len()));
+            };
             let mut rb = ReadBuf::new(&mut scratch[..]);
             std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();

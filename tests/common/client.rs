@@ -251,6 +251,23 @@ impl Client {
         }
     }
 
+    /// Every History message of one Subscribe, up to the last (`more == false`).
+    pub async fn expect_history(&mut self) -> Vec<Telemetry> {
+        let mut all = Vec::new();
+        loop {
+            let h = self
+                .expect("History", |b| match b {
+                    Body::History(h) => Some(h.clone()),
+                    _ => None,
+                })
+                .await;
+            all.extend(h.telemetry);
+            if !h.more {
+                return all;
+            }
+        }
+    }
+
     /// The very next envelope must be Welcome.
     pub async fn expect_welcome(&mut self) -> telehub::proto::Welcome {
         match self.next_envelope().await.body {

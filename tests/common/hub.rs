@@ -244,6 +244,18 @@ impl Hub {
         self.request("GET", path, None, None).await
     }
 
+    /// A GET that must answer 200 with a JSON body: the parsed body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, head, body) = self.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{path}: {head}"
+        );
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+    }
+
     /// One raw HTTP/1.1 request over TLS, with a bearer token and a JSON body when
     /// given (for what [`Api`] cannot send: no token, a body that is not JSON):
     /// (status, headers, body).
