@@ -19,7 +19,7 @@ use std::{
 
 use super::{
     category::{prefixes, Pattern},
-    stream::Delivery,
+    stream::{filter_id, Delivery},
     DashboardHandle,
 };
 
@@ -80,8 +80,10 @@ pub struct Group {
 pub struct Slot {
     /// Live subscriptions: each message is pushed to each of them.
     live: Vec<Entry>,
-    /// Batched and conflated subscriptions, grouped by stream.
-    timed: Vec<Group>,
+    /// Batched and conflated subscriptions, grouped by stream key (delivery, filter
+    /// id): a flush finds its stream's group with one lookup, however many
+    /// differently filtered groups there are.
+    timed: HashMap<(Delivery, usize), Group>,
 }
 
 impl Slot {
@@ -94,12 +96,12 @@ impl Slot {
         let before = self.live.len();
         self.live.retain(|e| e.dashboard.id() != dashboard_id);
         let mut removed = self.live.len() < before;
-        for g in &mut self.timed {
+        for g in self.timed.values_mut() {
             let before = g.dashboards.len();
             g.dashboards.retain(|d| d.id() != dashboard_id);
             removed |= g.dashboards.len() < before;
         }
-        self.timed.retain(|g| !g.dashboards.is_empty());
+        self.timed.retain(|_, g| !g.dashboards.is_empty());
         removed
     }
 }
@@ -109,15 +111,6 @@ pub struct Index {
     exact: HashMap<String, Slot>,
     prefix: HashMap<String, Slot>,
     all: Slot,
-}
-
-/// The same filter: both absent, or the same interned `Arc`.
-pub fn same_filter(a: &Option<Arc<Filter>>, b: &Option<Arc<Filter>>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        _ => false,
-    }
 }
 
 impl Index {
@@ -137,18 +130,15 @@ impl Index {
         if delivery == Delivery::Live {
             slot.live.push(entry);
         } else {
-            match slot
-                .timed
-                .iter_mut()
-                .find(|g| g.delivery == delivery && same_filter(&g.filter, &entry.filter))
-            {
-                Some(g) => g.dashboards.push(entry.dashboard),
-                None => slot.timed.push(Group {
+            slot.timed
+                .entry((delivery, filter_id(&entry.filter)))
+                .or_insert_with(|| Group {
                     delivery,
                     filter: entry.filter,
-                    dashboards: vec![entry.dashboard],
-                }),
-            }
+                    dashboards: Vec::new(),
+                })
+                .dashboards
+                .push(entry.dashboard);
         }
         !replaced
     }
@@ -199,6 +189,21 @@ impl Index {
     /// Calls `f` for every group of timed subscriptions whose pattern matches
     /// `category` (a stream may have a group under several patterns).
     pub fn for_each_group(&self, category: &str, mut f: impl FnMut(&Group)) {
-        self.for_each_slot(category, |s| s.timed.iter().for_each(&mut f));
+        self.for_each_slot(category, |s| s.timed.values().for_each(&mut f));
+    }
+
+    /// Calls `f` for the group of stream `key` (delivery, filter id) under every
+    /// pattern that matches `category`: one lookup per matching pattern.
+    pub fn for_each_group_of(
+        &self,
+        category: &str,
+        key: (Delivery, usize),
+        mut f: impl FnMut(&Group),
+    ) {
+        self.for_each_slot(category, |s| {
+            if let Some(g) = s.timed.get(&key) {
+                f(g);
+            }
+        });
     }
 }

@@ -526,10 +526,7 @@ impl Hub {
     fn receivers(&self, stream: &stream::Stream) -> Vec<Arc<DashboardHandle>> {
         let key = (stream.delivery(), stream.filter_id());
         let mut receivers: Vec<Arc<DashboardHandle>> = Vec::new();
-        read(&self.index).for_each_group(stream.category(), |group| {
-            if (group.delivery, stream::filter_id(&group.filter)) != key {
-                return;
-            }
+        read(&self.index).for_each_group_of(stream.category(), key, |group| {
             for d in &group.dashboards {
                 if d.patterns.load(Ordering::Relaxed) > 1 && receivers.iter().any(|r| r.id == d.id)
                 {
@@ -552,9 +549,7 @@ impl Hub {
             .filter(|s| {
                 let key = (s.delivery(), s.filter_id());
                 let mut received = false;
-                read(&self.index).for_each_group(s.category(), |g| {
-                    received |= (g.delivery, stream::filter_id(&g.filter)) == key;
-                });
+                read(&self.index).for_each_group_of(s.category(), key, |_| received = true);
                 !received
             })
             .collect();
