@@ -211,7 +211,8 @@ impl KeepAlive {
         if self.is_idle() {
             return Err(Some(Close::new(close::GOING_AWAY, "idle timeout")));
         }
-        timed(writer.ping(b"")).await.map_err(|_| None)
+        // Boxed, as the pong below: rare writes must not grow every session's future.
+        Box::pin(timed(writer.ping(b""))).await.map_err(|_| None)
     }
 }
 
@@ -236,7 +237,7 @@ pub async fn receive<W: AsyncWrite + Unpin>(
     keepalive.heard();
     match incoming {
         Ok(ws::Incoming::Message(msg)) => Step::Message(msg),
-        Ok(ws::Incoming::Ping(payload)) => match timed(writer.pong(&payload)).await {
+        Ok(ws::Incoming::Ping(payload)) => match Box::pin(timed(writer.pong(&payload))).await {
             Ok(()) => Step::Continue,
             Err(_) => Step::End(None),
         },

@@ -94,7 +94,11 @@ impl Strikes {
         meters: &RoleMeters,
     ) -> Result<(), Option<Close>> {
         match self.judge(reply) {
-            Ok(Some(env)) => send(writer, &encode(&env), meters).await.map_err(|_| None),
+            // Boxed: a reply is rare next to the messages that need none, and an
+            // inline write would grow every session's future (see `session::device::run`).
+            Ok(Some(env)) => Box::pin(send(writer, &encode(&env), meters))
+                .await
+                .map_err(|_| None),
             Ok(None) => Ok(()),
             Err(c) => Err(Some(c)),
         }

@@ -36,6 +36,11 @@ use crate::{
 use delivery::Deliveries;
 
 /// Runs one device connection to its end.
+///
+/// Its future is what every idle device's task holds for the connection's life,
+/// so what is awaited once or rarely is boxed (here and in `serve`): the start
+/// (Welcome, coming online, registration) and the close handshake. The future
+/// then holds the connection, the device and `serve`'s own state, little more.
 pub async fn run<S>(
     conn: ws::Connection<S>,
     claims: Claims,
@@ -46,42 +51,11 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut reader, mut writer) = conn.split();
-    let info = Arc::new(DeviceInfo {
-        id: claims.sub,
-        tags: claims.tags,
-    });
-    let welcome = Envelope {
-        body: Some(Body::Welcome(Welcome {
-            subject: info.id.clone(),
-            role: "device".into(),
-            max_message_bytes: app.config.limits.max_message_bytes as u32,
-            rate_per_second: app.config.rate.per_second,
-            burst: app.config.rate.burst,
-            server_version: env!("CARGO_PKG_VERSION").into(),
-        })),
-    };
-    // Futures awaited once, or rarely, are boxed (here and in `serve`): a session's
-    // future is as large as the largest thing it ever awaits, and every idle
-    // connection holds it all the time.
-    if Box::pin(send(&mut writer, &binary(&welcome), &meters))
-        .await
-        .is_err()
-    {
+    let Some(mut device) = Box::pin(Device::start(&mut writer, claims, app, meters)).await else {
         return;
-    }
-    let connected = app.hub.device_online(info);
-    Box::pin(app.notifier.registered(connected.registration)).await;
-    let session = connected.session;
-    let mut device = Device {
-        deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
-        telemetry: telemetry::Telemetry::new(&app.config),
-        strikes: Strikes::new(app.config.limits.max_malformed),
-        session,
-        app: app.clone(),
-        meters,
     };
     let close = device.serve(&mut reader, &mut writer, shutdown).await;
-    app.hub.device_offline(&device.session);
+    device.app.hub.device_offline(&device.session);
     if let Some(c) = &close {
         tracing::debug!(device = %device.session.info.id, code = c.code, reason = %c.reason, "device session closing");
     }
@@ -135,6 +109,42 @@ impl Command {
 }
 
 impl Device {
+    /// Sends the Welcome, brings the device online in the hub and registers it;
+    /// `None` if the connection failed meanwhile.
+    async fn start<W: AsyncWrite + Unpin>(
+        writer: &mut ws::Writer<W>,
+        claims: Claims,
+        app: Arc<App>,
+        meters: RoleMeters,
+    ) -> Option<Device> {
+        let info = Arc::new(DeviceInfo {
+            id: claims.sub,
+            tags: claims.tags,
+        });
+        let welcome = Envelope {
+            body: Some(Body::Welcome(Welcome {
+                subject: info.id.clone(),
+                role: "device".into(),
+                max_message_bytes: app.config.limits.max_message_bytes as u32,
+                rate_per_second: app.config.rate.per_second,
+                burst: app.config.rate.burst,
+                server_version: env!("CARGO_PKG_VERSION").into(),
+            })),
+        };
+        send(writer, &binary(&welcome), &meters).await.ok()?;
+        let connected = app.hub.device_online(info);
+        app.notifier.registered(connected.registration).await;
+        let session = connected.session;
+        Some(Device {
+            deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
+            telemetry: telemetry::Telemetry::new(&app.config),
+            strikes: Strikes::new(app.config.limits.max_malformed),
+            session,
+            app,
+            meters,
+        })
+    }
+
     async fn serve<R, W>(
         &mut self,
         reader: &mut ws::Reader<R>,
