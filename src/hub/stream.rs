@@ -26,9 +26,10 @@
 //!   which may be older than what the stream last sent.
 //! - Memory: a batched stream holds at most [`EARLY_FLUSH_BYTES`] (past that it is
 //!   flushed at once, before its interval ends); a conflated one holds one message
-//!   per series that spoke in the interval, and one digest per series it sent. A
-//!   stream nobody receives any more is removed at its next flush, or at the
-//!   hub's next statistics tick if no message comes.
+//!   per series that spoke in the interval, and one digest per series that spoke in
+//!   the last 10 minutes (`SENT_FORGET`). A stream nobody receives any more is
+//!   removed at its next flush, or at the hub's next statistics tick if no message
+//!   comes.
 //! - No lock is held across `.await`, and a stream's lock only across a push or a
 //!   take; the flush assembles and pushes outside it.
 
@@ -138,13 +139,16 @@ struct Pending {
 
 #[derive(Default)]
 struct Sent {
-    digests: HashMap<String, (u64, u64)>,
-    /// Flushes so far: digests not refreshed for [`SENT_HORIZON`] of them are
-    /// forgotten (a device that comes back has its next value sent).
-    flushes: u64,
+    /// Per device: the digest of the readings last sent, and when it last spoke.
+    digests: HashMap<String, (u64, Instant)>,
+    /// When digests of devices silent for [`SENT_FORGET`] were last dropped.
+    pruned: Option<Instant>,
 }
 
-const SENT_HORIZON: u64 = 1024;
+/// A device silent this long is forgotten by a conflated stream (its next value is
+/// sent even if unchanged): the digests are bounded by the devices that spoke
+/// within it, whatever the interval.
+const SENT_FORGET: Duration = Duration::from_secs(600);
 
 /// What one flush took from a stream.
 pub struct Taken {
@@ -239,8 +243,7 @@ impl Stream {
         drop(st);
 
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        sent.flushes += 1;
-        let now = sent.flushes;
+        let now = Instant::now();
         let mut messages = Vec::with_capacity(latest.len());
         let mut unchanged = 0;
         for (device, msg) in latest {
@@ -262,9 +265,11 @@ impl Stream {
                 }
             }
         }
-        if now % SENT_HORIZON == 0 {
+        let pruned = *sent.pruned.get_or_insert(now);
+        if now.duration_since(pruned) >= SENT_FORGET / 2 {
             sent.digests
-                .retain(|_, (_, at)| now.saturating_sub(*at) < SENT_HORIZON);
+                .retain(|_, (_, at)| now.duration_since(*at) < SENT_FORGET);
+            sent.pruned = Some(now);
         }
         Taken {
             messages,
