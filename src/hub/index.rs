@@ -14,7 +14,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, Mutex, Weak},
 };
 
 use super::{
@@ -56,6 +56,43 @@ impl Filter {
     pub fn matches(&self, device_id: &str, tags: &BTreeMap<String, String>) -> bool {
         (self.device_ids.is_empty() || self.device_ids.contains(device_id))
             && self.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
+    }
+}
+
+/// Every subscription filter in use, by digest, so that equal filters share one
+/// `Arc` (and so one stream), with the map's size at which it is next pruned of
+/// filters no subscription holds any more.
+#[derive(Default)]
+pub struct Filters(Mutex<(FilterMap, usize)>);
+
+type FilterMap = HashMap<u64, Vec<Weak<Filter>>>;
+
+impl Filters {
+    /// The one shared `Arc` of filters equal to `filter`.
+    pub fn intern(&self, filter: Filter) -> Arc<Filter> {
+        let mut interned = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (filters, prune_at) = &mut *interned;
+        // Filters no subscription holds any more are dropped when the map has doubled
+        // since the last pruning: amortised O(1) per Subscribe.
+        if filters.len() >= *prune_at {
+            filters.retain(|_, v| {
+                v.retain(|w| w.strong_count() > 0);
+                !v.is_empty()
+            });
+            *prune_at = (2 * filters.len()).max(1024);
+        }
+        let same = filters.entry(filter.digest()).or_default();
+        same.retain(|w| w.strong_count() > 0);
+        if let Some(f) = same
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|f| **f == filter)
+        {
+            return f;
+        }
+        let f = Arc::new(filter);
+        same.push(Arc::downgrade(&f));
+        f
     }
 }
 

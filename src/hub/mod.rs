@@ -27,6 +27,7 @@ pub mod category;
 pub mod directory;
 pub mod encoded;
 pub mod fleet;
+mod flush;
 pub mod history;
 pub mod index;
 pub mod outbox;
@@ -38,7 +39,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex, RwLock, Weak,
+        Arc, RwLock,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -53,7 +54,7 @@ pub use history::HistoryLimits;
 pub use index::Filter;
 pub use outbox::{Drained, Outbox, Pushed};
 use presence::{presence_key, presence_message};
-pub use publication::Publication;
+pub use publication::{Publication, Published};
 pub use stream::Delivery;
 
 /// The hub's side of one dashboard connection.
@@ -109,35 +110,6 @@ impl Drop for HistoryJob {
     }
 }
 
-/// Subscription filters by digest (equal filters share one `Arc`), and the map's
-/// size at which it is next pruned of filters no subscription holds.
-type Interned = (HashMap<u64, Vec<Weak<Filter>>>, usize);
-
-/// What one publication's fan-out did on this node (in telemetry messages: a
-/// batch counts for what it carries). A publication to batched or conflated
-/// subscriptions only is counted when its batch is flushed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Published {
-    pub delivered: u64,
-    pub dropped: u64,
-}
-
-impl Published {
-    /// Counts one push of a message carrying `carries` telemetry messages.
-    fn add(&mut self, pushed: Pushed, carries: u64) {
-        match pushed {
-            Pushed::Queued { evicted } => {
-                self.delivered += carries;
-                self.dropped += evicted;
-            }
-            Pushed::Dropped { evicted } => {
-                self.dropped += evicted + carries;
-            }
-            Pushed::Closed => {}
-        }
-    }
-}
-
 /// How a hub is built.
 pub struct Options {
     pub history: HistoryLimits,
@@ -188,9 +160,9 @@ pub struct Hub {
     queued: Arc<outbox::Budget>,
     /// Batched and conflated streams and their timers.
     streams: stream::Streams,
-    /// Every subscription filter in use, by digest, so that equal filters share
-    /// one `Arc` (and so one stream).
-    filters: Mutex<Interned>,
+    /// Every subscription filter in use, so that equal filters share one `Arc`
+    /// (and so one stream).
+    filters: index::Filters,
     next_dashboard: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -210,7 +182,7 @@ impl Hub {
             queue_bytes: options.queue_bytes,
             queued: outbox::Budget::new(options.queued_bytes_max),
             streams: stream::Streams::default(),
-            filters: Mutex::default(),
+            filters: index::Filters::default(),
             next_dashboard: AtomicU64::new(1),
             metrics,
         });
@@ -332,7 +304,7 @@ impl Hub {
         delivery: Delivery,
     ) -> HistoryJob {
         let history_filter = filter.clone();
-        let filter = (!filter.is_empty()).then(|| self.intern(filter));
+        let filter = (!filter.is_empty()).then(|| self.filters.intern(filter));
         let (reservation, cut) = {
             let mut index = write(&self.index);
             for p in patterns {
@@ -367,33 +339,6 @@ impl Hub {
             patterns: patterns.to_vec(),
             filter: history_filter,
         }
-    }
-
-    /// The one shared `Arc` of filters equal to `filter`.
-    fn intern(&self, filter: Filter) -> Arc<Filter> {
-        let mut interned = self.filters.lock().unwrap_or_else(|p| p.into_inner());
-        let (filters, prune_at) = &mut *interned;
-        // Filters no subscription holds any more are dropped when the map has doubled
-        // since the last pruning: amortised O(1) per Subscribe.
-        if filters.len() >= *prune_at {
-            filters.retain(|_, v| {
-                v.retain(|w| w.strong_count() > 0);
-                !v.is_empty()
-            });
-            *prune_at = (2 * filters.len()).max(1024);
-        }
-        let same = filters.entry(filter.digest()).or_default();
-        same.retain(|w| w.strong_count() > 0);
-        if let Some(f) = same
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|f| **f == filter)
-        {
-            return f;
-        }
-        let f = Arc::new(filter);
-        same.push(Arc::downgrade(&f));
-        f
     }
 
     pub fn unsubscribe(&self, handle: &DashboardHandle, patterns: &[Pattern]) {
@@ -478,107 +423,6 @@ impl Hub {
         if out.dropped > 0 {
             self.metrics.dropped_deliveries.inc_by(out.dropped);
         }
-    }
-
-    /// Flushes the batched and conflated streams due at `now` (see `stream`);
-    /// returns when the next one is due.
-    pub fn flush_streams(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        let (due, next) = self.streams.due(now);
-        for s in due {
-            self.flush(&s);
-        }
-        next
-    }
-
-    /// Sends one stream's pending telemetry, as `Batch`es built once, to every
-    /// dashboard that receives the stream now.
-    fn flush(&self, stream: &Arc<stream::Stream>) {
-        let taken = stream.take();
-        if taken.conflated_away > 0 {
-            self.metrics.conflated_away.inc_by(taken.conflated_away);
-        }
-        if taken.messages.is_empty() {
-            return;
-        }
-        let receivers = self.receivers(stream);
-        if receivers.is_empty() {
-            // Nobody subscribes any more: nothing to build, and the stream can go.
-            self.streams.remove_if_idle(stream);
-            return;
-        }
-        let kind = stream.delivery().label();
-        let batches = stream.batches(&taken.messages);
-        self.metrics.batches(kind).inc_by(batches.len() as u64);
-        let (mut out, mut queued) = (Published::default(), 0u64);
-        for d in &receivers {
-            for b in &batches {
-                let pushed = d.outbox.push_telemetry(b.clone());
-                queued += u64::from(matches!(pushed, Pushed::Queued { .. }));
-                out.add(pushed, b.carries());
-            }
-        }
-        self.metrics.batch_deliveries(kind).inc_by(queued);
-        self.count(&out);
-    }
-
-    /// The dashboards that receive `stream` now, each once (one may reach it
-    /// through two patterns, `env.*` and `*`).
-    fn receivers(&self, stream: &stream::Stream) -> Vec<Arc<DashboardHandle>> {
-        let key = (stream.delivery(), stream.filter_id());
-        let mut receivers: Vec<Arc<DashboardHandle>> = Vec::new();
-        read(&self.index).for_each_group_of(stream.category(), key, |group| {
-            for d in &group.dashboards {
-                if d.patterns.load(Ordering::Relaxed) > 1 && receivers.iter().any(|r| r.id == d.id)
-                {
-                    continue;
-                }
-                receivers.push(d.clone());
-            }
-        });
-        receivers
-    }
-
-    /// Removes the streams no subscription receives any more. The index and the
-    /// streams' map are never locked together (publishers take them in that
-    /// order), so a stream found unreceived is removed only if still idle.
-    fn sweep_streams(&self) {
-        let unreceived: Vec<_> = self
-            .streams
-            .all()
-            .into_iter()
-            .filter(|s| {
-                let key = (s.delivery(), s.filter_id());
-                let mut received = false;
-                read(&self.index).for_each_group_of(s.category(), key, |_| received = true);
-                !received
-            })
-            .collect();
-        for s in &unreceived {
-            self.streams.remove_if_idle(s);
-        }
-    }
-
-    /// Flushes batched and conflated streams as they fall due, until shutdown.
-    pub async fn run_streams(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
-        loop {
-            let next = self.flush_streams(tokio::time::Instant::now());
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.recv() => break,
-                _ = sleep => {}
-                _ = self.streams.rearmed() => {}
-            }
-        }
-    }
-
-    /// Batched and conflated streams in existence.
-    pub fn streams(&self) -> usize {
-        self.streams.len()
     }
 
     /// Sends fleet statistics every `interval` until shutdown (see `fleet`).

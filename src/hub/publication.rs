@@ -5,14 +5,14 @@
 //! category, the time the hub received it, and the envelope encoded once. The
 //! telemetry is kept as its encoding only (see `encoded`): the category and
 //! `received_ms` are taken from it as it is encoded, so they cannot disagree with
-//! what dashboards receive.
+//! what dashboards receive. [`Published`] counts what its delivery did.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
 
-use super::{DeviceInfo, Encoded};
+use super::{DeviceInfo, Encoded, Pushed};
 use crate::proto::{envelope::Body, Envelope, Telemetry};
 
 #[derive(Clone)]
@@ -59,6 +59,31 @@ impl Publication {
 
     pub fn received_ms(&self) -> u64 {
         self.received_ms
+    }
+}
+
+/// What one publication's fan-out did on this node (in telemetry messages: a
+/// batch counts for what it carries). A publication to batched or conflated
+/// subscriptions only is counted when its batch is flushed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    pub delivered: u64,
+    pub dropped: u64,
+}
+
+impl Published {
+    /// Counts one push of a message carrying `carries` telemetry messages.
+    pub(super) fn add(&mut self, pushed: Pushed, carries: u64) {
+        match pushed {
+            Pushed::Queued { evicted } => {
+                self.delivered += carries;
+                self.dropped += evicted;
+            }
+            Pushed::Dropped { evicted } => {
+                self.dropped += evicted + carries;
+            }
+            Pushed::Closed => {}
+        }
     }
 }
 
