@@ -216,17 +216,21 @@ impl Index {
         f(&self.all);
     }
 
-    /// Calls `f` for every live subscription whose pattern matches `category`. A
-    /// dashboard with several matching patterns is visited once per pattern; the
-    /// caller de-duplicates.
-    pub fn for_each_match(&self, category: &str, mut f: impl FnMut(&Entry)) {
-        self.for_each_slot(category, |s| s.live.iter().for_each(&mut f));
-    }
-
-    /// Calls `f` for every group of timed subscriptions whose pattern matches
-    /// `category` (a stream may have a group under several patterns).
-    pub fn for_each_group(&self, category: &str, mut f: impl FnMut(&Group)) {
-        self.for_each_slot(category, |s| s.timed.values().for_each(&mut f));
+    /// Calls `live` for every live subscription and `timed` for every group of
+    /// timed subscriptions whose pattern matches `category`, with one lookup per
+    /// pattern for both. A dashboard with several matching patterns is visited
+    /// once per pattern (and a stream may have a group under several): the caller
+    /// de-duplicates.
+    pub fn for_each_match(
+        &self,
+        category: &str,
+        mut live: impl FnMut(&Entry),
+        mut timed: impl FnMut(&Group),
+    ) {
+        self.for_each_slot(category, |s| {
+            s.live.iter().for_each(&mut live);
+            s.timed.values().for_each(&mut timed);
+        });
     }
 
     /// Calls `f` for the group of stream `key` (delivery, filter id) under every

@@ -373,45 +373,52 @@ impl Hub {
     fn fan_out(&self, p: &Publication) -> Published {
         let (device, category, msg) = (p.device(), p.category(), p.message());
         let mut out = Published::default();
-        let index = read(&self.index);
+        // One pass over the index: live subscriptions get the message pushed, each
+        // batched or conflated stream gets it appended once (not per dashboard).
         SEEN.with_borrow_mut(|seen| {
-            seen.clear();
-            index.for_each_match(category, |entry| {
-                if let Some(f) = &entry.filter {
-                    if !f.matches(&device.id, &device.tags) {
-                        return;
-                    }
-                }
-                let d = &entry.dashboard;
-                // A dashboard with overlapping patterns (`env.*` and `*`) gets each
-                // message once. Only such dashboards are remembered, so the list
-                // stays short whatever the number of subscribers.
-                if d.patterns.load(Ordering::Relaxed) > 1 {
-                    if seen.contains(&d.id) {
-                        return;
-                    }
-                    seen.push(d.id);
-                }
-                out.add(d.outbox.push_telemetry(msg.clone()), 1);
-            });
-        });
-        // Batched and conflated: one append per stream, not per dashboard (a
-        // stream may be reached through several patterns: once).
-        STREAMS_SEEN.with_borrow_mut(|seen| {
-            seen.clear();
-            index.for_each_group(category, |group| {
-                if let Some(f) = &group.filter {
-                    if !f.matches(&device.id, &device.tags) {
-                        return;
-                    }
-                }
-                let key = (group.delivery, stream::filter_id(&group.filter));
-                if seen.contains(&key) {
-                    return;
-                }
-                seen.push(key);
-                self.streams
-                    .append(category, group.delivery, &group.filter, &device.id, msg);
+            STREAMS_SEEN.with_borrow_mut(|streams_seen| {
+                seen.clear();
+                streams_seen.clear();
+                read(&self.index).for_each_match(
+                    category,
+                    |entry| {
+                        if let Some(f) = &entry.filter {
+                            if !f.matches(&device.id, &device.tags) {
+                                return;
+                            }
+                        }
+                        let d = &entry.dashboard;
+                        // A dashboard with overlapping patterns (`env.*` and `*`) gets
+                        // each message once. Only such dashboards are remembered, so
+                        // the list stays short whatever the number of subscribers.
+                        if d.patterns.load(Ordering::Relaxed) > 1 {
+                            if seen.contains(&d.id) {
+                                return;
+                            }
+                            seen.push(d.id);
+                        }
+                        out.add(d.outbox.push_telemetry(msg.clone()), 1);
+                    },
+                    |group| {
+                        if let Some(f) = &group.filter {
+                            if !f.matches(&device.id, &device.tags) {
+                                return;
+                            }
+                        }
+                        let key = (group.delivery, stream::filter_id(&group.filter));
+                        if streams_seen.contains(&key) {
+                            return;
+                        }
+                        streams_seen.push(key);
+                        self.streams.append(
+                            category,
+                            group.delivery,
+                            &group.filter,
+                            &device.id,
+                            msg,
+                        );
+                    },
+                );
             });
         });
         self.count(&out);
