@@ -299,3 +299,40 @@ async fn a_reconnecting_device_resumes_its_tls_session() {
         "another device's cache is its own"
     );
 }
+
+/// `Endpoint::with_source` (how `device-sim bench reconnect` spreads a storm over
+/// loopback addresses) connects from the address asked for, TLS and all, and says
+/// clearly when the hub has no address of that family.
+#[tokio::test]
+async fn a_device_connects_from_the_source_address_it_asks_for() {
+    let hub = Hub::start().await;
+    let endpoint = telehub::sim::Endpoint::parse(
+        &format!("wss://{}", hub.host()),
+        Some(&hub.certs_dir.join("ca.pem")),
+    )
+    .expect("endpoint");
+    let token = hub.token("sourced", Role::Device, &[]);
+    let source: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+    for _ in 0..2 {
+        // Twice: the second binds while the first connection may linger.
+        let (mut conn, _) = endpoint
+            .with_source(source)
+            .connect("/v1/device", &token, false, Duration::from_secs(10))
+            .await
+            .expect("connect from 127.0.0.7");
+        assert_eq!(conn.get_ref().local_addr().unwrap().ip(), source);
+        let _ = conn.next().await.expect("welcome");
+        let _ = conn.close(1000, "bye").await;
+    }
+    let Err(err) = endpoint
+        .with_source("::1".parse().unwrap())
+        .connect("/v1/device", &token, false, Duration::from_secs(10))
+        .await
+    else {
+        panic!("connected to an IPv4 hub from an IPv6 source");
+    };
+    assert!(
+        err.to_string().contains("no address of the family"),
+        "{err}"
+    );
+}

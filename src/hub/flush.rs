@@ -16,15 +16,15 @@ impl Hub {
     pub fn flush_streams(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
         let (due, next) = self.streams.due(now);
         for s in due {
-            self.flush(&s);
+            self.flush(&s, now);
         }
         next
     }
 
     /// Sends one stream's pending telemetry, as `Batch`es built once, to every
     /// dashboard that receives the stream now.
-    fn flush(&self, stream: &Arc<stream::Stream>) {
-        let taken = stream.take();
+    fn flush(&self, stream: &Arc<stream::Stream>, now: tokio::time::Instant) {
+        let taken = stream.take(now);
         if taken.conflated_away > 0 {
             self.metrics.conflated_away.inc_by(taken.conflated_away);
         }

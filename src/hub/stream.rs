@@ -224,8 +224,9 @@ impl Stream {
         !st.armed && st.messages.is_empty() && st.latest.is_empty()
     }
 
-    /// Takes what is pending (for a conflated stream: what changed).
-    pub fn take(&self) -> Taken {
+    /// Takes what is pending at `now` (for a conflated stream: what changed, or
+    /// comes from a device silent for [`SENT_FORGET`]).
+    pub fn take(&self, now: Instant) -> Taken {
         let mut st = self.lock();
         st.armed = false;
         st.urgent = false;
@@ -243,13 +244,16 @@ impl Stream {
         drop(st);
 
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         let mut messages = Vec::with_capacity(latest.len());
         let mut unchanged = 0;
         for (device, msg) in latest {
             let digest = readings_digest(msg.message(WireFormat::Protobuf).payload());
             match sent.digests.entry(device) {
-                hash_map::Entry::Occupied(mut e) if !resend && Some(e.get().0) == digest => {
+                hash_map::Entry::Occupied(mut e)
+                    if !resend
+                        && Some(e.get().0) == digest
+                        && now.duration_since(e.get().1) < SENT_FORGET =>
+                {
                     e.get_mut().1 = now;
                     unchanged += 1;
                 }
@@ -569,7 +573,7 @@ mod tests {
         for m in &msgs {
             s.push("d", m);
         }
-        let taken = s.take();
+        let taken = s.take(Instant::now());
         let batches = s.batches(&taken.messages);
         assert_eq!(batches.len(), 1);
         let b = decoded(&batches[0]);
@@ -587,7 +591,7 @@ mod tests {
             batches[0].message(WireFormat::Protobuf).payload().as_ref(),
             prost::Message::encode_to_vec(&expected)
         );
-        assert!(s.take().messages.is_empty(), "taken once");
+        assert!(s.take(Instant::now()).messages.is_empty(), "taken once");
     }
 
     #[test]
@@ -622,7 +626,7 @@ mod tests {
         assert!(s.push("a", publication("a", 1, 1.0).message()).is_some());
         assert!(s.push("b", publication("b", 2, 5.0).message()).is_none());
         s.push("a", publication("a", 3, 2.0).message());
-        let taken = s.take();
+        let taken = s.take(Instant::now());
         let b = decoded(&s.batches(&taken.messages)[0]);
         assert!(b.conflated);
         let got: Vec<(String, u64)> = b
@@ -640,7 +644,7 @@ mod tests {
         // a: same readings, new seq: not re-sent; b: changed.
         s.push("a", publication("a", 4, 2.0).message());
         s.push("b", publication("b", 5, 6.0).message());
-        let taken = s.take();
+        let taken = s.take(Instant::now());
         let got: Vec<u64> = taken
             .messages
             .iter()
@@ -655,11 +659,55 @@ mod tests {
         // After a dashboard joins, one interval sends unchanged values too.
         s.lock().resend = true;
         s.push("a", publication("a", 6, 2.0).message());
-        assert_eq!(s.take().messages.len(), 1, "resent once");
+        assert_eq!(s.take(Instant::now()).messages.len(), 1, "resent once");
         s.push("a", publication("a", 7, 2.0).message());
-        assert!(s.take().messages.is_empty(), "then unchanged again");
-        assert!(s.take().messages.is_empty());
+        assert!(
+            s.take(Instant::now()).messages.is_empty(),
+            "then unchanged again"
+        );
+        assert!(s.take(Instant::now()).messages.is_empty());
         assert!(s.idle());
+    }
+
+    #[test]
+    fn conflation_forgets_devices_silent_for_ten_minutes() {
+        let s = Stream::new("env.t", Delivery::Conflated { interval_ms: 500 }, None);
+        let t0 = Instant::now();
+        s.push("a", publication("a", 1, 1.0).message());
+        s.push("b", publication("b", 2, 1.0).message());
+        assert_eq!(s.take(t0).messages.len(), 2);
+        // `b` keeps speaking, unchanged; `a` goes silent.
+        for minute in 1..=6 {
+            s.push("b", publication("b", 2 + minute, 1.0).message());
+            assert!(s
+                .take(t0 + Duration::from_secs(minute * 60))
+                .messages
+                .is_empty());
+        }
+        // Half the forget time has passed since the first flush: devices silent for
+        // SENT_FORGET are dropped at the next flush after that, `a` is not yet.
+        assert_eq!(s.sent.lock().unwrap().digests.len(), 2);
+        s.push("b", publication("b", 20, 1.0).message());
+        assert!(s
+            .take(t0 + SENT_FORGET + Duration::from_secs(1))
+            .messages
+            .is_empty());
+        let digests = &s.sent.lock().unwrap().digests;
+        assert!(
+            digests.contains_key("b") && !digests.contains_key("a"),
+            "a forgotten"
+        );
+
+        // A device back after a silence longer than SENT_FORGET is sent even if
+        // unchanged, whether or not its digest was pruned yet.
+        let s = Stream::new("env.t", Delivery::Conflated { interval_ms: 500 }, None);
+        s.push("a", publication("a", 1, 1.0).message());
+        assert_eq!(s.take(t0).messages.len(), 1);
+        s.push("a", publication("a", 2, 1.0).message());
+        assert!(s.take(t0 + Duration::from_secs(60)).messages.is_empty());
+        s.push("a", publication("a", 3, 1.0).message());
+        let back = t0 + Duration::from_secs(60) + SENT_FORGET;
+        assert_eq!(s.take(back).messages.len(), 1, "silent 10 min: resent");
     }
 
     #[test]
@@ -682,7 +730,7 @@ mod tests {
         assert!(next >= start + Duration::from_millis(1000));
         let (due, _) = streams.due(next);
         assert_eq!(due.len(), 1, "one timer for the interval");
-        assert_eq!(due[0].take().messages.len(), 3);
+        assert_eq!(due[0].take(Instant::now()).messages.len(), 3);
 
         // Past EARLY_FLUSH_BYTES a stream is due at once.
         let big = "x".repeat(60_000);
@@ -708,14 +756,14 @@ mod tests {
         }
         let (due, _) = streams.due(Instant::now());
         assert_eq!(due.len(), 1, "flushed before its interval ends");
-        assert_eq!(due[0].take().messages.len(), 5);
+        assert_eq!(due[0].take(Instant::now()).messages.len(), 5);
         assert_eq!(streams.len(), 1);
         streams.remove_if_idle(&due[0]);
         assert!(streams.is_empty(), "nothing pending: removed");
         // The interval's own timer still fires, on an empty stream.
         let (due, next) = streams.due(Instant::now() + Duration::from_secs(2));
         assert_eq!(due.len(), 1);
-        assert!(due[0].take().messages.is_empty());
+        assert!(due[0].take(Instant::now()).messages.is_empty());
         assert!(next.is_none());
     }
 }

@@ -4,6 +4,7 @@
 
 use std::{
     io,
+    net::{IpAddr, SocketAddr},
     path::Path,
     pin::Pin,
     sync::Arc,
@@ -14,7 +15,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 use tokio_rustls::{
     client::TlsStream,
@@ -39,6 +40,8 @@ pub struct Endpoint {
     host_header: String,
     /// TLS configuration and the name the certificate must carry; `None` for `ws://`.
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// The local address to connect from; `None` lets the kernel choose.
+    source: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -97,6 +100,7 @@ impl Endpoint {
             host_header: addr.clone(),
             addr,
             tls,
+            source: None,
         })
     }
 
@@ -112,6 +116,19 @@ impl Endpoint {
             *config = Arc::new(c);
         }
         own
+    }
+
+    /// The same endpoint, connecting from local address `source` (its port chosen by
+    /// the kernel). A benchmark on one machine spreads thousands of connections over
+    /// several loopback addresses, as real devices come from many addresses: toward
+    /// one (address, port) from one address, the kernel's search for a free
+    /// ephemeral port grows with the connections already open and dominates a
+    /// reconnect storm's client CPU.
+    pub fn with_source(&self, source: IpAddr) -> Endpoint {
+        Endpoint {
+            source: Some(source),
+            ..self.clone()
+        }
     }
 
     /// Whether this endpoint uses TLS.
@@ -157,7 +174,7 @@ impl Endpoint {
     /// Dials and, for `wss://`, completes TLS; each step bounded by `timeout`.
     pub async fn stream(&self, timeout: Duration) -> io::Result<SimStream> {
         let step = |what: &'static str| move |_| io::Error::new(io::ErrorKind::TimedOut, what);
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&self.addr))
+        let tcp = tokio::time::timeout(timeout, self.dial())
             .await
             .map_err(step("TCP connect timed out"))??;
         tcp.set_nodelay(true)?;
@@ -171,6 +188,35 @@ impl Endpoint {
                 SimStream::Tls(Box::new(tls))
             }
         })
+    }
+
+    async fn dial(&self) -> io::Result<TcpStream> {
+        let Some(source) = self.source else {
+            return TcpStream::connect(&self.addr).await;
+        };
+        let mut last = None;
+        for to in tokio::net::lookup_host(&self.addr).await? {
+            if to.is_ipv4() != source.is_ipv4() {
+                continue;
+            }
+            let socket = match to {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            // The previous connections from this address may linger in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            match socket.connect(to).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} has no address of the family of {source}", self.addr),
+            )
+        }))
     }
 
     /// The `Host` header value.
@@ -213,6 +259,14 @@ pub enum SimStream {
 }
 
 impl SimStream {
+    /// The local end of the TCP connection.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            SimStream::Plain(s) => s.local_addr(),
+            SimStream::Tls(t) => t.get_ref().0.local_addr(),
+        }
+    }
+
     /// A TLS stream whose handshake resumed an earlier session.
     pub fn resumed(&self) -> bool {
         match self {

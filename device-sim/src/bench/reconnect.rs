@@ -8,6 +8,7 @@
 //! the comparison.
 
 use std::{
+    net::Ipv4Addr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -43,6 +44,12 @@ pub struct ReconnectArgs {
     /// Reconnect with an empty TLS session cache (full handshakes again).
     #[arg(long)]
     no_resume: bool,
+    /// Spread the devices over this many local addresses 127.0.0.2, 127.0.0.3, ...
+    /// when the hub is on 127.0.0.1 (1: the kernel's choice). Real devices come from
+    /// many addresses; from one, the kernel's search for a free ephemeral port
+    /// toward the hub's one port costs the generator more CPU than TLS does.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=200))]
+    sources: u8,
 }
 
 #[derive(Serialize, Debug)]
@@ -82,10 +89,21 @@ pub async fn reconnect(a: ReconnectArgs) -> anyhow::Result<()> {
     if !setup.endpoint.is_tls() {
         eprintln!("note: a ws:// hub: no TLS, nothing to resume");
     }
+    let spread = a.sources > 1 && hub_on_loopback(&setup.endpoint).await;
+    let endpoint = |i: usize| {
+        let own = setup.endpoint.with_own_sessions();
+        if spread {
+            // 127.0.0.2 onwards: 127.0.0.1 stays the kernel's default.
+            let n = 2 + (i % usize::from(a.sources)) as u8;
+            own.with_source(Ipv4Addr::new(127, 0, 0, n).into())
+        } else {
+            own
+        }
+    };
     let devices: Vec<Arc<(Endpoint, String)>> = (0..a.devices)
         .map(|i| {
             Arc::new((
-                setup.endpoint.with_own_sessions(),
+                endpoint(i),
                 setup.token(&format!("storm-{i:05}"), Role::Device),
             ))
         })
@@ -96,7 +114,8 @@ pub async fn reconnect(a: ReconnectArgs) -> anyhow::Result<()> {
     let devices = if a.no_resume {
         devices
             .iter()
-            .map(|d| Arc::new((setup.endpoint.with_own_sessions(), d.1.clone())))
+            .enumerate()
+            .map(|(i, d)| Arc::new((endpoint(i), d.1.clone())))
             .collect()
     } else {
         devices
@@ -119,6 +138,17 @@ pub async fn reconnect(a: ReconnectArgs) -> anyhow::Result<()> {
         println!("{report:#?}");
     }
     Ok(())
+}
+
+/// Whether every address the hub's name resolves to is IPv4 loopback.
+async fn hub_on_loopback(endpoint: &Endpoint) -> bool {
+    match tokio::net::lookup_host(endpoint.addr()).await {
+        Ok(addrs) => {
+            let v4: Vec<_> = addrs.filter(|a| a.is_ipv4()).collect();
+            !v4.is_empty() && v4.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
 }
 
 /// Connects every device (at most `parallel` at once) until each is welcomed.
