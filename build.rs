@@ -1,4 +1,5 @@
-//! Compiles `proto/telehub/v1/telehub.proto` with protox (pure Rust, no system
+//! Compiles `proto/telehub/v1/telehub.proto` (and the nodes' own
+//! `proto/telehub/cluster/v1/cluster.proto`) with protox (pure Rust, no system
 //! `protoc`), generates prost types and pbjson serde impls for the JSON mapping,
 //! and lists the dashboard's files (`dashboards/`) for the hub to embed.
 
@@ -49,6 +50,16 @@ fn main() -> Result<(), Box<dyn Error>> {
         .register_descriptors(&set)?
         .btree_map(["."])
         .build(&[".telehub.v1"])?;
+
+    // The nodes' own protocol, compiled apart: it is not part of the wire
+    // contract's descriptor set. `bytes` fields as `Bytes`, so a forwarded
+    // envelope is a slice of the received frame, not a copy.
+    let cluster = "proto/telehub/cluster/v1/cluster.proto";
+    println!("cargo:rerun-if-changed={cluster}");
+    prost_build::Config::new()
+        .btree_map(["."])
+        .bytes(["."])
+        .compile_fds(protox::compile([cluster], ["proto"])?)?;
     Ok(())
 }
 

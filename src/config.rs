@@ -27,6 +27,7 @@ pub struct Config {
     pub dashboard: Dashboard,
     pub compression: Compression,
     pub notify: Notify,
+    pub cluster: Cluster,
 }
 
 impl Default for Config {
@@ -41,6 +42,7 @@ impl Default for Config {
             dashboard: Dashboard::default(),
             compression: Compression::default(),
             notify: Notify::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -264,6 +266,72 @@ impl Default for Notify {
     }
 }
 
+/// `[cluster]`: one node of several behind one name, joined through Redis (the
+/// live plane). Off unless `url` is set.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://[user:password@]HOST:PORT[/DB]`, or `rediss://` for TLS. Never
+    /// logged with its password.
+    pub url: Option<String>,
+    /// This node's name in logs, metrics and `/readyz`; default: the host name and
+    /// the listener's port (`HOST:PORT`), unique among the nodes of one host.
+    pub node_id: Option<String>,
+    /// Prefix of every Redis key and channel, so several clusters can share one
+    /// Redis: `[A-Za-z0-9_:.-]`, at most 64 bytes.
+    pub prefix: String,
+    /// How often the node tells Redis it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A node silent this long is dead: its devices go offline on every node.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
+    /// Bytes of publications and presence changes waiting for Redis (while it is
+    /// slow or unreachable); what does not fit is dropped and counted.
+    pub queue_bytes: usize,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            url: None,
+            node_id: None,
+            prefix: "telehub:".into(),
+            heartbeat: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(10),
+            queue_bytes: 64 << 20,
+        }
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("url", &self.url.as_deref().map(redacted))
+            .field("node_id", &self.node_id)
+            .field("prefix", &self.prefix)
+            .field("heartbeat", &self.heartbeat)
+            .field("node_timeout", &self.node_timeout)
+            .field("queue_bytes", &self.queue_bytes)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
@@ -352,6 +420,37 @@ impl Config {
         if !(8..=15).contains(&self.compression.client_max_window_bits) {
             return bad("compression.client_max_window_bits must be 8..=15");
         }
+        let c = &self.cluster;
+        if let Some(url) = &c.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.url {:?} must start with redis:// or rediss://",
+                    redacted(url)
+                )));
+            }
+        }
+        if c.prefix.len() > 64
+            || !c
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b))
+        {
+            return bad("cluster.prefix must be at most 64 bytes of [A-Za-z0-9_:.-]");
+        }
+        if c.heartbeat.is_zero() || c.node_timeout < c.heartbeat * 3 {
+            return bad(
+                "cluster.heartbeat must be > 0 and cluster.node_timeout at least 3 heartbeats",
+            );
+        }
+        if c.queue_bytes < 1 << 20 {
+            return bad("cluster.queue_bytes must be at least 1 MiB");
+        }
+        if c.node_id
+            .as_ref()
+            .is_some_and(|n| n.is_empty() || n.len() > 128)
+        {
+            return bad("cluster.node_id must be 1..=128 bytes");
+        }
         Ok(())
     }
 
@@ -366,6 +465,34 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_are_checked_and_never_shown_with_their_password() {
+        assert_eq!(
+            redacted("redis://app:s3cret@redis.lan:6379/2"),
+            "redis://app:***@redis.lan:6379/2"
+        );
+        assert_eq!(redacted("rediss://:s3cret@r:6380"), "rediss://:***@r:6380");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let cfg: Config =
+            toml::from_str("[cluster]\nurl = \"redis://u:pw@h:1\"\nnode_id = \"a\"\n").unwrap();
+        cfg.validate().unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("pw@") && shown.contains("u:***@h:1"),
+            "{shown}"
+        );
+        let mut bad = cfg.clone();
+        bad.cluster.url = Some("http://u:pw@h".into());
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("redis://") && !e.contains("pw"), "{e}");
+        let mut bad = cfg.clone();
+        bad.cluster.prefix = "a*".into();
+        assert!(bad.validate().is_err());
+        let mut bad = cfg;
+        bad.cluster.node_timeout = bad.cluster.heartbeat * 2;
+        assert!(bad.validate().is_err());
+    }
 
     #[test]
     fn file_overrides_defaults_and_unknown_keys_are_errors() {

@@ -82,6 +82,13 @@ struct ServeArgs {
     /// Serve the dashboard from this directory instead of the built-in copy.
     #[arg(long, env = "TELEHUB_DASHBOARD_DIR")]
     dashboard_dir: Option<PathBuf>,
+    /// Join a cluster through Redis: redis://[USER:PASSWORD@]HOST:PORT[/DB] or
+    /// rediss:// (TLS). Every node needs the same token.key.
+    #[arg(long, env = "TELEHUB_CLUSTER", hide_env_values = true)]
+    cluster: Option<String>,
+    /// This node's name in the cluster (default: HOSTNAME:PORT).
+    #[arg(long, env = "TELEHUB_NODE_ID")]
+    node_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -190,7 +197,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.dashboard_dir {
         config.dashboard.assets_dir = Some(v);
     }
-    let server = Server::bind(config).await?;
+    if let Some(v) = args.cluster {
+        config.cluster.url = Some(v);
+    }
+    if let Some(v) = args.node_id {
+        config.cluster.node_id = Some(v);
+    }
+    let server = if config.cluster.url.is_some() {
+        config.validate()?;
+        let bus = telehub::cluster::RedisBus::new(&config.cluster, config.listen)?;
+        Server::bind_with_bus(config, bus).await?
+    } else {
+        Server::bind(config).await?
+    };
     let addr = server.local_addr()?;
     let scheme = if server.app().config.plaintext {
         "http"

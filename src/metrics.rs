@@ -92,6 +92,53 @@ pub struct Metrics {
     pub ack_latency: AckLatency,
     pub store_ops: Counter,
     pub store_commits: Counter,
+    pub cluster: ClusterMetrics,
+}
+
+/// The cluster link (see `cluster`): all zero on a node alone.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// 1 while the node is joined to the others through Redis.
+    pub link_up: Gauge,
+    /// Nodes alive in the cluster, this one included (0 while the link is down).
+    pub nodes: Gauge,
+    /// Redis channels and patterns this node subscribes to (the cover of its
+    /// dashboards' patterns, plus the control channel).
+    pub subscriptions: Gauge,
+    /// Publications sent to the other nodes.
+    pub sent: Counter,
+    /// Publications received from other nodes.
+    pub received: Counter,
+    /// Publications that did not cross, by reason: `queue_full` (Redis too slow or
+    /// down for `cluster.queue_bytes`), `redis_error` (a send failed),
+    /// `inbound_full` (this node fell behind what arrives), `bad_frame`.
+    pub lost: Family<ReasonLabel, Counter>,
+    /// Round trip of the heartbeat to Redis.
+    pub rtt: Histogram,
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        Self {
+            link_up: Gauge::default(),
+            nodes: Gauge::default(),
+            subscriptions: Gauge::default(),
+            sent: Counter::default(),
+            received: Counter::default(),
+            lost: Family::default(),
+            // 50 µs .. ~1.6 s.
+            rtt: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        }
+    }
+}
+
+impl ClusterMetrics {
+    pub const LOST_REASONS: [&'static str; 4] =
+        ["queue_full", "redis_error", "inbound_full", "bad_frame"];
+
+    pub fn lost(&self, reason: &'static str) -> Counter {
+        self.lost.get_or_create(&ReasonLabel { reason }).clone()
+    }
 }
 
 /// One role's series, resolved once per connection.
@@ -229,6 +276,46 @@ impl Metrics {
             "telehub_store_commits",
             "Store transactions committed (each a group of ops)",
             m.store_commits.clone(),
+        );
+        let c = &m.cluster;
+        r.register(
+            "telehub_cluster_link_up",
+            "1 while this node is joined to the cluster through Redis",
+            c.link_up.clone(),
+        );
+        r.register(
+            "telehub_cluster_nodes",
+            "Nodes alive in the cluster, this one included",
+            c.nodes.clone(),
+        );
+        r.register(
+            "telehub_cluster_subscriptions",
+            "Redis channels and patterns this node subscribes to",
+            c.subscriptions.clone(),
+        );
+        r.register(
+            "telehub_cluster_sent",
+            "Publications sent to the other nodes",
+            c.sent.clone(),
+        );
+        r.register(
+            "telehub_cluster_received",
+            "Publications received from other nodes",
+            c.received.clone(),
+        );
+        for reason in ClusterMetrics::LOST_REASONS {
+            c.lost(reason);
+        }
+        r.register(
+            "telehub_cluster_lost",
+            "Publications that did not cross the cluster, by reason",
+            c.lost.clone(),
+        );
+        r.register_with_unit(
+            "telehub_cluster_redis_rtt",
+            "Round trip of the heartbeat to Redis",
+            prometheus_client::registry::Unit::Seconds,
+            c.rtt.clone(),
         );
         r.register(
             "telehub_inflate_context_bytes",

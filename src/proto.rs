@@ -14,3 +14,10 @@ include!(concat!(env!("OUT_DIR"), "/telehub.v1.serde.rs"));
 /// Python's `protobuf` package this way.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/telehub_descriptor.bin"));
+
+/// What nodes of a cluster send each other through Redis (internal, versioned:
+/// `proto/telehub/cluster/v1/cluster.proto`).
+pub mod cluster {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/telehub.cluster.v1.rs"));
+}

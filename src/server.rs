@@ -202,12 +202,22 @@ impl Server {
         {
             tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
         }
+        // The devices' offline changes went to the bus as their sessions closed.
+        if tokio::time::timeout(LEAVE_TIMEOUT, app.hub.bus().leave())
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not tell the cluster this node left within {LEAVE_TIMEOUT:?}: the others will find out when its heartbeats stop");
+        }
         if let Err(e) = store.barrier().await {
             tracing::error!(error = %e, "flushing the store");
         }
         Ok(())
     }
 }
+
+/// How long a node leaving a cluster waits for its last messages to go out.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn serve_tcp(
     tcp: TcpStream,

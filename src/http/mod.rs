@@ -1,4 +1,4 @@
-//! HTTP routes on the one listener: the dashboard (see [`assets`]), `/healthz`, `/metrics`,
+//! HTTP routes on the one listener: the dashboard (see [`assets`]), `/healthz`, `/readyz`, `/metrics`,
 //! the two WebSocket endpoints (see [`upgrade`]) and the REST API (see [`api`]).
 //!
 //! Every refusal is a plain-text body with a status that says what went wrong:
@@ -48,6 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(assets::serve))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/device", get(upgrade::device))
         .route("/v1/dashboard", get(upgrade::dashboard))
@@ -72,6 +73,30 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         StatusCode::OK
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Readiness: 503 while the node cannot serve fully (shutting down, or a cluster
+/// node whose link to Redis is down), so a load balancer sends new connections
+/// elsewhere. `/healthz` stays liveness.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let draining = app.draining.is_set();
+    let linked = app.hub.bus().ready();
+    let clustered = app.config.cluster.url.is_some();
+    let status = match (draining, linked) {
+        (true, _) => "shutting_down",
+        (false, false) => "cluster_link_down",
+        (false, true) => "ready",
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "cluster": clustered.then(|| serde_json::json!({ "linked": linked })),
+    });
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

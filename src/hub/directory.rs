@@ -379,6 +379,72 @@ impl Directory {
         }
     }
 
+    /// What node `node` holds, all of it (`held`), or that it is gone (`None`):
+    /// every device it owned here and does not hold goes offline (`announce(info,
+    /// false, now_ms)`), and every device it holds is owned by it as by
+    /// [`Directory::remote_connected`] (`announce(info, true, since)` for those
+    /// that were offline).
+    pub fn remote_node(
+        &self,
+        node: NodeId,
+        held: Option<Vec<(Arc<DeviceInfo>, u64)>>,
+        now_ms: u64,
+        mut announce: impl FnMut(&Arc<DeviceInfo>, bool, u64),
+    ) {
+        let held: HashMap<String, (Arc<DeviceInfo>, u64)> = held
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(info, since)| (info.id.clone(), (info, since)))
+            .collect();
+        {
+            let mut entries = self.write();
+            let gone: Vec<String> = entries
+                .iter()
+                .filter(|(id, e)| {
+                    matches!(e.owner, Some(Owner::Remote { node: n, .. }) if n == node)
+                        && !held.contains_key(*id)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                let Some(entry) = entries.get_mut(&id) else {
+                    continue;
+                };
+                entry.owner = None;
+                if let Some(a) = &entry.activity {
+                    a.counters.seen(now_ms);
+                }
+                announce(&entry.info, false, now_ms);
+                if entry.is_empty() {
+                    entries.remove(&id);
+                }
+            }
+        }
+        for (info, since) in held.into_values() {
+            self.remote_connected(info, node, since, false, |info, since| {
+                announce(info, true, since)
+            });
+        }
+    }
+
+    /// The devices whose session is on this node, and since when.
+    pub fn local_devices(&self) -> Vec<(Arc<DeviceInfo>, u64)> {
+        self.read()
+            .values()
+            .filter_map(|e| match &e.owner {
+                Some(Owner::Local { since_ms, .. }) => Some((e.info.clone(), *since_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether a session on this node holds `device`.
+    pub fn holds(&self, device: &str) -> bool {
+        self.read()
+            .get(device)
+            .is_some_and(|e| matches!(e.owner, Some(Owner::Local { .. })))
+    }
+
     /// The activity of a device whose telemetry arrived from another node
     /// (remembered from now on if it was not).
     pub fn remote_activity(&self, info: &Arc<DeviceInfo>, now_ms: u64) -> Arc<Activity> {

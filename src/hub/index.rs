@@ -201,6 +201,27 @@ impl Index {
         removed
     }
 
+    /// How many patterns have subscriptions. Each insert or remove changes the set
+    /// of patterns by at most one, so a change of the set shows as a change of
+    /// this count.
+    pub fn pattern_count(&self) -> usize {
+        self.exact.len() + self.prefix.len() + usize::from(!self.all.is_empty())
+    }
+
+    /// Every pattern with subscriptions.
+    pub fn patterns(&self) -> Vec<Pattern> {
+        let mut out: Vec<Pattern> = self
+            .exact
+            .keys()
+            .map(|c| Pattern::Exact(c.clone()))
+            .chain(self.prefix.keys().map(|p| Pattern::Prefix(p.clone())))
+            .collect();
+        if !self.all.is_empty() {
+            out.push(Pattern::All);
+        }
+        out
+    }
+
     /// Calls `f` for every slot whose pattern matches `category`.
     fn for_each_slot(&self, category: &str, mut f: impl FnMut(&Slot)) {
         if let Some(s) = self.exact.get(category) {

@@ -187,7 +187,7 @@ impl Hub {
             metrics,
         });
         let events: std::sync::Weak<dyn BusEvents> = Arc::downgrade(&hub) as _;
-        hub.bus.attach(hub.node, events);
+        hub.bus.attach(hub.node, events, &hub.metrics);
         hub
     }
 
@@ -197,6 +197,11 @@ impl Hub {
 
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// The bus joining this node to the others.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     /// Who every device is, who speaks for it, and its registration.
@@ -244,10 +249,14 @@ impl Hub {
     ) {
         {
             let mut index = write(&self.index);
+            let before = index.pattern_count();
             for p in patterns {
                 index.remove(p, handle.id);
             }
             handle.patterns.store(0, Ordering::Relaxed);
+            if index.pattern_count() != before {
+                self.bus.interest_changed();
+            }
         }
         write(&self.dashboards).remove(&handle.id);
         write(&self.watchers).remove(&handle.id);
@@ -307,6 +316,7 @@ impl Hub {
         let filter = (!filter.is_empty()).then(|| self.filters.intern(filter));
         let (reservation, cut) = {
             let mut index = write(&self.index);
+            let before = index.pattern_count();
             for p in patterns {
                 let added = index.insert(
                     p,
@@ -319,6 +329,9 @@ impl Hub {
                 if added {
                     handle.patterns.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            if index.pattern_count() != before {
+                self.bus.interest_changed();
             }
             if let Delivery::Conflated { .. } = delivery {
                 // Under the index lock: nothing is appended meanwhile, so every
@@ -343,10 +356,14 @@ impl Hub {
 
     pub fn unsubscribe(&self, handle: &DashboardHandle, patterns: &[Pattern]) {
         let mut index = write(&self.index);
+        let before = index.pattern_count();
         for p in patterns {
             if index.remove(p, handle.id) {
                 handle.patterns.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+        if index.pattern_count() != before {
+            self.bus.interest_changed();
         }
     }
 
@@ -541,6 +558,22 @@ impl BusEvents for Hub {
     fn takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64) {
         self.remote_takeover(from, device, at_ms);
     }
+
+    fn node_devices(&self, from: NodeId, devices: Option<Vec<(Arc<DeviceInfo>, u64)>>) {
+        self.remote_node(from, devices);
+    }
+
+    fn patterns(&self) -> Vec<Pattern> {
+        read(&self.index).patterns()
+    }
+
+    fn local_devices(&self) -> Vec<(Arc<DeviceInfo>, u64)> {
+        self.directory.local_devices()
+    }
+
+    fn holds(&self, device: &str) -> bool {
+        self.directory.holds(device)
+    }
 }
 
 /// Outbox key of a notification's latest progress (see `outbox`).
@@ -578,7 +611,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 pub type Tags = BTreeMap<String, String>;
 
 /// A device as the hub knows it from its connection's token.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
     pub id: String,
     pub tags: Tags,

@@ -78,6 +78,15 @@ impl Hub {
         }
     }
 
+    /// What another node holds now, or that it is gone (see
+    /// `BusEvents::node_devices`).
+    pub(super) fn remote_node(&self, from: NodeId, devices: Option<Vec<(Arc<DeviceInfo>, u64)>>) {
+        self.directory
+            .remote_node(from, devices, now_ms(), |info, online, at_ms| {
+                self.announce(info, online, at_ms)
+            });
+    }
+
     /// Another node took a device over (see `BusEvents::takeover`).
     pub(super) fn remote_takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64) {
         self.directory

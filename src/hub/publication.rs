@@ -45,6 +45,22 @@ impl Publication {
         }
     }
 
+    /// A publication another node accepted, as it crossed the cluster: `envelope`
+    /// is its encoding (an `Envelope` carrying the telemetry), used as it is.
+    pub fn forwarded(
+        device: Arc<DeviceInfo>,
+        category: String,
+        received_ms: u64,
+        envelope: Bytes,
+    ) -> Self {
+        Self {
+            device,
+            category,
+            received_ms,
+            message: Encoded::from_binary(envelope),
+        }
+    }
+
     pub fn device(&self) -> &Arc<DeviceInfo> {
         &self.device
     }

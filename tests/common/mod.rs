@@ -11,7 +11,8 @@
 //! - [`client`]: the TLS WebSocket [`Client`], its configuration and the events it reads;
 //! - [`envelopes`]: telemetry, reading and error-code helpers;
 //! - [`http`]: `/metrics` parsing and raw HTTP responses;
-//! - [`notify`]: notification REST bodies, targets and polls.
+//! - [`notify`]: notification REST bodies, targets and polls;
+//! - [`redis`]: a throwaway `redis-server` for the cluster tests.
 //!
 //! Everything is re-exported here: test files use `common::...` as before.
 
@@ -26,6 +27,7 @@ mod envelopes;
 mod http;
 mod hub;
 mod notify;
+mod redis;
 
 // Test files name everything through these re-exports, each only what it uses.
 #[allow(unused_imports)]
@@ -37,6 +39,7 @@ pub use self::{
     notify::{
         notification, row, status_of, tag_map, to_devices, to_tags, wait_registered, wait_status,
     },
+    redis::Redis,
 };
 
 /// The bound on every single wait in these tests.

@@ -14,7 +14,10 @@ use std::sync::{
 use tokio::sync::mpsc;
 
 use super::{Bus, BusEvents, PresenceChange};
-use crate::hub::{DeviceInfo, NodeId, Publication};
+use crate::{
+    hub::{DeviceInfo, NodeId, Publication},
+    metrics::Metrics,
+};
 
 /// Events a node's queue holds before it drops.
 const QUEUE: usize = 4096;
@@ -87,7 +90,7 @@ impl MemoryBus {
 impl Bus for MemoryBus {
     /// Must be called within a tokio runtime: it spawns the node's delivery task,
     /// which ends when the hub is gone.
-    fn attach(&self, node: NodeId, events: Weak<dyn BusEvents>) {
+    fn attach(&self, node: NodeId, events: Weak<dyn BusEvents>, _metrics: &Arc<Metrics>) {
         if self.node.set(node).is_err() {
             return;
         }

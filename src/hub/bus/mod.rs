@@ -29,7 +29,8 @@ pub mod memory;
 
 use std::sync::{Arc, Weak};
 
-use super::{DeviceInfo, NodeId, Publication};
+use super::{DeviceInfo, NodeId, Pattern, Publication};
+use crate::metrics::Metrics;
 
 /// A presence change on one node.
 #[derive(Clone, Debug)]
@@ -43,8 +44,9 @@ pub struct PresenceChange {
 /// What leaves this node.
 pub trait Bus: Send + Sync + 'static {
     /// Starts delivering what other nodes send to `events` (the hub), which
-    /// identifies itself on the bus as `node`. Called once, when the hub is built.
-    fn attach(&self, node: NodeId, events: Weak<dyn BusEvents>);
+    /// identifies itself on the bus as `node` and counts in `metrics`. Called
+    /// once, when the hub is built.
+    fn attach(&self, node: NodeId, events: Weak<dyn BusEvents>, metrics: &Arc<Metrics>);
 
     /// A telemetry message accepted on this node.
     fn publish(&self, publication: &Publication);
@@ -56,7 +58,26 @@ pub trait Bus: Send + Sync + 'static {
     /// A device that was online connected to this node at `at_ms`: whichever node
     /// holds its older session closes it.
     fn takeover(&self, device: &Arc<DeviceInfo>, at_ms: u64);
+
+    /// The set of patterns this node's dashboards subscribe to changed (read it
+    /// with [`BusEvents::patterns`]): a bus that can, receives only publications
+    /// that match one of them.
+    fn interest_changed(&self) {}
+
+    /// Whether this node is joined to the others (`GET /readyz`).
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// The node is shutting down (its sessions closed): tells the others it left,
+    /// after everything queued before. Callers bound the wait.
+    fn leave(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// A boxed future, for the one async method of [`Bus`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// What the hub does with what arrives from other nodes.
 pub trait BusEvents: Send + Sync {
@@ -67,6 +88,19 @@ pub trait BusEvents: Send + Sync {
     fn presence(&self, from: NodeId, change: PresenceChange);
 
     fn takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64);
+
+    /// What node `from` holds now, all of it (`Some`), or that it is gone (`None`):
+    /// its devices not listed go offline here.
+    fn node_devices(&self, from: NodeId, devices: Option<Vec<(Arc<DeviceInfo>, u64)>>);
+
+    /// Every subscription pattern of this node's dashboards.
+    fn patterns(&self) -> Vec<Pattern>;
+
+    /// The devices connected to this node, and since when.
+    fn local_devices(&self) -> Vec<(Arc<DeviceInfo>, u64)>;
+
+    /// Whether a session on this node holds `device`.
+    fn holds(&self, device: &str) -> bool;
 }
 
 /// The bus of a hub that is alone: nothing leaves, nothing arrives.
@@ -74,7 +108,7 @@ pub trait BusEvents: Send + Sync {
 pub struct Local;
 
 impl Bus for Local {
-    fn attach(&self, _node: NodeId, _events: Weak<dyn BusEvents>) {}
+    fn attach(&self, _node: NodeId, _events: Weak<dyn BusEvents>, _metrics: &Arc<Metrics>) {}
     fn publish(&self, _publication: &Publication) {}
     fn presence(&self, _change: &PresenceChange) {}
     fn takeover(&self, _device: &Arc<DeviceInfo>, _at_ms: u64) {}

@@ -1,0 +1,571 @@
+//! The link's two tasks: [`Link`] sends (publications, presence, heartbeats,
+//! subscriptions, joins) and `receive` hands what arrives to the hub.
+//!
+//! Both share one Redis connection (RESP3: replies and pub/sub messages on one
+//! socket), kept by the `redis` crate's connection manager, which reconnects with
+//! back-off and subscribes again by itself. The link is *up* once a heartbeat
+//! went through; it goes down when a command fails or the connection drops, and
+//! every time it comes back up the node joins again (see [`Link::join`]).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{atomic::Ordering, Arc, Weak},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use redis::{aio::ConnectionManager, AsyncCommands as _, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::{
+    keys::{self, Cover},
+    wire::{self, Reader, Said, Writer},
+    Out, Shared,
+};
+use crate::{
+    hub::{now_ms, BusEvents, NodeId, Publication},
+    metrics::ClusterMetrics,
+};
+
+/// Frames that arrived and wait for the receiving task; beyond, whole frames are
+/// dropped and counted (`inbound_full`).
+const INBOUND: usize = 8192;
+
+/// Items taken from the queue for one round trip to Redis.
+const SEND_BATCH: usize = 2048;
+
+/// A frame of publications is cut at about this size (Redis buffers a slow
+/// subscriber's messages up to its `client-output-buffer-limit`).
+const FRAME_BYTES: usize = 512 * 1024;
+
+/// Fields per HSET when a node rewrites its hash of held devices.
+const HSET_CHUNK: usize = 1000;
+
+enum Inbound {
+    Push(PushInfo),
+    /// Read what every other node holds (after this node joined).
+    Snapshot,
+}
+
+/// Nodes heard from (a frame, or listed alive by a heartbeat), and when.
+type Heard = Arc<std::sync::Mutex<HashMap<NodeId, Instant>>>;
+
+pub(super) fn start(
+    shared: Arc<Shared>,
+    node: NodeId,
+    events: Weak<dyn BusEvents>,
+    metrics: ClusterMetrics,
+    queue: mpsc::UnboundedReceiver<Out>,
+) {
+    let (inbound, inbound_rx) = mpsc::channel(INBOUND);
+    let push = inbound.clone();
+    let lost = metrics.lost("inbound_full");
+    let sink = move |info: PushInfo| -> Result<(), ()> {
+        match push.try_send(Inbound::Push(info)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                lost.inc();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        }
+    };
+    let timeout = shared.heartbeat.max(Duration::from_secs(1)) * 2;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_push_sender(sink)
+        .set_automatic_resubscription()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    let conn = match ConnectionManager::new_lazy_with_config(shared.client.clone(), config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster link cannot start; this node stays alone");
+            return;
+        }
+    };
+    let heard = Heard::default();
+    tokio::spawn(receive(
+        shared.clone(),
+        node,
+        events.clone(),
+        metrics.clone(),
+        inbound_rx,
+        conn.clone(),
+        heard.clone(),
+    ));
+    let link = Link {
+        writer: Writer::new(node, &shared.name),
+        shared,
+        node,
+        events,
+        metrics,
+        conn,
+        inbound,
+        heard,
+        subscribed: Cover::default(),
+    };
+    tokio::spawn(link.run(queue));
+}
+
+struct Link {
+    shared: Arc<Shared>,
+    node: NodeId,
+    events: Weak<dyn BusEvents>,
+    metrics: ClusterMetrics,
+    conn: ConnectionManager,
+    writer: Writer,
+    inbound: mpsc::Sender<Inbound>,
+    heard: Heard,
+    /// What this node is subscribed to in Redis.
+    subscribed: Cover,
+}
+
+impl Link {
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Out>) {
+        let mut beat = tokio::time::interval(self.shared.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(SEND_BATCH);
+        loop {
+            let up = self.shared.up.load(Ordering::Relaxed);
+            tokio::select! {
+                biased;
+                _ = beat.tick() => {
+                    if self.events.strong_count() == 0 || self.shared.left.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    self.beat(&mut queue).await;
+                }
+                _ = self.shared.interest.notified(), if up => {
+                    if let Err(e) = self.subscribe().await {
+                        self.down(&e);
+                    }
+                }
+                n = queue.recv_many(&mut batch, SEND_BATCH), if up => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.send(&mut batch).await;
+                }
+            }
+        }
+    }
+
+    /// Stamps this node alive, finds the dead, and joins when the link comes up.
+    async fn beat(&mut self, queue: &mut mpsc::UnboundedReceiver<Out>) {
+        let now = now_ms();
+        let timeout_ms = self.shared.node_timeout.as_millis() as u64;
+        let keys = &self.shared.keys;
+        let started = Instant::now();
+        let alive: redis::RedisResult<(Vec<String>,)> = redis::pipe()
+            .zadd(keys.nodes(), keys::node_name(self.node), now)
+            .ignore()
+            .pexpire(keys.held(self.node), timeout_ms as i64)
+            .ignore()
+            .zrembyscore(keys.nodes(), "-inf", now.saturating_sub(timeout_ms))
+            .ignore()
+            .zrangebyscore(keys.nodes(), now.saturating_sub(timeout_ms), "+inf")
+            .query_async(&mut self.conn)
+            .await;
+        let alive = match alive {
+            Ok((alive,)) => alive,
+            Err(e) => {
+                self.down(&e);
+                return;
+            }
+        };
+        self.metrics.rtt.observe(started.elapsed().as_secs_f64());
+        self.metrics.nodes.set(alive.len() as i64);
+        if self.shared.rejoin.swap(false, Ordering::Relaxed)
+            || !self.shared.up.load(Ordering::Relaxed)
+        {
+            if let Err(e) = self.join(queue).await {
+                self.shared.rejoin.store(true, Ordering::Relaxed);
+                self.down(&e);
+                return;
+            }
+        }
+        self.bury(alive.iter().filter_map(|n| keys::parse_node(n)));
+    }
+
+    /// Nodes neither listed alive nor heard from for `node_timeout` are dead:
+    /// their devices go offline here.
+    fn bury(&self, alive: impl Iterator<Item = NodeId>) {
+        let now = Instant::now();
+        let dead: Vec<NodeId> = {
+            let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+            for n in alive {
+                heard.insert(n, now);
+            }
+            let dead: Vec<NodeId> = heard
+                .iter()
+                .filter(|(n, at)| {
+                    **n != self.node && now.duration_since(**at) >= self.shared.node_timeout
+                })
+                .map(|(n, _)| *n)
+                .collect();
+            for n in &dead {
+                heard.remove(n);
+            }
+            dead
+        };
+        if dead.is_empty() {
+            return;
+        }
+        let Some(hub) = self.events.upgrade() else {
+            return;
+        };
+        for n in dead {
+            tracing::warn!(node = %keys::node_name(n), "cluster node silent for node_timeout: its devices are offline");
+            hub.node_devices(n, None);
+        }
+    }
+
+    /// (Re)joins: subscribes, sends what waited, rewrites what this node holds
+    /// and tells the others, then reads what they hold.
+    async fn join(&mut self, queue: &mut mpsc::UnboundedReceiver<Out>) -> redis::RedisResult<()> {
+        self.subscribed = Cover::default();
+        self.subscribe().await?;
+        // What waited is older than what this node holds now: it goes first.
+        let mut batch = Vec::with_capacity(SEND_BATCH);
+        while !queue.is_empty() {
+            queue.recv_many(&mut batch, SEND_BATCH).await;
+            self.send_all(&mut batch).await?;
+        }
+        let Some(hub) = self.events.upgrade() else {
+            return Ok(());
+        };
+        let held = hub.local_devices();
+        drop(hub);
+        let key = self.shared.keys.held(self.node);
+        let mut pipe = redis::pipe();
+        pipe.del(&key).ignore();
+        for chunk in held.chunks(HSET_CHUNK) {
+            let fields: Vec<(&str, Vec<u8>)> = chunk
+                .iter()
+                .map(|(d, since)| (d.id.as_str(), wire::held_value(d, *since)))
+                .collect();
+            pipe.hset_multiple(&key, &fields).ignore();
+        }
+        pipe.pexpire(&key, self.shared.node_timeout.as_millis() as i64)
+            .ignore()
+            .publish(self.shared.keys.control(), self.writer.owned(&held))
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn).await?;
+        let _ = self.inbound.send(Inbound::Snapshot).await;
+        if !self.shared.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(node = %self.shared.name, devices = held.len(), "cluster link up");
+        }
+        self.metrics.link_up.set(1);
+        Ok(())
+    }
+
+    /// Brings the Redis subscriptions to the cover of the dashboards' patterns:
+    /// new ones first, so that nothing is missed while they are refined.
+    async fn subscribe(&mut self) -> redis::RedisResult<()> {
+        let Some(hub) = self.events.upgrade() else {
+            return Ok(());
+        };
+        let want = self.shared.keys.cover(&hub.patterns());
+        drop(hub);
+        let have = &self.subscribed;
+        let diff = |a: &std::collections::BTreeSet<String>, b| -> Vec<String> {
+            a.difference(b).cloned().collect()
+        };
+        let (add, padd) = (
+            diff(&want.channels, &have.channels),
+            diff(&want.patterns, &have.patterns),
+        );
+        let (remove, premove) = (
+            diff(&have.channels, &want.channels),
+            diff(&have.patterns, &want.patterns),
+        );
+        if !add.is_empty() {
+            self.conn.subscribe(add).await?;
+        }
+        if !padd.is_empty() {
+            self.conn.psubscribe(padd).await?;
+        }
+        if !remove.is_empty() {
+            self.conn.unsubscribe(remove).await?;
+        }
+        if !premove.is_empty() {
+            self.conn.punsubscribe(premove).await?;
+        }
+        self.metrics
+            .subscriptions
+            .set((want.channels.len() + want.patterns.len()) as i64);
+        *self
+            .shared
+            .subscribed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = want.clone();
+        self.subscribed = want;
+        Ok(())
+    }
+
+    /// Sends a batch taken from the queue; a failure takes the link down and
+    /// counts the batch's publications as lost.
+    async fn send(&mut self, batch: &mut Vec<Out>) {
+        if let Err(e) = self.send_all(batch).await {
+            self.down(&e);
+        }
+    }
+
+    async fn send_all(&mut self, batch: &mut Vec<Out>) -> redis::RedisResult<()> {
+        let bytes: usize = batch.iter().map(Out::bytes).sum();
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let mut pipe = redis::pipe();
+        let mut groups: Vec<(String, Vec<Publication>)> = Vec::new();
+        let mut publications = 0u64;
+        let mut control = false;
+        let held = self.shared.keys.held(self.node);
+        let mut leaving = None;
+        for out in batch.drain(..) {
+            match out {
+                Out::Publication(p) => {
+                    publications += 1;
+                    match groups.iter_mut().find(|(c, _)| c == p.category()) {
+                        Some((_, g)) => g.push(p),
+                        None => groups.push((p.category().to_owned(), vec![p])),
+                    }
+                }
+                other => {
+                    // Publications queued before a presence change leave before it.
+                    self.publish_groups(&mut pipe, &mut groups);
+                    control = true;
+                    match other {
+                        Out::Presence(c) => {
+                            if c.online {
+                                pipe.hset(
+                                    &held,
+                                    &c.device.id,
+                                    wire::held_value(&c.device, c.at_ms),
+                                );
+                            } else {
+                                pipe.hdel(&held, &c.device.id);
+                            }
+                            pipe.ignore()
+                                .publish(self.shared.keys.control(), self.writer.presence(&c))
+                                .ignore();
+                        }
+                        Out::Takeover(d, at_ms) => {
+                            pipe.hset(&held, &d.id, wire::held_value(&d, at_ms))
+                                .ignore()
+                                .publish(
+                                    self.shared.keys.control(),
+                                    self.writer.takeover(&d, at_ms),
+                                )
+                                .ignore();
+                        }
+                        Out::Released(id) => {
+                            pipe.hdel(&held, id).ignore();
+                        }
+                        Out::Leave(done) => {
+                            pipe.zrem(self.shared.keys.nodes(), keys::node_name(self.node))
+                                .ignore()
+                                .del(&held)
+                                .ignore()
+                                .publish(self.shared.keys.control(), self.writer.leaving())
+                                .ignore();
+                            leaving = Some(done);
+                        }
+                        Out::Publication(_) => {}
+                    }
+                }
+            }
+        }
+        self.publish_groups(&mut pipe, &mut groups);
+        if control && leaving.is_none() {
+            // A hash created by this batch expires like the node.
+            pipe.pexpire(&held, self.shared.node_timeout.as_millis() as i64)
+                .ignore();
+        }
+        match pipe.query_async::<()>(&mut self.conn).await {
+            Ok(()) => {
+                self.metrics.sent.inc_by(publications);
+                if let Some(done) = leaving {
+                    self.shared.left.store(true, Ordering::Relaxed);
+                    self.shared.up.store(false, Ordering::Relaxed);
+                    self.metrics.link_up.set(0);
+                    let _ = done.send(());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.lost("redis_error").inc_by(publications);
+                if control {
+                    self.shared.rejoin.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One PUBLISH per category (per [`FRAME_BYTES`]) for the publications grouped
+    /// so far.
+    fn publish_groups(
+        &self,
+        pipe: &mut redis::Pipeline,
+        groups: &mut Vec<(String, Vec<Publication>)>,
+    ) {
+        for (category, items) in groups.drain(..) {
+            let channel = self.shared.keys.category(&category);
+            let mut start = 0;
+            let mut size = 0;
+            for (i, p) in items.iter().enumerate() {
+                size += p
+                    .message()
+                    .message(crate::hub::WireFormat::Protobuf)
+                    .payload()
+                    .len()
+                    + 64;
+                if size >= FRAME_BYTES || i + 1 == items.len() {
+                    pipe.publish(&channel, self.writer.publications(items[start..=i].iter()))
+                        .ignore();
+                    start = i + 1;
+                    size = 0;
+                }
+            }
+        }
+    }
+
+    fn down(&self, e: &redis::RedisError) {
+        if self.shared.up.swap(false, Ordering::Relaxed) {
+            tracing::error!(error = %e, "cluster link down: serving this node's devices and dashboards alone until Redis is back");
+        } else {
+            tracing::debug!(error = %e, "cluster link still down");
+        }
+        self.metrics.link_up.set(0);
+        self.metrics.nodes.set(0);
+    }
+}
+
+/// Hands what arrives to the hub, in the order it arrived.
+async fn receive(
+    shared: Arc<Shared>,
+    node: NodeId,
+    events: Weak<dyn BusEvents>,
+    metrics: ClusterMetrics,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut conn: ConnectionManager,
+    heard: Heard,
+) {
+    let mut reader = Reader::default();
+    let bad = metrics.lost("bad_frame");
+    while let Some(msg) = inbound.recv().await {
+        let Some(hub) = events.upgrade() else { break };
+        let info = match msg {
+            Inbound::Snapshot => {
+                if let Err(e) = snapshot(&shared, node, &*hub, &mut conn, &mut reader, &heard).await
+                {
+                    tracing::warn!(error = %e, "reading what the other nodes hold failed; retrying at the next heartbeat");
+                    shared.rejoin.store(true, Ordering::Relaxed);
+                }
+                continue;
+            }
+            Inbound::Push(info) => info,
+        };
+        let payload = match info.kind {
+            PushKind::Message | PushKind::PMessage => match info.data.into_iter().last() {
+                Some(Value::BulkString(b)) => Bytes::from(b),
+                _ => continue,
+            },
+            PushKind::Disconnection => {
+                // The manager reconnects and subscribes again; the node joins again
+                // at the next heartbeat that goes through (Redis may have restarted
+                // empty, and what was sent meanwhile is lost).
+                if shared.up.swap(false, Ordering::Relaxed) {
+                    tracing::error!("cluster link lost: reconnecting");
+                }
+                shared.rejoin.store(true, Ordering::Relaxed);
+                metrics.link_up.set(0);
+                continue;
+            }
+            _ => continue,
+        };
+        let received = match reader.read(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                bad.inc();
+                tracing::warn!(error = %e, "refused a cluster frame");
+                continue;
+            }
+        };
+        let from = received.node;
+        if from == node {
+            // Redis sends this node's own publications back to it.
+            continue;
+        }
+        heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(from, Instant::now());
+        match received.said {
+            Said::Publications(list) => {
+                metrics.received.inc_by(list.len() as u64);
+                for p in list {
+                    hub.publication(from, p);
+                }
+            }
+            Said::Presence(change) => hub.presence(from, change),
+            Said::Takeover(device, at_ms) => {
+                let id = device.id.clone();
+                hub.takeover(from, device, at_ms);
+                if !hub.holds(&id) {
+                    let out = Out::Released(id);
+                    shared
+                        .queued_bytes
+                        .fetch_add(out.bytes(), Ordering::Relaxed);
+                    let _ = shared.queue.send(out);
+                }
+            }
+            Said::Owned(devices) => {
+                tracing::info!(node = %received.node_name, devices = devices.len(), "cluster node joined");
+                hub.node_devices(from, Some(devices));
+            }
+            Said::Leaving => {
+                tracing::info!(node = %received.node_name, "cluster node left");
+                heard
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&from);
+                hub.node_devices(from, None);
+            }
+        }
+    }
+}
+
+/// Reads what every other live node holds and gives it to the hub.
+async fn snapshot(
+    shared: &Shared,
+    node: NodeId,
+    hub: &dyn BusEvents,
+    conn: &mut ConnectionManager,
+    reader: &mut Reader,
+    heard: &Heard,
+) -> redis::RedisResult<()> {
+    let now = now_ms();
+    let since = now.saturating_sub(shared.node_timeout.as_millis() as u64);
+    let alive: Vec<String> = conn
+        .zrangebyscore(shared.keys.nodes(), since, "+inf")
+        .await?;
+    let alive: HashSet<NodeId> = alive.iter().filter_map(|n| keys::parse_node(n)).collect();
+    for &other in alive.iter().filter(|n| **n != node) {
+        let fields: Vec<(String, Vec<u8>)> = conn.hgetall(shared.keys.held(other)).await?;
+        let mut devices = Vec::with_capacity(fields.len());
+        for (_, value) in fields {
+            match reader.held(Bytes::from(value)) {
+                Ok(d) => devices.push(d),
+                Err(e) => tracing::warn!(error = %e, "refused a held device"),
+            }
+        }
+        heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(other, Instant::now());
+        hub.node_devices(other, Some(devices));
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! The live plane of a cluster: [`RedisBus`], the [`Bus`] that joins this node to
+//! the others through one Redis (`serve --cluster redis://...`).
+//!
+//! What crosses Redis, and how (names in [`keys`], frames in [`wire`]):
+//! - **Telemetry**: every publication accepted here goes to its category's
+//!   channel. A node subscribes only to the channels that cover its dashboards'
+//!   patterns, so Redis sends it only what its dashboards need, and it fans that
+//!   out through the hub's own path (encoded once, compressed once). The
+//!   publications queued since the last send travel in one frame per category:
+//!   one PUBLISH for many, never one per dashboard or per node.
+//! - **Presence and takeovers** go to the control channel; each node also keeps
+//!   the devices it holds in a hash of its own, which a node (re)joining reads to
+//!   learn who is online where.
+//! - **Liveness**: every `heartbeat` a node stamps itself in the nodes set and
+//!   extends its hash's expiry. A node from which nothing was heard for
+//!   `node_timeout` is dead: its devices go offline on every other node.
+//!
+//! Invariants:
+//! - The hub never waits for Redis: [`Bus`] methods only queue. The queue is
+//!   bounded in bytes (`cluster.queue_bytes`); a publication that does not fit
+//!   is dropped and counted, a presence change that does not fit is repaired by
+//!   republishing everything this node holds.
+//! - Everything this node sends leaves from one task, in order, over one
+//!   connection, so every other node sees it in that order.
+//! - While Redis is unreachable the node serves its own devices and dashboards
+//!   as if alone; the link reconnects by itself, and on every (re)join the node
+//!   rewrites what it holds and reads what the others hold.
+//! - Redis credentials are never logged (see `config::redacted`).
+
+mod keys;
+mod link;
+mod wire;
+
+pub use keys::Cover;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::Duration,
+};
+
+use redis::IntoConnectionInfo as _;
+use tokio::sync::{mpsc, Notify};
+
+use crate::{
+    config::{self, redacted},
+    hub::{Bus, BusEvents, DeviceInfo, NodeId, PresenceChange, Publication, WireFormat},
+    metrics::Metrics,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster URL {url}: {source}")]
+    Url {
+        url: String,
+        source: redis::RedisError,
+    },
+}
+
+/// What waits to be sent, in order.
+enum Out {
+    Publication(Publication),
+    Presence(PresenceChange),
+    Takeover(Arc<DeviceInfo>, u64),
+    /// Another node took this device over: it is no longer held here.
+    Released(String),
+    /// This node leaves the cluster: answered once the others were told.
+    Leave(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Out {
+    /// What it holds, as counted against `cluster.queue_bytes`.
+    fn bytes(&self) -> usize {
+        const OVERHEAD: usize = 128;
+        OVERHEAD
+            + match self {
+                Out::Publication(p) => p.message().message(WireFormat::Protobuf).payload().len(),
+                _ => 0,
+            }
+    }
+}
+
+/// Shared by the bus and its tasks.
+struct Shared {
+    /// This node's name (`cluster.node_id`).
+    name: String,
+    keys: keys::Keys,
+    heartbeat: Duration,
+    node_timeout: Duration,
+    client: redis::Client,
+    queue: mpsc::UnboundedSender<Out>,
+    /// Taken by the link task when the bus is attached.
+    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<Out>>>,
+    queued_bytes: AtomicUsize,
+    queue_bytes: usize,
+    /// The dashboards' patterns changed.
+    interest: Notify,
+    /// Joined: the last heartbeat went through and nothing since says otherwise.
+    up: AtomicBool,
+    /// Rewrite and republish what this node holds at the next heartbeat (a
+    /// presence change was dropped, or the connection to Redis was replaced).
+    rejoin: AtomicBool,
+    /// The node left the cluster (shutting down): no more heartbeats.
+    left: AtomicBool,
+    /// What the node is subscribed to in Redis, as last applied.
+    subscribed: Mutex<keys::Cover>,
+}
+
+/// A [`Bus`] over Redis. Build it with [`RedisBus::new`]; the hub attaches it.
+pub struct RedisBus {
+    shared: Arc<Shared>,
+    metrics: std::sync::OnceLock<crate::metrics::ClusterMetrics>,
+}
+
+impl RedisBus {
+    /// A bus for the cluster `config.url` (which must be set). Nothing connects
+    /// before the hub attaches it; a Redis that cannot be reached then is retried
+    /// with back-off while the node serves alone (`/readyz` says 503).
+    pub fn new(config: &config::Cluster, listen: SocketAddr) -> Result<Arc<Self>, ClusterError> {
+        let url = config.url.clone().unwrap_or_default();
+        let bad = |source| ClusterError::Url {
+            url: redacted(&url),
+            source,
+        };
+        let info = url.as_str().into_connection_info().map_err(bad)?;
+        // RESP3: subscriptions and commands share one connection.
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(redis_settings);
+        let client = redis::Client::open(info).map_err(bad)?;
+        let (queue, queue_rx) = mpsc::unbounded_channel();
+        let name = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", host_name(), listen.port()));
+        Ok(Arc::new(Self {
+            shared: Arc::new(Shared {
+                name,
+                keys: keys::Keys::new(&config.prefix),
+                heartbeat: config.heartbeat,
+                node_timeout: config.node_timeout,
+                client,
+                queue,
+                queue_rx: Mutex::new(Some(queue_rx)),
+                queued_bytes: AtomicUsize::new(0),
+                queue_bytes: config.queue_bytes,
+                interest: Notify::new(),
+                up: AtomicBool::new(false),
+                rejoin: AtomicBool::new(true),
+                left: AtomicBool::new(false),
+                subscribed: Mutex::default(),
+            }),
+            metrics: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// This node's name in the cluster.
+    pub fn node_name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The Redis channels and patterns this node subscribes to, as last applied
+    /// (they follow its dashboards' patterns a round trip behind).
+    pub fn subscribed(&self) -> Cover {
+        self.shared
+            .subscribed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn send(&self, out: Out) {
+        let s = &self.shared;
+        let bytes = out.bytes();
+        let queued = s.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if queued + bytes > s.queue_bytes {
+            s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            match out {
+                Out::Publication(_) => {
+                    if let Some(m) = self.metrics.get() {
+                        m.lost("queue_full").inc();
+                    }
+                }
+                // Repaired from what the node holds when Redis takes sends again.
+                _ => s.rejoin.store(true, Ordering::Relaxed),
+            }
+            return;
+        }
+        if s.queue.send(out).is_err() {
+            s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Bus for RedisBus {
+    /// Must be called within a tokio runtime: it starts the link's tasks, which
+    /// end when the hub is gone.
+    fn attach(&self, node: NodeId, events: Weak<dyn BusEvents>, metrics: &Arc<Metrics>) {
+        let rx = self
+            .shared
+            .queue_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(rx) = rx else { return };
+        let _ = self.metrics.set(metrics.cluster.clone());
+        tracing::info!(node = %self.shared.name, id = %keys::node_name(node), "joining the cluster");
+        link::start(
+            self.shared.clone(),
+            node,
+            events,
+            metrics.cluster.clone(),
+            rx,
+        );
+    }
+
+    fn publish(&self, publication: &Publication) {
+        self.send(Out::Publication(publication.clone()));
+    }
+
+    fn presence(&self, change: &PresenceChange) {
+        self.send(Out::Presence(change.clone()));
+    }
+
+    fn takeover(&self, device: &Arc<DeviceInfo>, at_ms: u64) {
+        self.send(Out::Takeover(device.clone(), at_ms));
+    }
+
+    fn interest_changed(&self) {
+        self.shared.interest.notify_one();
+    }
+
+    fn ready(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed) && !self.shared.left.load(Ordering::Relaxed)
+    }
+
+    fn leave(&self) -> crate::hub::bus::BoxFuture<'_, ()> {
+        let (done, left) = tokio::sync::oneshot::channel();
+        let sent = self.shared.queue.send(Out::Leave(done)).is_ok();
+        Box::pin(async move {
+            if sent {
+                let _ = left.await;
+            }
+        })
+    }
+}
+
+/// The host's name, for the default node name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}

@@ -1,0 +1,333 @@
+//! Several hubs joined through a real Redis (`serve --cluster`): each hub is a real
+//! server with its own `RedisBus`, and Redis is a throwaway `redis-server` (see
+//! `common::redis`).
+//!
+//! - Telemetry from a device on node 1 reaches dashboards on nodes 2 and 3 through
+//!   every kind of subscription, exactly once, with the same content and
+//!   `received_ms`; filters that do not match receive nothing.
+//! - Presence crosses, a late dashboard's snapshot holds remote devices, and a
+//!   second connection on another node takes the device over (4001).
+//! - A node that leaves (graceful shutdown) has its devices offline at once.
+//! - Redis stopped: local fan-out goes on, `/readyz` answers 503; Redis back
+//!   (empty): every node joins again by itself and cross-node fan-out resumes.
+
+mod common;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use telehub::{auth::Role, cluster::RedisBus, config, hub::Bus as _};
+
+/// Fast heartbeats, so that joins and deaths take a test fraction of a second.
+fn settings(redis: &Redis, name: &str) -> config::Cluster {
+    config::Cluster {
+        url: Some(redis.url()),
+        node_id: Some(name.into()),
+        heartbeat: Duration::from_millis(100),
+        node_timeout: Duration::from_millis(1500),
+        ..config::Cluster::default()
+    }
+}
+
+struct Node {
+    hub: Hub,
+    bus: Arc<RedisBus>,
+}
+
+async fn node(redis: &Redis, name: &str) -> Node {
+    let cluster = settings(redis, name);
+    let bus = RedisBus::new(&cluster, "127.0.0.1:0".parse().unwrap()).expect("bus");
+    let hub = Hub::with_bus(bus.clone(), |c| c.cluster = cluster).await;
+    Node { hub, bus }
+}
+
+/// `n` nodes on one Redis, each joined and seeing all `n`.
+async fn cluster(redis: &Redis, n: usize) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        nodes.push(node(redis, &format!("node-{i}")).await);
+    }
+    for n_ in &nodes {
+        wait_joined(n_, n).await;
+    }
+    nodes
+}
+
+async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_joined(node: &Node, nodes: usize) {
+    let m = &node.hub.app().metrics.cluster;
+    wait_until("the node to join", || {
+        node.bus.ready() && m.nodes.get() == nodes as i64
+    })
+    .await;
+}
+
+/// Waits until `node` subscribes in Redis to what covers `category`.
+async fn wait_covers(node: &Node, channel_or_pattern: &str) {
+    let want = format!("telehub:{channel_or_pattern}");
+    wait_until(&want, || {
+        let c = node.bus.subscribed();
+        c.channels.contains(&want) || c.patterns.contains(&want)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn telemetry_from_one_node_reaches_every_matching_dashboard_on_the_others() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    let mut local = a.hub.dashboard().await;
+    local.subscribe(&["env.temperature"]).await;
+    let mut exact = b.hub.dashboard().await;
+    exact.subscribe(&["env.temperature"]).await;
+    let mut wildcard = b.hub.dashboard().await;
+    wildcard.subscribe(&["env.*"]).await;
+    let mut by_tag = c.hub.dashboard().await;
+    by_tag
+        .subscribe_filtered(&["env.*"], &[], &[("fleet", "north")])
+        .await;
+    let mut by_device = c.hub.dashboard().await;
+    by_device
+        .subscribe_filtered(&["env.*"], &["dev-1"], &[])
+        .await;
+    let mut other_tag = c.hub.dashboard().await;
+    other_tag
+        .subscribe_filtered(&["env.*"], &[], &[("fleet", "south")])
+        .await;
+    let mut other_category = c.hub.dashboard().await;
+    other_category.subscribe(&["power"]).await;
+    wait_covers(b, "t.env.*").await;
+    wait_covers(c, "t.env.*").await;
+    wait_covers(c, "t.power").await;
+
+    let mut device = a.hub.device_tagged("dev-1", &[("fleet", "north")]).await;
+    let p = exact.expect_presence().await;
+    assert_eq!((p.device_id.as_str(), p.online), ("dev-1", true));
+    assert_eq!(p.tags.get("fleet").map(String::as_str), Some("north"));
+
+    for n in 0..3 {
+        device
+            .send_telemetry(
+                "env.temperature",
+                vec![
+                    number("celsius", 21.5 + f64::from(n), "Cel"),
+                    raw("blob", vec![1, 2, 3]),
+                ],
+            )
+            .await;
+    }
+    for n in 0..3 {
+        let sent = local.expect_telemetry().await;
+        assert_eq!(sent.device_id, "dev-1");
+        for (what, d) in [
+            ("exact", &mut exact),
+            ("wildcard", &mut wildcard),
+            ("tag filter", &mut by_tag),
+            ("device filter", &mut by_device),
+        ] {
+            assert_eq!(d.expect_telemetry().await, sent, "{what}, message {n}");
+        }
+    }
+    for d in [
+        &mut exact,
+        &mut wildcard,
+        &mut by_tag,
+        &mut other_tag,
+        &mut other_category,
+    ] {
+        d.expect_no_telemetry(Duration::from_millis(200)).await;
+    }
+    let sent = a.hub.app().metrics.cluster.sent.get();
+    assert_eq!(
+        sent, 3,
+        "each publication sent once, whatever the dashboards"
+    );
+    assert_eq!(b.hub.app().metrics.cluster.received.get(), 3);
+    assert_eq!(c.hub.app().metrics.cluster.received.get(), 3);
+}
+
+#[tokio::test]
+async fn a_node_receives_only_what_its_dashboards_need() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut d = b.hub.dashboard().await;
+    d.subscribe(&["env.t"]).await;
+    wait_covers(b, "t.env.t").await;
+    let mut device = a.hub.device("dev-1").await;
+    device
+        .send_telemetry("power.v", vec![number("v", 1.0, "")])
+        .await;
+    device
+        .send_telemetry("env.t", vec![number("t", 2.0, "")])
+        .await;
+    assert_eq!(d.expect_telemetry().await.category, "env.t");
+    assert_eq!(
+        b.hub.app().metrics.cluster.received.get(),
+        1,
+        "power.v never reached node 2"
+    );
+    // Unsubscribed: node 2 drops the channel.
+    d.unsubscribe(&["env.t"]).await;
+    wait_until("the channel to go", || {
+        !b.bus.subscribed().channels.contains("telehub:t.env.t")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn presence_and_takeover_cross_nodes() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut on_a = a.hub.dashboard().await;
+    let mut on_b = b.hub.dashboard().await;
+
+    let mut old = a.hub.device_tagged("dev-1", &[("site", "x")]).await;
+    assert!(on_a.expect_presence().await.online);
+    let p = on_b.expect_presence().await;
+    assert_eq!((p.device_id.as_str(), p.online), ("dev-1", true));
+    assert_eq!(p.tags.get("site").map(String::as_str), Some("x"));
+
+    // A dashboard that arrives later on B has the remote device in its snapshot.
+    let mut late = b.hub.dashboard().await;
+    let p = late.expect_presence().await;
+    assert_eq!((p.device_id.as_str(), p.online), ("dev-1", true));
+
+    let token = b.hub.token("dev-1", Role::Device, &[("site", "x")]);
+    let mut new = b
+        .hub
+        .connect("/v1/device", &client_config(Some(&token), &[PROTOCOL]))
+        .await
+        .expect("the second connection is accepted");
+    new.expect_welcome().await;
+    assert_eq!(
+        old.expect_close().await,
+        4001,
+        "the older one, on node 1, closed"
+    );
+    for d in [&mut on_a, &mut on_b] {
+        let next = d.next_event_within(Duration::from_millis(300)).await;
+        assert!(next.is_none(), "a takeover is no presence change: {next:?}");
+    }
+    assert_eq!(a.hub.app().hub.online_devices(), 1);
+
+    new.close().await;
+    for d in [&mut on_a, &mut on_b] {
+        let p = d.expect_presence().await;
+        assert_eq!((p.device_id.as_str(), p.online), ("dev-1", false));
+    }
+}
+
+#[tokio::test]
+async fn a_node_joining_late_learns_who_is_online_elsewhere() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-1").await;
+    wait_joined(&a, 1).await;
+    let _d1 = a.hub.device("dev-1").await;
+    let _d2 = a.hub.device("dev-2").await;
+    let b = node(&redis, "node-2").await;
+    wait_joined(&b, 2).await;
+    wait_until("node 2 to read node 1's devices", || {
+        b.hub.app().hub.online_devices() == 2
+    })
+    .await;
+    let mut d = b.hub.dashboard().await;
+    let mut seen = [d.expect_presence().await, d.expect_presence().await];
+    seen.sort_by(|x, y| x.device_id.cmp(&y.device_id));
+    assert_eq!(
+        seen.iter()
+            .map(|p| (p.device_id.as_str(), p.online))
+            .collect::<Vec<_>>(),
+        [("dev-1", true), ("dev-2", true)]
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_takes_its_devices_offline_everywhere() {
+    let redis = Redis::start();
+    let mut nodes = cluster(&redis, 2).await;
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    let mut on_b = b.hub.dashboard().await;
+    let _device = a.hub.device("dev-1").await;
+    assert!(on_b.expect_presence().await.online);
+    drop(a); // graceful shutdown: sessions close, the node says it leaves
+    let p = on_b.expect_presence().await;
+    assert_eq!((p.device_id.as_str(), p.online), ("dev-1", false));
+    wait_until("one node left", || {
+        b.hub.app().metrics.cluster.nodes.get() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_going_away_and_coming_back_empty() {
+    let mut redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut local = a.hub.dashboard().await;
+    local.subscribe(&["*"]).await;
+    let mut remote = b.hub.dashboard().await;
+    remote.subscribe(&["*"]).await;
+    wait_covers(b, "t.*").await;
+    let mut device = a.hub.device("dev-1").await;
+    assert!(remote.expect_presence().await.online);
+    device
+        .send_telemetry("env.t", vec![number("t", 1.0, "")])
+        .await;
+    local.expect_telemetry().await;
+    remote.expect_telemetry().await;
+    let (status, _, _) = a.hub.get("/readyz").await;
+    assert_eq!(status, 200);
+
+    redis.stop();
+    wait_until("node 1 to see the link down", || !a.bus.ready()).await;
+    let (status, _, body) = a.hub.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cluster_link_down"), "{body}");
+    let (status, _, _) = a.hub.get("/healthz").await;
+    assert_eq!(status, 200, "still alive");
+    // Local fan-out never stops.
+    for n in 0..5 {
+        device
+            .send_telemetry("env.t", vec![number("t", f64::from(n), "")])
+            .await;
+        assert_eq!(local.expect_telemetry().await.device_id, "dev-1");
+    }
+
+    redis.resume();
+    wait_joined(a, 2).await;
+    wait_joined(b, 2).await;
+    wait_covers(b, "t.*").await;
+    let (status, _, _) = a.hub.get("/readyz").await;
+    assert_eq!(status, 200);
+    // What was queued while Redis was away may arrive now; then the live flow.
+    device
+        .send_telemetry("env.after", vec![number("t", 9.0, "")])
+        .await;
+    let deadline = Instant::now() + T;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "cross-node fan-out did not resume"
+        );
+        if remote.expect_telemetry().await.category == "env.after" {
+            break;
+        }
+    }
+    // Redis came back empty: the device is still known online on node 2.
+    assert_eq!(b.hub.app().hub.online_devices(), 1);
+}
