@@ -167,6 +167,12 @@ const handlers = {
       subscriptions.redeliver();
     }
   },
+  // A node of a cluster lost (or regained) the other nodes: devices on them go
+  // silent meanwhile, which the banner explains for as long as it lasts.
+  clusterLink(c) {
+    clearTimeout(hubErrorTimer);
+    showMessage(hubError, c.linked ? "" : `cluster: ${c.message || "other nodes unreachable"}`);
+  },
   notificationAccepted: (a) => notifications.onAccepted(a),
   notificationProgress: (p) => notifications.onProgress(p),
   error(e) {

@@ -8,8 +8,9 @@
 //! - Presence crosses, a late dashboard's snapshot holds remote devices, and a
 //!   second connection on another node takes the device over (4001).
 //! - A node that leaves (graceful shutdown) has its devices offline at once.
-//! - Redis stopped: local fan-out goes on, `/readyz` answers 503; Redis back
-//!   (empty): every node joins again by itself and cross-node fan-out resumes.
+//! - Redis stopped: local fan-out goes on, `/readyz` answers 503, dashboards are
+//!   told (`ClusterLink`); Redis back (empty): every node joins again by itself,
+//!   dashboards are told, and cross-node fan-out resumes.
 
 mod common;
 
@@ -19,7 +20,7 @@ use std::{
 };
 
 use common::*;
-use telehub::{auth::Role, cluster::RedisBus, config, hub::Bus as _};
+use telehub::{auth::Role, cluster::RedisBus, config, hub::Bus as _, proto::envelope::Body};
 
 /// Fast heartbeats, so that joins and deaths take a test fraction of a second.
 fn settings(redis: &Redis, name: &str) -> config::Cluster {
@@ -27,7 +28,8 @@ fn settings(redis: &Redis, name: &str) -> config::Cluster {
         url: Some(redis.url()),
         node_id: Some(name.into()),
         heartbeat: Duration::from_millis(100),
-        node_timeout: Duration::from_millis(1500),
+        // Long enough that no node is taken for dead while Redis restarts.
+        node_timeout: Duration::from_secs(5),
         ..config::Cluster::default()
     }
 }
@@ -295,6 +297,13 @@ async fn redis_going_away_and_coming_back_empty() {
 
     redis.stop();
     wait_until("node 1 to see the link down", || !a.bus.ready()).await;
+    // Each dashboard is told once, on either node.
+    for d in [&mut local, &mut remote] {
+        let notice = d.expect_cluster_link().await;
+        assert!(!notice.linked, "{notice:?}");
+        assert!(notice.message.contains("interrupted"), "{notice:?}");
+    }
+    let node_name = a.bus.node_name().to_owned();
     let (status, _, body) = a.hub.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("cluster_link_down"), "{body}");
@@ -314,18 +323,23 @@ async fn redis_going_away_and_coming_back_empty() {
     wait_covers(b, "t.*").await;
     let (status, _, _) = a.hub.get("/readyz").await;
     assert_eq!(status, 200);
-    // What was queued while Redis was away may arrive now; then the live flow.
+    // A dashboard connecting now that the link is back gets no notice.
+    let mut fresh = a.hub.dashboard().await;
+    fresh.expect_nothing(Duration::from_millis(100)).await;
+    // The local dashboard hears that the link is back.
+    let notice = local.expect_cluster_link().await;
+    assert!(notice.linked && notice.node == node_name, "{notice:?}");
+    // What was queued while Redis was away may arrive now, then the live flow and
+    // the notice, in some order.
     device
         .send_telemetry("env.after", vec![number("t", 9.0, "")])
         .await;
-    let deadline = Instant::now() + T;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "cross-node fan-out did not resume"
-        );
-        if remote.expect_telemetry().await.category == "env.after" {
-            break;
+    let (mut resumed, mut relinked) = (false, false);
+    while !(resumed && relinked) {
+        match remote.next_envelope().await.body {
+            Some(Body::Telemetry(t)) => resumed |= t.category == "env.after",
+            Some(Body::ClusterLink(c)) => relinked |= c.linked,
+            other => panic!("unexpected {other:?}"),
         }
     }
     // Redis came back empty: the device is still known online on node 2.

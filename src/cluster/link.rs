@@ -41,6 +41,11 @@ const FRAME_BYTES: usize = 512 * 1024;
 /// Fields per HSET when a node rewrites its hash of held devices.
 const HSET_CHUNK: usize = 1000;
 
+/// What dashboards are told when the link goes down and comes back.
+const UNLINKED: &str = "the cluster's Redis is unreachable: telemetry and presence of devices on other nodes are interrupted (devices on this node go on)";
+const LINKED: &str =
+    "the other nodes are reachable: telemetry and presence of their devices resume";
+
 enum Inbound {
     Push(PushInfo),
     /// Read what every other node holds (after this node joined).
@@ -85,6 +90,9 @@ pub(super) fn start(
             return;
         }
     };
+    if let Some(hub) = events.upgrade() {
+        hub.link(false, &shared.name, "joining the cluster");
+    }
     let heard = Heard::default();
     tokio::spawn(receive(
         shared.clone(),
@@ -152,8 +160,18 @@ impl Link {
         }
     }
 
-    /// Stamps this node alive, finds the dead, and joins when the link comes up.
+    /// Joins when the link comes (back) up, stamps this node alive, and finds the
+    /// dead.
     async fn beat(&mut self, queue: &mut mpsc::UnboundedReceiver<Out>) {
+        if self.shared.rejoin.swap(false, Ordering::Relaxed)
+            || !self.shared.up.load(Ordering::Relaxed)
+        {
+            if let Err(e) = self.join(queue).await {
+                self.shared.rejoin.store(true, Ordering::Relaxed);
+                self.down(&e);
+                return;
+            }
+        }
         let now = now_ms();
         let timeout_ms = self.shared.node_timeout.as_millis() as u64;
         let keys = &self.shared.keys;
@@ -177,15 +195,6 @@ impl Link {
         };
         self.metrics.rtt.observe(started.elapsed().as_secs_f64());
         self.metrics.nodes.set(alive.len() as i64);
-        if self.shared.rejoin.swap(false, Ordering::Relaxed)
-            || !self.shared.up.load(Ordering::Relaxed)
-        {
-            if let Err(e) = self.join(queue).await {
-                self.shared.rejoin.store(true, Ordering::Relaxed);
-                self.down(&e);
-                return;
-            }
-        }
         self.bury(alive.iter().filter_map(|n| keys::parse_node(n)));
     }
 
@@ -248,7 +257,15 @@ impl Link {
                 .collect();
             pipe.hset_multiple(&key, &fields).ignore();
         }
+        // Listed alive only once its hash is whole: a node reading it then (see
+        // `snapshot`) never takes a half-written hash for what this node holds.
         pipe.pexpire(&key, self.shared.node_timeout.as_millis() as i64)
+            .ignore()
+            .zadd(
+                self.shared.keys.nodes(),
+                keys::node_name(self.node),
+                now_ms(),
+            )
             .ignore()
             .publish(self.shared.keys.control(), self.writer.owned(&held))
             .ignore();
@@ -256,6 +273,9 @@ impl Link {
         let _ = self.inbound.send(Inbound::Snapshot).await;
         if !self.shared.up.swap(true, Ordering::Relaxed) {
             tracing::info!(node = %self.shared.name, devices = held.len(), "cluster link up");
+            if let Some(hub) = self.events.upgrade() {
+                hub.link(true, &self.shared.name, LINKED);
+            }
         }
         self.metrics.link_up.set(1);
         Ok(())
@@ -434,6 +454,9 @@ impl Link {
     fn down(&self, e: &redis::RedisError) {
         if self.shared.up.swap(false, Ordering::Relaxed) {
             tracing::error!(error = %e, "cluster link down: serving this node's devices and dashboards alone until Redis is back");
+            if let Some(hub) = self.events.upgrade() {
+                hub.link(false, &self.shared.name, UNLINKED);
+            }
         } else {
             tracing::debug!(error = %e, "cluster link still down");
         }
@@ -478,6 +501,7 @@ async fn receive(
                 // empty, and what was sent meanwhile is lost).
                 if shared.up.swap(false, Ordering::Relaxed) {
                     tracing::error!("cluster link lost: reconnecting");
+                    hub.link(false, &shared.name, UNLINKED);
                 }
                 shared.rejoin.store(true, Ordering::Relaxed);
                 metrics.link_up.set(0);

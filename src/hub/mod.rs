@@ -53,7 +53,7 @@ pub use encoded::{Encoded, WireFormat};
 pub use history::HistoryLimits;
 pub use index::Filter;
 pub use outbox::{Drained, Outbox, Pushed};
-use presence::{presence_key, presence_message};
+use presence::{presence_key, presence_message, LINK_KEY};
 pub use publication::{Publication, Published};
 pub use stream::Delivery;
 
@@ -165,6 +165,8 @@ pub struct Hub {
     filters: index::Filters,
     next_dashboard: AtomicU64,
     metrics: Arc<Metrics>,
+    /// While the cluster link is down: the notice a dashboard gets when it joins.
+    link_notice: std::sync::Mutex<Option<Arc<Encoded>>>,
 }
 
 impl Hub {
@@ -185,6 +187,7 @@ impl Hub {
             filters: index::Filters::default(),
             next_dashboard: AtomicU64::new(1),
             metrics,
+            link_notice: std::sync::Mutex::default(),
         });
         let events: std::sync::Weak<dyn BusEvents> = Arc::downgrade(&hub) as _;
         hub.bus.attach(hub.node, events, &hub.metrics);
@@ -236,7 +239,11 @@ impl Hub {
                     presence_message(info, true, since_ms),
                 );
             }
-            write(&self.dashboards).insert(handle.id, handle.clone());
+            let mut dashboards = write(&self.dashboards);
+            if let Some(notice) = &*self.link_notice.lock().unwrap_or_else(|p| p.into_inner()) {
+                handle.outbox.push_latest(LINK_KEY, notice.clone());
+            }
+            dashboards.insert(handle.id, handle.clone());
         });
         handle
     }
@@ -573,6 +580,10 @@ impl BusEvents for Hub {
 
     fn holds(&self, device: &str) -> bool {
         self.directory.holds(device)
+    }
+
+    fn link(&self, linked: bool, node: &str, message: &str) {
+        self.announce_link(linked, node, message);
     }
 }
 

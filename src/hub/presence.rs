@@ -11,7 +11,7 @@ use super::{
     directory, now_ms, read, Connected, DeviceInfo, DeviceSession, Encoded, Hub, NodeId,
     PresenceChange,
 };
-use crate::proto::{envelope::Body, Envelope, Presence};
+use crate::proto::{envelope::Body, ClusterLink, Envelope, Presence};
 
 impl Hub {
     /// A device connected to this node: it owns the device id from now on (an
@@ -95,6 +95,31 @@ impl Hub {
             });
     }
 }
+
+impl Hub {
+    /// Tells every dashboard the cluster link went down or came back (a
+    /// latest-value message: a dashboard that did not read the first gets only the
+    /// last). Under the dashboards' lock, like a dashboard joining, so none misses
+    /// a change.
+    pub(super) fn announce_link(&self, linked: bool, node: &str, message: &str) {
+        let msg = Encoded::new(Envelope {
+            body: Some(Body::ClusterLink(ClusterLink {
+                linked,
+                node: node.to_owned(),
+                message: message.to_owned(),
+            })),
+        });
+        let dashboards = super::write(&self.dashboards);
+        *self.link_notice.lock().unwrap_or_else(|p| p.into_inner()) =
+            (!linked).then(|| msg.clone());
+        for d in dashboards.values() {
+            d.outbox.push_latest(LINK_KEY, msg.clone());
+        }
+    }
+}
+
+/// Outbox key of the cluster link notice.
+pub(super) const LINK_KEY: &str = "cluster-link";
 
 /// Outbox keys of latest-value messages (see `outbox`).
 pub(super) fn presence_key(device_id: &str) -> String {

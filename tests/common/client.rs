@@ -251,6 +251,15 @@ impl Client {
         }
     }
 
+    /// The next ClusterLink notice (Presence, Welcome and History may come first).
+    pub async fn expect_cluster_link(&mut self) -> telehub::proto::ClusterLink {
+        self.expect("ClusterLink", |b| match b {
+            Body::ClusterLink(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     /// Every History message of one Subscribe, up to the last (`more == false`).
     pub async fn expect_history(&mut self) -> Vec<Telemetry> {
         let mut all = Vec::new();

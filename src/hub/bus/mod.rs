@@ -101,6 +101,10 @@ pub trait BusEvents: Send + Sync {
 
     /// Whether a session on this node holds `device`.
     fn holds(&self, device: &str) -> bool;
+
+    /// The link to the other nodes went down (`linked = false`: nothing arrives
+    /// from them) or came back; `node` names this node, `message` says why.
+    fn link(&self, linked: bool, node: &str, message: &str);
 }
 
 /// The bus of a hub that is alone: nothing leaves, nothing arrives.
