@@ -317,16 +317,18 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// `url` with the password of its user info, if any, replaced by `***`.
+/// `url` with the password of its user info, if any, replaced by `***`. The
+/// user info ends at the last `@` (a password may hold `/` or `@`), with or
+/// without a scheme, so even a URL that does not parse shows no password.
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    match rest.rfind('@') {
         Some(at) => {
             let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+            format!("{scheme}{user}:***@{}", &rest[at + 1..])
         }
         None => url.to_owned(),
     }
@@ -474,6 +476,8 @@ mod tests {
         );
         assert_eq!(redacted("rediss://:s3cret@r:6380"), "rediss://:***@r:6380");
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("redis://u:a/b@c@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redacted("u:pw@h:1"), "u:***@h:1");
         let cfg: Config =
             toml::from_str("[cluster]\nurl = \"redis://u:pw@h:1\"\nnode_id = \"a\"\n").unwrap();
         cfg.validate().unwrap();

@@ -40,7 +40,12 @@ struct Node {
 }
 
 async fn node(redis: &Redis, name: &str) -> Node {
-    let cluster = settings(redis, name);
+    node_with(redis, name, |_| {}).await
+}
+
+async fn node_with(redis: &Redis, name: &str, tweak: impl FnOnce(&mut config::Cluster)) -> Node {
+    let mut cluster = settings(redis, name);
+    tweak(&mut cluster);
     let bus = RedisBus::new(&cluster, "127.0.0.1:0".parse().unwrap()).expect("bus");
     let hub = Hub::with_bus(bus.clone(), |c| c.cluster = cluster).await;
     Node { hub, bus }
@@ -260,12 +265,18 @@ async fn a_node_joining_late_learns_who_is_online_elsewhere() {
 #[tokio::test]
 async fn a_node_that_leaves_takes_its_devices_offline_everywhere() {
     let redis = Redis::start();
-    let mut nodes = cluster(&redis, 2).await;
-    let b = nodes.pop().unwrap();
-    let a = nodes.pop().unwrap();
+    // Far longer than the test: only the node's own goodbye can take its device
+    // offline in time.
+    let slow = |c: &mut config::Cluster| c.node_timeout = Duration::from_secs(60);
+    let a = node_with(&redis, "node-1", slow).await;
+    let b = node_with(&redis, "node-2", slow).await;
+    wait_joined(&a, 2).await;
+    wait_joined(&b, 2).await;
+    let held = format!("telehub:node.{:016x}", a.hub.app().hub.node());
     let mut on_b = b.hub.dashboard().await;
     let _device = a.hub.device("dev-1").await;
     assert!(on_b.expect_presence().await.online);
+    assert_eq!(query::<i64>(&redis, &["EXISTS", &held]).await, 1);
     drop(a); // graceful shutdown: sessions close, the node says it leaves
     let p = on_b.expect_presence().await;
     assert_eq!((p.device_id.as_str(), p.online), ("dev-1", false));
@@ -273,6 +284,25 @@ async fn a_node_that_leaves_takes_its_devices_offline_everywhere() {
         b.hub.app().metrics.cluster.nodes.get() == 1
     })
     .await;
+    assert_eq!(
+        query::<i64>(&redis, &["EXISTS", &held]).await,
+        0,
+        "the node removed what it held"
+    );
+}
+
+/// One command to the test's Redis.
+async fn query<T: redis::FromRedisValue>(redis: &Redis, args: &[&str]) -> T {
+    let client = redis::Client::open(redis.url()).expect("redis client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut conn).await.expect("redis command")
 }
 
 #[tokio::test]
@@ -317,10 +347,29 @@ async fn redis_going_away_and_coming_back_empty() {
         assert_eq!(local.expect_telemetry().await.device_id, "dev-1");
     }
 
-    redis.resume();
+    // Started again off the runtime: the hubs run on this thread.
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.resume();
+        redis
+    })
+    .await
+    .unwrap();
     wait_joined(a, 2).await;
     wait_joined(b, 2).await;
-    wait_covers(b, "t.*").await;
+    // Both subscribed again, in the new (empty) Redis.
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, ctl): (String, i64) = query(&redis, &["PUBSUB", "NUMSUB", "telehub:ctl"]).await;
+        let patterns: i64 = query(&redis, &["PUBSUB", "NUMPAT"]).await;
+        if ctl == 2 && patterns == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not subscribed again: {ctl} {patterns}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (status, _, _) = a.hub.get("/readyz").await;
     assert_eq!(status, 200);
     // A dashboard connecting now that the link is back gets no notice.
@@ -342,6 +391,13 @@ async fn redis_going_away_and_coming_back_empty() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    // Redis came back empty: the device is still known online on node 2.
+    // Redis came back empty: the device is still known online on node 2, and node
+    // 1 wrote again what it holds, so a node joining now learns it too.
     assert_eq!(b.hub.app().hub.online_devices(), 1);
+    let c = node(&redis, "node-3").await;
+    wait_joined(&c, 3).await;
+    wait_until("node 3 to learn dev-1", || {
+        c.hub.app().hub.online_devices() == 1
+    })
+    .await;
 }

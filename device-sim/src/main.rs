@@ -50,9 +50,11 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// The hub: wss://HOST:PORT, or ws://HOST:PORT for a --plaintext hub.
+    /// The hub: wss://HOST:PORT, or ws://HOST:PORT for a --plaintext hub. Repeat for
+    /// the nodes of a cluster: devices spread over them and move to the next when
+    /// theirs cannot be reached.
     #[arg(long, required = true)]
-    url: Option<String>,
+    url: Vec<String>,
     /// CA certificate (PEM) to trust for wss:// (the hub's CERTS_DIR/ca.pem).
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -137,13 +139,15 @@ pub(crate) fn load_key(data_dir: &Path) -> anyhow::Result<TokenKey> {
 }
 
 async fn fleet(args: RunArgs) -> anyhow::Result<()> {
-    let url = args.url.context("--url is required")?;
+    let mut urls = args.url.into_iter();
+    let url = urls.next().context("--url is required")?;
     let tokens = match (&args.token_file, &args.data_dir) {
         (Some(file), _) => TokenSource::from_file(file)?,
         (None, Some(dir)) => TokenSource::mint(load_key(dir)?),
         (None, None) => bail!("pass --token-file FILE or --data-dir DIR"),
     };
     let mut cfg = FleetConfig::new(url, tokens);
+    cfg.urls.extend(urls);
     cfg.ca = args.ca;
     cfg.devices = args.devices;
     cfg.rate_hz = args.rate;

@@ -9,7 +9,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{atomic::Ordering, Arc, Weak},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -23,13 +26,14 @@ use super::{
     Out, Shared,
 };
 use crate::{
-    hub::{now_ms, BusEvents, NodeId, Publication},
+    hub::{BusEvents, NodeId, Publication},
     metrics::ClusterMetrics,
 };
 
-/// Frames that arrived and wait for the receiving task; beyond, whole frames are
-/// dropped and counted (`inbound_full`).
+/// Frames that arrived and wait for the receiving task, and their bytes; beyond
+/// either, whole frames are dropped and counted (`inbound_full`).
 const INBOUND: usize = 8192;
+const INBOUND_BYTES: usize = 64 << 20;
 
 /// Items taken from the queue for one round trip to Redis.
 const SEND_BATCH: usize = 2048;
@@ -47,7 +51,8 @@ const LINKED: &str =
     "the other nodes are reachable: telemetry and presence of their devices resume";
 
 enum Inbound {
-    Push(PushInfo),
+    /// A push, and its bytes as counted against [`INBOUND_BYTES`].
+    Push(PushInfo, usize),
     /// Read what every other node holds (after this node joined).
     Snapshot,
 }
@@ -63,16 +68,44 @@ pub(super) fn start(
     queue: mpsc::UnboundedReceiver<Out>,
 ) {
     let (inbound, inbound_rx) = mpsc::channel(INBOUND);
-    let push = inbound.clone();
-    let lost = metrics.lost("inbound_full");
-    let sink = move |info: PushInfo| -> Result<(), ()> {
-        match push.try_send(Inbound::Push(info)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                lost.inc();
-                Ok(())
+    let inbound_bytes = Arc::new(AtomicUsize::new(0));
+    let sink = {
+        let (push, shared, events, metrics) = (
+            inbound.clone(),
+            shared.clone(),
+            events.clone(),
+            metrics.clone(),
+        );
+        let (queued, lost) = (inbound_bytes.clone(), metrics.lost("inbound_full"));
+        // Runs on the connection's own task: it never waits.
+        move |info: PushInfo| -> Result<(), ()> {
+            if info.kind == PushKind::Disconnection {
+                // The manager reconnects and subscribes again by itself; the node
+                // joins again at the next heartbeat that goes through (Redis may
+                // have restarted empty, and what was sent meanwhile is lost).
+                shared.rejoin.store(true, Ordering::Relaxed);
+                unlinked(&shared, &events, &metrics, None);
+                return Ok(());
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            let bytes = push_bytes(&info);
+            if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > INBOUND_BYTES {
+                queued.fetch_sub(bytes, Ordering::Relaxed);
+                lost.inc();
+                return Ok(());
+            }
+            match push.try_send(Inbound::Push(info, bytes)) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    queued.fetch_sub(bytes, Ordering::Relaxed);
+                    match e {
+                        mpsc::error::TrySendError::Full(_) => {
+                            lost.inc();
+                            Ok(())
+                        }
+                        mpsc::error::TrySendError::Closed(_) => Err(()),
+                    }
+                }
+            }
         }
     };
     let timeout = shared.heartbeat.max(Duration::from_secs(1)) * 2;
@@ -99,7 +132,7 @@ pub(super) fn start(
         node,
         events.clone(),
         metrics.clone(),
-        inbound_rx,
+        (inbound_rx, inbound_bytes),
         conn.clone(),
         heard.clone(),
     ));
@@ -113,6 +146,7 @@ pub(super) fn start(
         inbound,
         heard,
         subscribed: Cover::default(),
+        joined_at: None,
     };
     tokio::spawn(link.run(queue));
 }
@@ -126,8 +160,11 @@ struct Link {
     writer: Writer,
     inbound: mpsc::Sender<Inbound>,
     heard: Heard,
-    /// What this node is subscribed to in Redis.
+    /// What this node is subscribed to in Redis (the connection manager
+    /// subscribes to it again by itself after a reconnect).
     subscribed: Cover,
+    /// When this node last joined.
+    joined_at: Option<Instant>,
 }
 
 impl Link {
@@ -163,31 +200,40 @@ impl Link {
     /// Joins when the link comes (back) up, stamps this node alive, and finds the
     /// dead.
     async fn beat(&mut self, queue: &mut mpsc::UnboundedReceiver<Out>) {
-        if self.shared.rejoin.swap(false, Ordering::Relaxed)
-            || !self.shared.up.load(Ordering::Relaxed)
-        {
+        let timeout = self.shared.node_timeout;
+        let up = self.shared.up.load(Ordering::Relaxed);
+        // A rejoin asked for because a presence change was dropped (the queue was
+        // full) rewrites everything this node holds: at most twice a node_timeout.
+        let may_rejoin = self.joined_at.is_none_or(|t| t.elapsed() >= timeout / 2);
+        if !up || (may_rejoin && self.shared.rejoin.load(Ordering::Relaxed)) {
+            self.shared.rejoin.store(false, Ordering::Relaxed);
             if let Err(e) = self.join(queue).await {
                 self.shared.rejoin.store(true, Ordering::Relaxed);
                 self.down(&e);
                 return;
             }
+            if self.shared.left.load(Ordering::Relaxed) {
+                return;
+            }
         }
-        let now = now_ms();
-        let timeout_ms = self.shared.node_timeout.as_millis() as u64;
-        let keys = &self.shared.keys;
         let started = Instant::now();
-        let alive: redis::RedisResult<(Vec<String>,)> = redis::pipe()
-            .zadd(keys.nodes(), keys::node_name(self.node), now)
-            .ignore()
-            .pexpire(keys.held(self.node), timeout_ms as i64)
-            .ignore()
-            .zrembyscore(keys.nodes(), "-inf", now.saturating_sub(timeout_ms))
-            .ignore()
-            .zrangebyscore(keys.nodes(), now.saturating_sub(timeout_ms), "+inf")
-            .query_async(&mut self.conn)
-            .await;
-        let alive = match alive {
-            Ok((alive,)) => alive,
+        let keys = &self.shared.keys;
+        let result: redis::RedisResult<(i64, Vec<String>)> = async {
+            let now = redis_now(&mut self.conn).await?;
+            let since = now.saturating_sub(timeout.as_millis() as u64);
+            redis::pipe()
+                .zadd(keys.nodes(), keys::node_name(self.node), now)
+                .pexpire(keys.held(self.node), timeout.as_millis() as i64)
+                .ignore()
+                .zrembyscore(keys.nodes(), "-inf", since)
+                .ignore()
+                .zrangebyscore(keys.nodes(), since, "+inf")
+                .query_async(&mut self.conn)
+                .await
+        }
+        .await;
+        let (added, alive) = match result {
+            Ok(r) => r,
             Err(e) => {
                 self.down(&e);
                 return;
@@ -195,24 +241,37 @@ impl Link {
         };
         self.metrics.rtt.observe(started.elapsed().as_secs_f64());
         self.metrics.nodes.set(alive.len() as i64);
-        self.bury(alive.iter().filter_map(|n| keys::parse_node(n)));
+        if added == 1 {
+            // This node was not listed: it missed heartbeats for node_timeout (a
+            // stall) and the others took it for dead, or Redis lost its data.
+            tracing::warn!(node = %self.shared.name, "this node was dropped from the cluster's nodes: joining again");
+            self.joined_at = None;
+            self.shared.rejoin.store(true, Ordering::Relaxed);
+        }
+        // Nodes that were alive before an outage of Redis need a node_timeout to
+        // join again: until then, missing is not dead.
+        let settled = self.joined_at.is_some_and(|t| t.elapsed() >= timeout);
+        self.bury(alive.iter().filter_map(|n| keys::parse_node(n)), settled);
     }
 
-    /// Nodes neither listed alive nor heard from for `node_timeout` are dead:
-    /// their devices go offline here.
-    fn bury(&self, alive: impl Iterator<Item = NodeId>) {
-        let now = Instant::now();
+    /// Nodes known here (heard from, or listed alive before) that the nodes set no
+    /// longer lists are dead (their last heartbeat is older than `node_timeout`):
+    /// their devices go offline here. A node is listed before it sends anything
+    /// (see `join`), so a node heard from and not listed is not a newcomer.
+    fn bury(&self, alive: impl Iterator<Item = NodeId>, settled: bool) {
         let dead: Vec<NodeId> = {
             let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-            for n in alive {
-                heard.insert(n, now);
+            let alive: HashSet<NodeId> = alive.collect();
+            for n in &alive {
+                heard.insert(*n, Instant::now());
+            }
+            if !settled {
+                return;
             }
             let dead: Vec<NodeId> = heard
-                .iter()
-                .filter(|(n, at)| {
-                    **n != self.node && now.duration_since(**at) >= self.shared.node_timeout
-                })
-                .map(|(n, _)| *n)
+                .keys()
+                .filter(|n| **n != self.node && !alive.contains(n))
+                .copied()
                 .collect();
             for n in &dead {
                 heard.remove(n);
@@ -234,19 +293,24 @@ impl Link {
     /// (Re)joins: subscribes, sends what waited, rewrites what this node holds
     /// and tells the others, then reads what they hold.
     async fn join(&mut self, queue: &mut mpsc::UnboundedReceiver<Out>) -> redis::RedisResult<()> {
-        self.subscribed = Cover::default();
         self.subscribe().await?;
-        // What waited is older than what this node holds now: it goes first.
+        // What waited is older than what this node holds now: it goes first. Only
+        // what is queued now: under load the queue never empties.
+        let mut left = queue.len();
         let mut batch = Vec::with_capacity(SEND_BATCH);
-        while !queue.is_empty() {
-            queue.recv_many(&mut batch, SEND_BATCH).await;
+        while left > 0 {
+            left -= queue.recv_many(&mut batch, left.min(SEND_BATCH)).await;
             self.send_all(&mut batch).await?;
+        }
+        if self.shared.left.load(Ordering::Relaxed) {
+            return Ok(());
         }
         let Some(hub) = self.events.upgrade() else {
             return Ok(());
         };
         let held = hub.local_devices();
         drop(hub);
+        let now = redis_now(&mut self.conn).await?;
         let key = self.shared.keys.held(self.node);
         let mut pipe = redis::pipe();
         pipe.del(&key).ignore();
@@ -261,16 +325,17 @@ impl Link {
         // `snapshot`) never takes a half-written hash for what this node holds.
         pipe.pexpire(&key, self.shared.node_timeout.as_millis() as i64)
             .ignore()
-            .zadd(
-                self.shared.keys.nodes(),
-                keys::node_name(self.node),
-                now_ms(),
-            )
+            .zadd(self.shared.keys.nodes(), keys::node_name(self.node), now)
             .ignore()
             .publish(self.shared.keys.control(), self.writer.owned(&held))
             .ignore();
         pipe.query_async::<()>(&mut self.conn).await?;
-        let _ = self.inbound.send(Inbound::Snapshot).await;
+        // After what arrived before it; never waiting on a receiver that lags.
+        let inbound = self.inbound.clone();
+        tokio::spawn(async move {
+            let _ = inbound.send(Inbound::Snapshot).await;
+        });
+        self.joined_at = Some(Instant::now());
         if !self.shared.up.swap(true, Ordering::Relaxed) {
             tracing::info!(node = %self.shared.name, devices = held.len(), "cluster link up");
             if let Some(hub) = self.events.upgrade() {
@@ -452,17 +517,50 @@ impl Link {
     }
 
     fn down(&self, e: &redis::RedisError) {
-        if self.shared.up.swap(false, Ordering::Relaxed) {
-            tracing::error!(error = %e, "cluster link down: serving this node's devices and dashboards alone until Redis is back");
-            if let Some(hub) = self.events.upgrade() {
-                hub.link(false, &self.shared.name, UNLINKED);
-            }
-        } else {
-            tracing::debug!(error = %e, "cluster link still down");
-        }
-        self.metrics.link_up.set(0);
-        self.metrics.nodes.set(0);
+        unlinked(&self.shared, &self.events, &self.metrics, Some(e));
     }
+}
+
+/// The link is down: said once (log, dashboards), then quietly until it is up.
+fn unlinked(
+    shared: &Shared,
+    events: &Weak<dyn BusEvents>,
+    metrics: &ClusterMetrics,
+    error: Option<&redis::RedisError>,
+) {
+    if shared.up.swap(false, Ordering::Relaxed) {
+        match error {
+            Some(e) => {
+                tracing::error!(error = %e, "cluster link down: serving this node's devices and dashboards alone until Redis is back")
+            }
+            None => tracing::error!("cluster link lost: reconnecting"),
+        }
+        if let Some(hub) = events.upgrade() {
+            hub.link(false, &shared.name, UNLINKED);
+        }
+    } else if let Some(e) = error {
+        tracing::debug!(error = %e, "cluster link still down");
+    }
+    metrics.link_up.set(0);
+    metrics.nodes.set(0);
+}
+
+/// Redis's clock in Unix milliseconds: every node stamps its heartbeats with it,
+/// so the nodes' own clocks need not agree.
+async fn redis_now(conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// The bytes a push carries.
+fn push_bytes(info: &PushInfo) -> usize {
+    info.data
+        .iter()
+        .map(|v| match v {
+            Value::BulkString(b) => b.len(),
+            _ => 16,
+        })
+        .sum()
 }
 
 /// Hands what arrives to the hub, in the order it arrived.
@@ -471,7 +569,7 @@ async fn receive(
     node: NodeId,
     events: Weak<dyn BusEvents>,
     metrics: ClusterMetrics,
-    mut inbound: mpsc::Receiver<Inbound>,
+    (mut inbound, queued): (mpsc::Receiver<Inbound>, Arc<AtomicUsize>),
     mut conn: ConnectionManager,
     heard: Heard,
 ) {
@@ -479,7 +577,7 @@ async fn receive(
     let bad = metrics.lost("bad_frame");
     while let Some(msg) = inbound.recv().await {
         let Some(hub) = events.upgrade() else { break };
-        let info = match msg {
+        let (info, bytes) = match msg {
             Inbound::Snapshot => {
                 if let Err(e) = snapshot(&shared, node, &*hub, &mut conn, &mut reader, &heard).await
                 {
@@ -488,32 +586,21 @@ async fn receive(
                 }
                 continue;
             }
-            Inbound::Push(info) => info,
+            Inbound::Push(info, bytes) => (info, bytes),
         };
+        queued.fetch_sub(bytes, Ordering::Relaxed);
         let payload = match info.kind {
             PushKind::Message | PushKind::PMessage => match info.data.into_iter().last() {
                 Some(Value::BulkString(b)) => Bytes::from(b),
                 _ => continue,
             },
-            PushKind::Disconnection => {
-                // The manager reconnects and subscribes again; the node joins again
-                // at the next heartbeat that goes through (Redis may have restarted
-                // empty, and what was sent meanwhile is lost).
-                if shared.up.swap(false, Ordering::Relaxed) {
-                    tracing::error!("cluster link lost: reconnecting");
-                    hub.link(false, &shared.name, UNLINKED);
-                }
-                shared.rejoin.store(true, Ordering::Relaxed);
-                metrics.link_up.set(0);
-                continue;
-            }
             _ => continue,
         };
         let received = match reader.read(payload) {
             Ok(r) => r,
             Err(e) => {
                 bad.inc();
-                tracing::warn!(error = %e, "refused a cluster frame");
+                tracing::debug!(error = %e, "refused a cluster frame");
                 continue;
             }
         };
@@ -534,17 +621,7 @@ async fn receive(
                 }
             }
             Said::Presence(change) => hub.presence(from, change),
-            Said::Takeover(device, at_ms) => {
-                let id = device.id.clone();
-                hub.takeover(from, device, at_ms);
-                if !hub.holds(&id) {
-                    let out = Out::Released(id);
-                    shared
-                        .queued_bytes
-                        .fetch_add(out.bytes(), Ordering::Relaxed);
-                    let _ = shared.queue.send(out);
-                }
-            }
+            Said::Takeover(device, at_ms) => hub.takeover(from, device, at_ms),
             Said::Owned(devices) => {
                 tracing::info!(node = %received.node_name, devices = devices.len(), "cluster node joined");
                 hub.node_devices(from, Some(devices));
@@ -570,7 +647,7 @@ async fn snapshot(
     reader: &mut Reader,
     heard: &Heard,
 ) -> redis::RedisResult<()> {
-    let now = now_ms();
+    let now = redis_now(conn).await?;
     let since = now.saturating_sub(shared.node_timeout.as_millis() as u64);
     let alive: Vec<String> = conn
         .zrangebyscore(shared.keys.nodes(), since, "+inf")

@@ -58,6 +58,8 @@ pub enum ClusterError {
         url: String,
         source: redis::RedisError,
     },
+    #[error("cluster.heartbeat must be > 0 and cluster.node_timeout at least 3 heartbeats")]
+    Timing,
 }
 
 /// What waits to be sent, in order.
@@ -120,6 +122,9 @@ impl RedisBus {
     /// before the hub attaches it; a Redis that cannot be reached then is retried
     /// with back-off while the node serves alone (`/readyz` says 503).
     pub fn new(config: &config::Cluster, listen: SocketAddr) -> Result<Arc<Self>, ClusterError> {
+        if config.heartbeat.is_zero() || config.node_timeout < config.heartbeat * 3 {
+            return Err(ClusterError::Timing);
+        }
         let url = config.url.clone().unwrap_or_default();
         let bad = |source| ClusterError::Url {
             url: redacted(&url),
@@ -175,25 +180,35 @@ impl RedisBus {
     }
 
     fn send(&self, out: Out) {
-        let s = &self.shared;
-        let bytes = out.bytes();
-        let queued = s.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if queued + bytes > s.queue_bytes {
-            s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            match out {
-                Out::Publication(_) => {
-                    if let Some(m) = self.metrics.get() {
-                        m.lost("queue_full").inc();
-                    }
-                }
-                // Repaired from what the node holds when Redis takes sends again.
-                _ => s.rejoin.store(true, Ordering::Relaxed),
-            }
+        let publication = matches!(out, Out::Publication(_));
+        if self.shared.enqueue(out) {
             return;
         }
-        if s.queue.send(out).is_err() {
-            s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if publication {
+            if let Some(m) = self.metrics.get() {
+                m.lost("queue_full").inc();
+            }
+        } else {
+            // Repaired from what the node holds when Redis takes sends again.
+            self.shared.rejoin.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+impl Shared {
+    /// Queues `out` if it fits `queue_bytes` (a departure always does); false if
+    /// it was dropped.
+    fn enqueue(&self, out: Out) -> bool {
+        let bytes = out.bytes();
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if queued.saturating_add(bytes) > self.queue_bytes && !matches!(out, Out::Leave(_)) {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        if self.queue.send(out).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        true
     }
 }
 
@@ -231,6 +246,10 @@ impl Bus for RedisBus {
         self.send(Out::Takeover(device.clone(), at_ms));
     }
 
+    fn released(&self, device: &Arc<DeviceInfo>) {
+        self.send(Out::Released(device.id.clone()));
+    }
+
     fn interest_changed(&self) {
         self.shared.interest.notify_one();
     }
@@ -241,7 +260,7 @@ impl Bus for RedisBus {
 
     fn leave(&self) -> crate::hub::bus::BoxFuture<'_, ()> {
         let (done, left) = tokio::sync::oneshot::channel();
-        let sent = self.shared.queue.send(Out::Leave(done)).is_ok();
+        let sent = self.shared.enqueue(Out::Leave(done));
         Box::pin(async move {
             if sent {
                 let _ = left.await;

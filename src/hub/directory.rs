@@ -321,8 +321,10 @@ impl Directory {
     /// knew the device was online elsewhere, so its connection is the later one.
     /// Otherwise both nodes saw the device offline and took a connection each
     /// (a race): both resolve it the same way, the later connection wins (ties:
-    /// the higher node id), so exactly one survives. When the device was offline
-    /// here, `announce` runs under the lock.
+    /// the higher node id), so exactly one survives; a third node's owner is
+    /// replaced the same way. When the device was offline here, `announce` runs
+    /// under the lock; when a local session was replaced, `kicked` does (so the bus
+    /// learns it in order with this node's own connects).
     pub fn remote_connected(
         &self,
         info: Arc<DeviceInfo>,
@@ -330,21 +332,36 @@ impl Directory {
         since_ms: u64,
         takeover: bool,
         announce: impl FnOnce(&Arc<DeviceInfo>, u64),
+        kicked: impl FnOnce(&Arc<DeviceInfo>),
     ) {
         let mut entries = self.write();
         let entry = entries
             .entry(info.id.clone())
             .or_insert_with(|| Entry::new(info.clone()));
-        if let Some(Owner::Local { since_ms: ours, .. }) = &entry.owner {
-            if !takeover && (*ours, self.node) > (since_ms, node) {
+        match &entry.owner {
+            Some(Owner::Local { since_ms: ours, .. })
+                if !takeover && (*ours, self.node) > (since_ms, node) =>
+            {
                 // Ours is the later connection: the other node's session is the
                 // one to close, which our own announcement tells it.
                 return;
             }
+            Some(Owner::Remote {
+                node: theirs,
+                since_ms: their_since,
+            }) if !takeover && *theirs != node && (*their_since, *theirs) > (since_ms, node) => {
+                // A third node's later connection holds it (e.g. a takeover seen
+                // before a snapshot still listing the older owner).
+                return;
+            }
+            _ => {}
         }
         entry.info = info.clone();
         match entry.owner.replace(Owner::Remote { node, since_ms }) {
-            Some(Owner::Local { kick, .. }) => kick.notify_one(),
+            Some(Owner::Local { kick, .. }) => {
+                kick.notify_one();
+                kicked(&info);
+            }
             Some(Owner::Remote { .. }) => {}
             None => {
                 entry.activity(since_ms).counters.seen(since_ms);
@@ -380,6 +397,7 @@ impl Directory {
     }
 
     /// What node `node` holds, all of it (`held`), or that it is gone (`None`):
+    /// `kicked` as for [`Directory::remote_connected`];
     /// every device it owned here and does not hold goes offline (`announce(info,
     /// false, now_ms)`), and every device it holds is owned by it as by
     /// [`Directory::remote_connected`] (`announce(info, true, since)` for those
@@ -390,6 +408,7 @@ impl Directory {
         held: Option<Vec<(Arc<DeviceInfo>, u64)>>,
         now_ms: u64,
         mut announce: impl FnMut(&Arc<DeviceInfo>, bool, u64),
+        mut kicked: impl FnMut(&Arc<DeviceInfo>),
     ) {
         let held: HashMap<String, (Arc<DeviceInfo>, u64)> = held
             .unwrap_or_default()
@@ -421,9 +440,14 @@ impl Directory {
             }
         }
         for (info, since) in held.into_values() {
-            self.remote_connected(info, node, since, false, |info, since| {
-                announce(info, true, since)
-            });
+            self.remote_connected(
+                info,
+                node,
+                since,
+                false,
+                |info, since| announce(info, true, since),
+                &mut kicked,
+            );
         }
     }
 
@@ -436,13 +460,6 @@ impl Directory {
                 _ => None,
             })
             .collect()
-    }
-
-    /// Whether a session on this node holds `device`.
-    pub fn holds(&self, device: &str) -> bool {
-        self.read()
-            .get(device)
-            .is_some_and(|e| matches!(e.owner, Some(Owner::Local { .. })))
     }
 
     /// The activity of a device whose telemetry arrived from another node

@@ -578,10 +578,6 @@ impl BusEvents for Hub {
         self.directory.local_devices()
     }
 
-    fn holds(&self, device: &str) -> bool {
-        self.directory.holds(device)
-    }
-
     fn link(&self, linked: bool, node: &str, message: &str) {
         self.announce_link(linked, node, message);
     }

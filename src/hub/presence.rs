@@ -71,6 +71,7 @@ impl Hub {
                 change.at_ms,
                 false,
                 |info, _| announce(info),
+                |info| self.bus.released(info),
             );
         } else {
             self.directory
@@ -81,18 +82,25 @@ impl Hub {
     /// What another node holds now, or that it is gone (see
     /// `BusEvents::node_devices`).
     pub(super) fn remote_node(&self, from: NodeId, devices: Option<Vec<(Arc<DeviceInfo>, u64)>>) {
-        self.directory
-            .remote_node(from, devices, now_ms(), |info, online, at_ms| {
-                self.announce(info, online, at_ms)
-            });
+        self.directory.remote_node(
+            from,
+            devices,
+            now_ms(),
+            |info, online, at_ms| self.announce(info, online, at_ms),
+            |info| self.bus.released(info),
+        );
     }
 
     /// Another node took a device over (see `BusEvents::takeover`).
     pub(super) fn remote_takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64) {
-        self.directory
-            .remote_connected(device, from, at_ms, true, |info, since_ms| {
-                self.announce(info, true, since_ms)
-            });
+        self.directory.remote_connected(
+            device,
+            from,
+            at_ms,
+            true,
+            |info, since_ms| self.announce(info, true, since_ms),
+            |info| self.bus.released(info),
+        );
     }
 }
 

@@ -125,6 +125,43 @@ fn presence_on_transitions_only_and_takeover_kicks() {
     assert_eq!(snapshot.len(), 1);
 }
 
+/// What other nodes say arrives out of order across nodes: a snapshot may still
+/// list a device under the node it left, after the takeover by a third node.
+#[test]
+fn a_later_owner_elsewhere_wins_over_a_stale_listing() {
+    let hub = hub();
+    let (a, b) = (1, 2);
+    hub.remote_takeover(a, info("d1", &[]), 200);
+    // A snapshot of node b, read after the takeover, still lists d1 since 100.
+    hub.remote_node(b, Some(vec![(info("d1", &[]), 100)]));
+    assert_eq!(hub.online_devices(), 1);
+    // The owner is still a: its offline is obeyed, b's would not be.
+    hub.remote_presence(
+        b,
+        PresenceChange {
+            device: info("d1", &[]),
+            online: false,
+            at_ms: 300,
+        },
+    );
+    assert_eq!(hub.online_devices(), 1, "b no longer owns it");
+    hub.remote_presence(
+        a,
+        PresenceChange {
+            device: info("d1", &[]),
+            online: false,
+            at_ms: 300,
+        },
+    );
+    assert_eq!(hub.online_devices(), 0);
+    // A node that is gone takes its devices offline, and only its own.
+    hub.remote_node(a, Some(vec![(info("x", &[]), 400)]));
+    hub.remote_node(b, Some(vec![(info("y", &[]), 400)]));
+    assert_eq!(hub.online_devices(), 2);
+    hub.remote_node(a, None);
+    assert_eq!(hub.online_devices(), 1);
+}
+
 fn stats_of(msg: &Encoded) -> &FleetStats {
     match &msg.envelope().body {
         Some(Body::FleetStats(f)) => f,

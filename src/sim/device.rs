@@ -39,7 +39,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(60);
 
 /// What every device of a fleet shares.
 pub(crate) struct Shared {
-    pub endpoint: Endpoint,
+    /// The hub's nodes (one for a hub alone).
+    pub endpoints: Vec<Endpoint>,
     pub stats: Arc<FleetStats>,
     pub rate_hz: f64,
     pub compression: bool,
@@ -68,8 +69,11 @@ enum End {
 
 pub(crate) struct Device {
     shared: Arc<Shared>,
-    /// The hub, with this device's own TLS session cache (it resumes on reconnect).
-    endpoint: Endpoint,
+    /// The hub's nodes, each with this device's own TLS session cache (it resumes
+    /// on reconnect).
+    endpoints: Vec<Endpoint>,
+    /// The node it connects to: it moves to the next when a connect fails.
+    current: usize,
     token: String,
     profile: Profile,
     backlog: Backlog<Telemetry>,
@@ -126,7 +130,12 @@ impl Device {
         let mut ticker = interval_at(Instant::now() + Duration::from_secs_f64(phase), period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let device = Device {
-            endpoint: shared.endpoint.with_own_sessions(),
+            endpoints: shared
+                .endpoints
+                .iter()
+                .map(Endpoint::with_own_sessions)
+                .collect(),
+            current: index % shared.endpoints.len().max(1),
             profile: Profile::new(super::profile::Kind::for_index(index), &mut rng),
             backlog: Backlog::new(shared.backlog),
             shared,
@@ -159,6 +168,8 @@ impl Device {
                 Some(Ok(conn)) => self.session(&mut sig, conn).await,
                 Some(Err(e)) => {
                     self.connect_failed(&e);
+                    // Its node may be gone: the next attempt goes to the next one.
+                    self.current = (self.current + 1) % self.endpoints.len().max(1);
                     End::Failed
                 }
             };
@@ -223,7 +234,7 @@ impl Device {
         &mut self,
         sig: &mut Signals,
     ) -> Option<Result<ws::Connection<super::SimStream>, ws::Error>> {
-        let (endpoint, token) = (self.endpoint.clone(), self.token.clone());
+        let (endpoint, token) = (self.endpoints[self.current].clone(), self.token.clone());
         let attempt = endpoint.connect(
             "/v1/device",
             &token,

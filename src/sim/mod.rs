@@ -113,8 +113,10 @@ impl TokenSource {
 /// What to simulate. Build with [`FleetConfig::new`] and adjust the fields.
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
-    /// The hub: `wss://HOST:PORT` or, for a `--plaintext` hub, `ws://HOST:PORT`.
-    pub url: String,
+    /// The hub: `wss://HOST:PORT` or, for a `--plaintext` hub, `ws://HOST:PORT`;
+    /// several for the nodes of a cluster: device `i` starts on `urls[i % n]` and
+    /// moves to the next when a connect to its current one fails.
+    pub urls: Vec<String>,
     /// CA certificate (PEM) to trust for `wss://`.
     pub ca: Option<PathBuf>,
     pub tokens: TokenSource,
@@ -163,7 +165,7 @@ impl FleetConfig {
     /// Defaults for everything but the hub and the tokens.
     pub fn new(url: impl Into<String>, tokens: TokenSource) -> Self {
         FleetConfig {
-            url: url.into(),
+            urls: vec![url.into()],
             ca: None,
             tokens,
             devices: 10,
@@ -181,6 +183,9 @@ impl FleetConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.urls.is_empty() {
+            bail!("at least one hub URL is needed");
+        }
         if self.devices == 0 || self.devices > MAX_DEVICES {
             bail!("devices must be 1..={MAX_DEVICES}, not {}", self.devices);
         }
@@ -255,10 +260,14 @@ pub async fn run_fleet(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     cfg.validate()?;
-    let endpoint = Endpoint::parse(&cfg.url, cfg.ca.as_deref())?;
+    let endpoints = cfg
+        .urls
+        .iter()
+        .map(|url| Endpoint::parse(url, cfg.ca.as_deref()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let tokens = cfg.device_tokens();
     let shared = Arc::new(device::Shared {
-        endpoint,
+        endpoints,
         stats: stats.clone(),
         rate_hz: cfg.rate_hz,
         compression: cfg.compression,

@@ -21,11 +21,14 @@ pub struct Redis {
 impl Redis {
     /// Starts an instance and waits until it answers PING.
     pub fn start() -> Self {
-        // A port the kernel just handed out and released: free, barring a race.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("picking a free port");
+        // Below the ephemeral range (32768..), so that no connection of another test
+        // takes the port while Redis is stopped and started again; the first free
+        // one from a random start.
+        let start: u16 = 20_000 + rand::random::<u16>() % 10_000;
+        let port = (start..30_000)
+            .chain(20_000..start)
+            .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port in 20000..30000");
         let mut redis = Redis {
             port,
             dir: temp_dir("redis"),

@@ -59,6 +59,10 @@ pub trait Bus: Send + Sync + 'static {
     /// holds its older session closes it.
     fn takeover(&self, device: &Arc<DeviceInfo>, at_ms: u64);
 
+    /// Another node took over a device whose session was on this node (called
+    /// under the directory's lock, in order with this node's own changes).
+    fn released(&self, _device: &Arc<DeviceInfo>) {}
+
     /// The set of patterns this node's dashboards subscribe to changed (read it
     /// with [`BusEvents::patterns`]): a bus that can, receives only publications
     /// that match one of them.
@@ -98,9 +102,6 @@ pub trait BusEvents: Send + Sync {
 
     /// The devices connected to this node, and since when.
     fn local_devices(&self) -> Vec<(Arc<DeviceInfo>, u64)>;
-
-    /// Whether a session on this node holds `device`.
-    fn holds(&self, device: &str) -> bool;
 
     /// The link to the other nodes went down (`linked = false`: nothing arrives
     /// from them) or came back; `node` names this node, `message` says why.
