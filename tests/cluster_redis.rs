@@ -195,6 +195,64 @@ async fn a_node_receives_only_what_its_dashboards_need() {
 }
 
 #[tokio::test]
+async fn a_subscription_gets_the_history_of_devices_on_other_nodes() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut device = a.hub.device_tagged("dev-1", &[("fleet", "north")]).await;
+    let mut other = c.hub.device_tagged("dev-2", &[("fleet", "south")]).await;
+    // Nobody watches yet: node 2 receives none of it.
+    for n in 0..3 {
+        device
+            .send_telemetry("env.t", vec![number("t", f64::from(n), "")])
+            .await;
+        other
+            .send_telemetry("env.t", vec![number("t", f64::from(n), "")])
+            .await;
+    }
+    // Kept on their own nodes: a dashboard on node 1 replays dev-1's from there
+    // and dev-2's from node 3.
+    let mut probe = a.hub.dashboard().await;
+    probe.subscribe(&["env.t"]).await;
+    assert_eq!(probe.expect_history().await.len(), 6);
+    assert_eq!(b.hub.app().metrics.cluster.received.get(), 0);
+
+    let mut d = b.hub.dashboard().await;
+    d.subscribe(&["env.*"]).await;
+    let history = d.expect_history().await;
+    let mut got: Vec<(String, u64)> = history
+        .iter()
+        .map(|t| (t.device_id.clone(), t.seq))
+        .collect();
+    got.sort();
+    let want: Vec<(String, u64)> = ["dev-1", "dev-2"]
+        .iter()
+        .flat_map(|id| (1..=3).map(move |seq| (id.to_string(), seq)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "both remote devices' history, from nodes 1 and 3"
+    );
+    // Then live, behind it.
+    device
+        .send_telemetry("env.t", vec![number("t", 9.0, "")])
+        .await;
+    assert_eq!(d.expect_telemetry().await.seq, 4);
+
+    // Filtered: only what the filter lets through, from whichever node.
+    let mut north = b.hub.dashboard().await;
+    north
+        .subscribe_filtered(&["env.t"], &[], &[("fleet", "north")])
+        .await;
+    let history = north.expect_history().await;
+    assert!(
+        history.iter().all(|t| t.device_id == "dev-1"),
+        "{history:?}"
+    );
+    assert_eq!(history.last().map(|t| t.seq), Some(4));
+}
+
+#[tokio::test]
 async fn presence_and_takeover_cross_nodes() {
     let redis = Redis::start();
     let nodes = cluster(&redis, 2).await;

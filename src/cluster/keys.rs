@@ -5,7 +5,9 @@
 //!   category is `[A-Za-z0-9_-]` segments joined by dots, so it holds no Redis
 //!   glob character and `{prefix}t.env.*` matches exactly the categories below
 //!   `env`.
-//! - `{prefix}ctl`: presence, takeovers, joins and departures of every node.
+//! - `{prefix}ctl`: presence, takeovers, joins and departures of every node, and
+//!   History requests.
+//! - `{prefix}to.{node}`: what is sent to one node alone (History answers).
 //! - `{prefix}nodes`: a sorted set, node (16 hex digits) → its last heartbeat
 //!   (Unix ms). A node missing its heartbeats for `node_timeout` is dead.
 //! - `{prefix}node.{node}`: a hash, device id → `Held` (protobuf): the devices
@@ -49,6 +51,11 @@ impl Keys {
 
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
+    }
+
+    /// The channel of what is sent to one node alone (History answers).
+    pub fn inbox(&self, node: NodeId) -> String {
+        format!("{}to.{}", self.prefix, node_name(node))
     }
 
     pub fn held(&self, node: NodeId) -> String {

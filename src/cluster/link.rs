@@ -26,7 +26,7 @@ use super::{
     Out, Shared,
 };
 use crate::{
-    hub::{BusEvents, NodeId, Publication},
+    hub::{history::Kept, BusEvents, NodeId, Publication},
     metrics::ClusterMetrics,
 };
 
@@ -352,8 +352,9 @@ impl Link {
         let Some(hub) = self.events.upgrade() else {
             return Ok(());
         };
-        let want = self.shared.keys.cover(&hub.patterns());
+        let mut want = self.shared.keys.cover(&hub.patterns());
         drop(hub);
+        want.channels.insert(self.shared.keys.inbox(self.node));
         let have = &self.subscribed;
         let diff = |a: &std::collections::BTreeSet<String>, b| -> Vec<String> {
             a.difference(b).cloned().collect()
@@ -393,7 +394,20 @@ impl Link {
     /// Sends a batch taken from the queue; a failure takes the link down and
     /// counts the batch's publications as lost.
     async fn send(&mut self, batch: &mut Vec<Out>) {
-        if let Err(e) = self.send_all(batch).await {
+        // A History request goes out once this node receives the subscription's
+        // live telemetry (see `Bus::history`).
+        let asks = batch
+            .iter()
+            .any(|o| matches!(o, Out::HistoryRequest { .. }));
+        let sent = match asks {
+            true => match self.subscribe().await {
+                Ok(()) => self.send_all(batch).await,
+                Err(e) => Err(e),
+            },
+            false => self.send_all(batch).await,
+        };
+        if let Err(e) = sent {
+            batch.clear();
             self.down(&e);
         }
     }
@@ -456,6 +470,30 @@ impl Link {
                                 .ignore();
                             leaving = Some(done);
                         }
+                        Out::HistoryRequest {
+                            id,
+                            patterns,
+                            filter,
+                        } => {
+                            let others: HashSet<NodeId> = self
+                                .heard
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .keys()
+                                .filter(|n| **n != self.node)
+                                .copied()
+                                .collect();
+                            self.shared
+                                .answered(id, None, Vec::new(), false, Some(others));
+                            pipe.publish(
+                                self.shared.keys.control(),
+                                self.writer.history_request(id, &patterns, &filter),
+                            )
+                            .ignore();
+                        }
+                        Out::HistoryReply { to, id, kept } => {
+                            self.reply(&mut pipe, to, id, &kept);
+                        }
                         Out::Publication(_) => {}
                     }
                 }
@@ -514,6 +552,31 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// An answer to node `to`'s History request, in frames of about
+    /// [`FRAME_BYTES`]; the last says so.
+    fn reply(&self, pipe: &mut redis::Pipeline, to: NodeId, id: u64, kept: &[Kept]) {
+        let channel = self.shared.keys.inbox(to);
+        let mut start = 0;
+        let mut size = 0;
+        for (i, k) in kept.iter().enumerate() {
+            size += k.messages.iter().map(|m| m.len() + 8).sum::<usize>() + 64;
+            if size >= FRAME_BYTES && i + 1 < kept.len() {
+                pipe.publish(
+                    &channel,
+                    self.writer.history_reply(id, &kept[start..=i], false),
+                )
+                .ignore();
+                start = i + 1;
+                size = 0;
+            }
+        }
+        pipe.publish(
+            &channel,
+            self.writer.history_reply(id, &kept[start..], true),
+        )
+        .ignore();
     }
 
     fn down(&self, e: &redis::RedisError) {
@@ -625,6 +688,17 @@ async fn receive(
             Said::Owned(devices) => {
                 tracing::info!(node = %received.node_name, devices = devices.len(), "cluster node joined");
                 hub.node_devices(from, Some(devices));
+            }
+            Said::HistoryRequest {
+                id,
+                patterns,
+                filter,
+            } => {
+                let kept = hub.kept(&patterns, &filter);
+                shared.enqueue(Out::HistoryReply { to: from, id, kept });
+            }
+            Said::HistoryReply { id, series, last } => {
+                shared.answered(id, Some(from), series, last, None);
             }
             Said::Leaving => {
                 tracing::info!(node = %received.node_name, "cluster node left");

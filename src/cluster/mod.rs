@@ -34,6 +34,7 @@ mod wire;
 pub use keys::Cover;
 
 use std::{
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -47,7 +48,10 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::{
     config::{self, redacted},
-    hub::{Bus, BusEvents, DeviceInfo, NodeId, PresenceChange, Publication, WireFormat},
+    hub::{
+        bus::BoxFuture, history::Kept, Bus, BusEvents, DeviceInfo, Filter, NodeId, Pattern,
+        PresenceChange, Publication, WireFormat,
+    },
     metrics::Metrics,
 };
 
@@ -71,6 +75,18 @@ enum Out {
     Released(String),
     /// This node leaves the cluster: answered once the others were told.
     Leave(tokio::sync::oneshot::Sender<()>),
+    /// Asks every node for the History of a new subscription (see `Pending`).
+    HistoryRequest {
+        id: u64,
+        patterns: Vec<Pattern>,
+        filter: Filter,
+    },
+    /// Answers node `to`'s request `id`.
+    HistoryReply {
+        to: NodeId,
+        id: u64,
+        kept: Vec<Kept>,
+    },
 }
 
 impl Out {
@@ -80,6 +96,11 @@ impl Out {
         OVERHEAD
             + match self {
                 Out::Publication(p) => p.message().message(WireFormat::Protobuf).payload().len(),
+                Out::HistoryReply { kept, .. } => kept
+                    .iter()
+                    .flat_map(|k| &k.messages)
+                    .map(|m| m.len() + 8)
+                    .sum(),
                 _ => 0,
             }
     }
@@ -109,7 +130,57 @@ struct Shared {
     left: AtomicBool,
     /// What the node is subscribed to in Redis, as last applied.
     subscribed: Mutex<keys::Cover>,
+    /// History requests of this node waiting for the others' answers.
+    pending: Mutex<HashMap<u64, Pending>>,
 }
+
+/// One History request of this node: what answered so far, and who has not.
+struct Pending {
+    /// The nodes that have not finished answering; `None` until the request is
+    /// sent (the nodes alive then).
+    waiting: Option<HashSet<NodeId>>,
+    got: Vec<Kept>,
+    done: Option<tokio::sync::oneshot::Sender<Vec<Kept>>>,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records part of an answer (or, with `from == None`, who must answer);
+    /// completes the request when nobody is left.
+    fn answered(
+        &self,
+        id: u64,
+        from: Option<NodeId>,
+        kept: Vec<Kept>,
+        last: bool,
+        waiting: Option<HashSet<NodeId>>,
+    ) {
+        let mut pending = self.pending();
+        let Some(p) = pending.get_mut(&id) else {
+            return;
+        };
+        if let Some(w) = waiting {
+            p.waiting = Some(w);
+        }
+        p.got.extend(kept);
+        if let (Some(w), Some(from), true) = (&mut p.waiting, from, last) {
+            w.remove(&from);
+        }
+        if p.waiting.as_ref().is_some_and(HashSet::is_empty) {
+            if let Some(p) = pending.remove(&id) {
+                if let Some(done) = p.done {
+                    let _ = done.send(p.got);
+                }
+            }
+        }
+    }
+}
+
+/// How long a new subscription waits for the other nodes' History.
+const HISTORY_WAIT: Duration = Duration::from_secs(1);
 
 /// A [`Bus`] over Redis. Build it with [`RedisBus::new`]; the hub attaches it.
 pub struct RedisBus {
@@ -159,6 +230,7 @@ impl RedisBus {
                 rejoin: AtomicBool::new(true),
                 left: AtomicBool::new(false),
                 subscribed: Mutex::default(),
+                pending: Mutex::default(),
             }),
             metrics: std::sync::OnceLock::new(),
         }))
@@ -258,7 +330,42 @@ impl Bus for RedisBus {
         self.shared.up.load(Ordering::Relaxed) && !self.shared.left.load(Ordering::Relaxed)
     }
 
-    fn leave(&self) -> crate::hub::bus::BoxFuture<'_, ()> {
+    fn history(&self, patterns: &[Pattern], filter: &Filter) -> BoxFuture<'static, Vec<Kept>> {
+        if !self.ready() {
+            return Box::pin(std::future::ready(Vec::new()));
+        }
+        let id: u64 = rand::random();
+        let (done, answered) = tokio::sync::oneshot::channel();
+        let shared = self.shared.clone();
+        shared.pending().insert(
+            id,
+            Pending {
+                waiting: None,
+                got: Vec::new(),
+                done: Some(done),
+            },
+        );
+        let queued = shared.enqueue(Out::HistoryRequest {
+            id,
+            patterns: patterns.to_vec(),
+            filter: filter.clone(),
+        });
+        Box::pin(async move {
+            if queued {
+                if let Ok(Ok(got)) = tokio::time::timeout(HISTORY_WAIT, answered).await {
+                    return got;
+                }
+            }
+            // Whatever answered in time.
+            shared
+                .pending()
+                .remove(&id)
+                .map(|p| p.got)
+                .unwrap_or_default()
+        })
+    }
+
+    fn leave(&self) -> BoxFuture<'_, ()> {
         let (done, left) = tokio::sync::oneshot::channel();
         let sent = self.shared.enqueue(Out::Leave(done));
         Box::pin(async move {

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use crate::{
-    hub::{DeviceInfo, NodeId, PresenceChange, Publication, WireFormat},
+    hub::{
+        history::Kept, DeviceInfo, Filter, NodeId, Pattern, PresenceChange, Publication, WireFormat,
+    },
     proto::cluster as pb,
 };
 
@@ -44,6 +46,16 @@ pub enum Said {
     /// Everything the node holds now.
     Owned(Vec<(Arc<DeviceInfo>, u64)>),
     Leaving,
+    HistoryRequest {
+        id: u64,
+        patterns: Vec<Pattern>,
+        filter: Filter,
+    },
+    HistoryReply {
+        id: u64,
+        series: Vec<Kept>,
+        last: bool,
+    },
 }
 
 /// A frame from another node.
@@ -105,6 +117,32 @@ impl Writer {
 
     pub fn leaving(&self) -> Vec<u8> {
         self.frame(pb::frame::Body::Leaving(pb::Leaving {}))
+    }
+
+    pub fn history_request(&self, id: u64, patterns: &[Pattern], filter: &Filter) -> Vec<u8> {
+        self.frame(pb::frame::Body::HistoryRequest(pb::HistoryRequest {
+            id,
+            patterns: patterns.iter().map(Pattern::to_string).collect(),
+            device_ids: filter.device_ids.iter().cloned().collect(),
+            tags: filter.tags.clone(),
+        }))
+    }
+
+    pub fn history_reply(&self, id: u64, series: &[Kept], last: bool) -> Vec<u8> {
+        let series = series
+            .iter()
+            .map(|k| pb::Series {
+                device: k.device.clone(),
+                category: k.category.clone(),
+                last_ms: k.last_ms,
+                envelopes: k.messages.clone(),
+            })
+            .collect();
+        self.frame(pb::frame::Body::HistoryReply(pb::HistoryReply {
+            id,
+            series,
+            last,
+        }))
     }
 }
 
@@ -186,6 +224,37 @@ impl Reader {
                     .collect(),
             ),
             pb::frame::Body::Leaving(_) => Said::Leaving,
+            pb::frame::Body::HistoryRequest(r) => Said::HistoryRequest {
+                id: r.id,
+                // A pattern this node cannot read matches nothing here.
+                patterns: r
+                    .patterns
+                    .iter()
+                    .filter_map(|p| Pattern::parse(p).ok())
+                    .collect(),
+                filter: Filter {
+                    device_ids: r.device_ids.into_iter().collect(),
+                    tags: r.tags,
+                },
+            },
+            pb::frame::Body::HistoryReply(r) => Said::HistoryReply {
+                id: r.id,
+                series: r
+                    .series
+                    .into_iter()
+                    .map(|s| Kept {
+                        device: s.device,
+                        category: s.category,
+                        last_ms: s.last_ms,
+                        messages: s
+                            .envelopes
+                            .into_iter()
+                            .filter(|e| e.first() == Some(&TELEMETRY_KEY))
+                            .collect(),
+                    })
+                    .collect(),
+                last: r.last,
+            },
         };
         Ok(Received {
             node: frame.node,

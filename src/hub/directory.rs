@@ -462,6 +462,15 @@ impl Directory {
             .collect()
     }
 
+    /// The devices whose session is on this node, with their activity.
+    pub fn local_activity(&self) -> Vec<(Arc<DeviceInfo>, Arc<Activity>)> {
+        self.read()
+            .values()
+            .filter(|e| matches!(e.owner, Some(Owner::Local { .. })))
+            .filter_map(|e| Some((e.info.clone(), e.activity.clone()?)))
+            .collect()
+    }
+
     /// The activity of a device whose telemetry arrived from another node
     /// (remembered from now on if it was not).
     pub fn remote_activity(&self, info: &Arc<DeviceInfo>, now_ms: u64) -> Arc<Activity> {

@@ -17,7 +17,7 @@
 //! `.await`. History is not durable: it starts empty when the hub starts.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
@@ -227,11 +227,8 @@ impl History {
     }
 
     /// The recent telemetry, kept before `cut`, that a new subscription to
-    /// `patterns` with `filter` would have received: per series oldest first, at
-    /// most `limits.len` per series and `limits.replay_max` in all (wide
-    /// subscriptions get fewer per series; past `replay_max` series, the latest
-    /// message of the most recently active ones), as `History` envelopes of about
-    /// [`HISTORY_CHUNK_BYTES`] each.
+    /// `patterns` with `filter` would have received, as `History` envelopes (see
+    /// [`History::windows`] and [`History::assemble`]).
     pub fn gather<'a>(
         &self,
         devices: impl IntoIterator<Item = (&'a DeviceInfo, &'a Series)>,
@@ -239,11 +236,22 @@ impl History {
         filter: &Filter,
         cut: u64,
     ) -> Vec<Arc<Encoded>> {
+        self.assemble(self.windows(devices, patterns, filter, cut))
+    }
+
+    /// The kept window, before `cut`, of every series of `devices` that matches
+    /// `patterns` and `filter`.
+    pub fn windows<'a>(
+        &self,
+        devices: impl IntoIterator<Item = (&'a DeviceInfo, &'a Series)>,
+        patterns: &[Pattern],
+        filter: &Filter,
+        cut: u64,
+    ) -> Vec<Kept> {
         if self.limits.len == 0 || self.limits.replay_max == 0 {
             return Vec::new();
         }
-        // (device, category, last_ms, messages)
-        let mut matched: Vec<(String, String, u64, Vec<Bytes>)> = Vec::new();
+        let mut matched = Vec::new();
         for (info, series) in devices {
             if !filter.matches(&info.id, &info.tags) {
                 continue;
@@ -259,16 +267,34 @@ impl History {
                     .map(|(_, bytes)| bytes.clone())
                     .collect();
                 if !kept.is_empty() {
-                    matched.push((info.id.clone(), category.clone(), window.last_ms, kept));
+                    matched.push(Kept {
+                        device: info.id.clone(),
+                        category: category.clone(),
+                        last_ms: window.last_ms,
+                        messages: kept,
+                    });
                 }
             }
         }
+        matched
+    }
+
+    /// `History` envelopes of about [`HISTORY_CHUNK_BYTES`] each from `matched`:
+    /// per series oldest first, at most `limits.len` per series and
+    /// `limits.replay_max` in all (wide subscriptions get fewer per series; past
+    /// `replay_max` series, the latest message of the most recently active ones).
+    pub fn assemble(&self, mut matched: Vec<Kept>) -> Vec<Arc<Encoded>> {
+        if self.limits.len == 0 || self.limits.replay_max == 0 {
+            return Vec::new();
+        }
         if matched.len() > self.limits.replay_max {
-            matched.sort_by_key(|m| std::cmp::Reverse(m.2));
+            matched.sort_by_key(|m| std::cmp::Reverse(m.last_ms));
             matched.truncate(self.limits.replay_max);
         }
-        matched.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        let per_series = (self.limits.replay_max / matched.len().max(1)).max(1);
+        matched.sort_by(|a, b| (&a.device, &a.category).cmp(&(&b.device, &b.category)));
+        let per_series = (self.limits.replay_max / matched.len().max(1))
+            .max(1)
+            .min(self.limits.len);
 
         // Each kept message is `Envelope{telemetry: T}` = field 1, length, T: the very
         // bytes of one `History.telemetry` element (also field 1). A History is thus
@@ -278,7 +304,7 @@ impl History {
         let mut chunk = BytesMut::new();
         for bytes in matched
             .iter()
-            .flat_map(|(_, _, _, window)| &window[window.len().saturating_sub(per_series)..])
+            .flat_map(|w| &w.messages[w.messages.len().saturating_sub(per_series)..])
         {
             if bytes.first() != Some(&TELEMETRY_KEY) {
                 continue;
@@ -296,6 +322,39 @@ impl History {
     }
 }
 
+/// The kept telemetry of one series (device, category), oldest first, each as
+/// its `Envelope{telemetry}` encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    pub device: String,
+    pub category: String,
+    /// When the series last received a message.
+    pub last_ms: u64,
+    pub messages: Vec<Bytes>,
+}
+
+/// `local` and what other nodes answered, one window per series: a series both
+/// hold keeps the window that reaches later, then the longer (the node that
+/// holds the device keeps all of its telemetry; this node only what its
+/// dashboards received).
+pub fn merge(local: Vec<Kept>, remote: Vec<Kept>) -> Vec<Kept> {
+    let mut by_series: HashMap<(String, String), Kept> = HashMap::new();
+    for w in local.into_iter().chain(remote) {
+        match by_series.entry((w.device.clone(), w.category.clone())) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let held = e.get();
+                if (w.last_ms, w.messages.len()) > (held.last_ms, held.messages.len()) {
+                    e.insert(w);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(w);
+            }
+        }
+    }
+    by_series.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +369,22 @@ mod tests {
                 ..Default::default()
             })),
         })
+    }
+
+    #[test]
+    fn merging_keeps_one_window_per_series_the_one_reaching_later() {
+        let w = |device: &str, last_ms, n: usize| Kept {
+            device: device.into(),
+            category: "c".into(),
+            last_ms,
+            messages: vec![Bytes::from_static(b"x"); n],
+        };
+        let mut merged = merge(
+            vec![w("a", 10, 2), w("b", 20, 5)],
+            vec![w("a", 30, 1), w("b", 20, 6), w("c", 5, 1)],
+        );
+        merged.sort_by(|x, y| x.device.cmp(&y.device));
+        assert_eq!(merged, [w("a", 30, 1), w("b", 20, 6), w("c", 5, 1)]);
     }
 
     #[test]

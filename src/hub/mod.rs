@@ -89,10 +89,23 @@ pub struct HistoryJob {
 }
 
 impl HistoryJob {
-    /// Gathers the history into the reserved place, encoded for `format` here so
-    /// that the dashboard's session only writes it.
-    pub fn run(mut self, format: WireFormat) {
-        let history = self.hub.gather(&self.patterns, &self.filter, self.cut);
+    /// What the other nodes keep for this subscription (nothing for a hub
+    /// alone); await it before [`HistoryJob::run`].
+    pub fn remote(&self) -> bus::BoxFuture<'static, Vec<history::Kept>> {
+        self.hub.bus.history(&self.patterns, &self.filter)
+    }
+
+    /// Gathers the history, with what `remote` brought, into the reserved place,
+    /// encoded for `format` here so that the dashboard's session only writes it.
+    pub fn run(mut self, format: WireFormat, remote: Vec<history::Kept>) {
+        let devices = self.hub.directory.remembered();
+        let local = self.hub.history.windows(
+            devices.iter().map(|d| (&*d.info, &d.activity.series)),
+            &self.patterns,
+            &self.filter,
+            self.cut,
+        );
+        let history = self.hub.history.assemble(history::merge(local, remote));
         for m in &history {
             m.message(format);
         }
@@ -576,6 +589,16 @@ impl BusEvents for Hub {
 
     fn local_devices(&self) -> Vec<(Arc<DeviceInfo>, u64)> {
         self.directory.local_devices()
+    }
+
+    fn kept(&self, patterns: &[Pattern], filter: &Filter) -> Vec<history::Kept> {
+        let devices = self.directory.local_activity();
+        self.history.windows(
+            devices.iter().map(|(info, a)| (&**info, &a.series)),
+            patterns,
+            filter,
+            u64::MAX,
+        )
     }
 
     fn link(&self, linked: bool, node: &str, message: &str) {

@@ -59,7 +59,7 @@ fn subscribe(hub: &Arc<Hub>, d: &Arc<DashboardHandle>, pattern: &str, filter: Fi
         filter,
         Delivery::Live,
     )
-    .run(WireFormat::Protobuf);
+    .run(WireFormat::Protobuf, Vec::new());
 }
 
 #[test]

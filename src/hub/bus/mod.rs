@@ -29,7 +29,7 @@ pub mod memory;
 
 use std::sync::{Arc, Weak};
 
-use super::{DeviceInfo, NodeId, Pattern, Publication};
+use super::{history::Kept, DeviceInfo, Filter, NodeId, Pattern, Publication};
 use crate::metrics::Metrics;
 
 /// A presence change on one node.
@@ -73,6 +73,15 @@ pub trait Bus: Send + Sync + 'static {
         true
     }
 
+    /// What the other nodes keep of the devices they hold, for a new subscription
+    /// to `patterns` with `filter` (its `History`): asked once this node receives
+    /// their live telemetry for the subscription, so that each message is either
+    /// in an answer or arrives live (or both: the client keeps only what is newer
+    /// per series). Resolves within a bounded wait, with what answered.
+    fn history(&self, _patterns: &[Pattern], _filter: &Filter) -> BoxFuture<'static, Vec<Kept>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
+
     /// The node is shutting down (its sessions closed): tells the others it left,
     /// after everything queued before. Callers bound the wait.
     fn leave(&self) -> BoxFuture<'_, ()> {
@@ -102,6 +111,10 @@ pub trait BusEvents: Send + Sync {
 
     /// The devices connected to this node, and since when.
     fn local_devices(&self) -> Vec<(Arc<DeviceInfo>, u64)>;
+
+    /// What this node keeps of the devices connected to it, for another node's
+    /// new subscription (see [`Bus::history`]).
+    fn kept(&self, patterns: &[Pattern], filter: &Filter) -> Vec<Kept>;
 
     /// The link to the other nodes went down (`linked = false`: nothing arrives
     /// from them) or came back; `node` names this node, `message` says why.

@@ -129,7 +129,11 @@ impl Dashboard {
             .hub
             .subscribe(&self.handle, &sub.patterns, sub.filter, sub.delivery);
         let format = self.format;
-        tokio::task::spawn_blocking(move || history.run(format));
+        let remote = history.remote();
+        tokio::spawn(async move {
+            let remote = remote.await;
+            let _ = tokio::task::spawn_blocking(move || history.run(format, remote)).await;
+        });
         for p in sub.patterns {
             self.patterns.insert(p.to_string(), p);
         }
