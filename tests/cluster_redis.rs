@@ -20,7 +20,13 @@ use std::{
 };
 
 use common::*;
-use telehub::{auth::Role, cluster::RedisBus, config, hub::Bus as _, proto::envelope::Body};
+use telehub::{
+    auth::Role,
+    cluster::RedisBus,
+    config,
+    hub::Bus as _,
+    proto::{envelope::Body, Envelope, WatchFleet},
+};
 
 /// Fast heartbeats, so that joins and deaths take a test fraction of a second.
 fn settings(redis: &Redis, name: &str) -> config::Cluster {
@@ -47,7 +53,11 @@ async fn node_with(redis: &Redis, name: &str, tweak: impl FnOnce(&mut config::Cl
     let mut cluster = settings(redis, name);
     tweak(&mut cluster);
     let bus = RedisBus::new(&cluster, "127.0.0.1:0".parse().unwrap()).expect("bus");
-    let hub = Hub::with_bus(bus.clone(), |c| c.cluster = cluster).await;
+    let hub = Hub::with_bus(bus.clone(), |c| {
+        c.cluster = cluster;
+        c.dashboard.fleet_interval = Duration::from_millis(100);
+    })
+    .await;
     Node { hub, bus }
 }
 
@@ -250,6 +260,50 @@ async fn a_subscription_gets_the_history_of_devices_on_other_nodes() {
         "{history:?}"
     );
     assert_eq!(history.last().map(|t| t.seq), Some(4));
+}
+
+#[tokio::test]
+async fn fleet_statistics_count_devices_on_other_nodes() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut watcher = b.hub.dashboard().await;
+    watcher
+        .send(&Envelope {
+            body: Some(Body::WatchFleet(WatchFleet { watch: true })),
+        })
+        .await;
+    let mut device = a.hub.device("dev-1").await;
+    for n in 0..4 {
+        device
+            .send_telemetry("env.t", vec![number("t", f64::from(n), "")])
+            .await;
+    }
+    // Node 2 has no subscription: the counts come from node 1 alone.
+    let deadline = Instant::now() + T;
+    let stats = loop {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never counted dev-1's 4 messages"
+        );
+        let f = watcher
+            .expect("FleetStats", |b| match b {
+                Body::FleetStats(f) => Some(f.clone()),
+                _ => None,
+            })
+            .await;
+        if let Some(s) = f
+            .devices
+            .iter()
+            .find(|s| s.device_id == "dev-1" && s.messages == 4)
+        {
+            break s.clone();
+        }
+    };
+    assert!(stats.online);
+    assert_eq!(stats.categories, ["env.t"]);
+    assert!(stats.last_seen_ms > 0);
+    assert_eq!(b.hub.app().metrics.cluster.received.get(), 0);
 }
 
 #[tokio::test]

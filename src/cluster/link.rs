@@ -336,6 +336,7 @@ impl Link {
             let _ = inbound.send(Inbound::Snapshot).await;
         });
         self.joined_at = Some(Instant::now());
+        self.shared.count_all.store(true, Ordering::Relaxed);
         if !self.shared.up.swap(true, Ordering::Relaxed) {
             tracing::info!(node = %self.shared.name, devices = held.len(), "cluster link up");
             if let Some(hub) = self.events.upgrade() {
@@ -490,6 +491,10 @@ impl Link {
                                 self.writer.history_request(id, &patterns, &filter),
                             )
                             .ignore();
+                        }
+                        Out::Counts(devices) => {
+                            pipe.publish(self.shared.keys.control(), self.writer.counts(&devices))
+                                .ignore();
                         }
                         Out::HistoryReply { to, id, kept } => {
                             self.reply(&mut pipe, to, id, &kept);
@@ -687,6 +692,8 @@ async fn receive(
             Said::Takeover(device, at_ms) => hub.takeover(from, device, at_ms),
             Said::Owned(devices) => {
                 tracing::info!(node = %received.node_name, devices = devices.len(), "cluster node joined");
+                // The newcomer knows none of this node's devices' counts.
+                shared.count_all.store(true, Ordering::Relaxed);
                 hub.node_devices(from, Some(devices));
             }
             Said::HistoryRequest {
@@ -697,6 +704,7 @@ async fn receive(
                 let kept = hub.kept(&patterns, &filter);
                 shared.enqueue(Out::HistoryReply { to: from, id, kept });
             }
+            Said::Counts(devices) => hub.counters(from, devices),
             Said::HistoryReply { id, series, last } => {
                 shared.answered(id, Some(from), series, last, None);
             }

@@ -53,6 +53,7 @@ use crate::{
         PresenceChange, Publication, WireFormat,
     },
     metrics::Metrics,
+    proto::DeviceStats,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,8 @@ enum Out {
         patterns: Vec<Pattern>,
         filter: Filter,
     },
+    /// Counts of devices held here that changed.
+    Counts(Vec<DeviceStats>),
     /// Answers node `to`'s request `id`.
     HistoryReply {
         to: NodeId,
@@ -96,6 +99,7 @@ impl Out {
         OVERHEAD
             + match self {
                 Out::Publication(p) => p.message().message(WireFormat::Protobuf).payload().len(),
+                Out::Counts(devices) => devices.len() * 96,
                 Out::HistoryReply { kept, .. } => kept
                     .iter()
                     .flat_map(|k| &k.messages)
@@ -132,6 +136,10 @@ struct Shared {
     subscribed: Mutex<keys::Cover>,
     /// History requests of this node waiting for the others' answers.
     pending: Mutex<HashMap<u64, Pending>>,
+    /// The counts last sent per device held here.
+    counted: Mutex<HashMap<String, DeviceStats>>,
+    /// A node joined (or this one did): send every device's counts next time.
+    count_all: AtomicBool,
 }
 
 /// One History request of this node: what answered so far, and who has not.
@@ -231,6 +239,8 @@ impl RedisBus {
                 left: AtomicBool::new(false),
                 subscribed: Mutex::default(),
                 pending: Mutex::default(),
+                counted: Mutex::default(),
+                count_all: AtomicBool::new(true),
             }),
             metrics: std::sync::OnceLock::new(),
         }))
@@ -316,6 +326,34 @@ impl Bus for RedisBus {
 
     fn takeover(&self, device: &Arc<DeviceInfo>, at_ms: u64) {
         self.send(Out::Takeover(device.clone(), at_ms));
+    }
+
+    fn counters(&self, devices: Vec<DeviceStats>) {
+        if !self.ready() {
+            return;
+        }
+        let all = self.shared.count_all.swap(false, Ordering::Relaxed);
+        let changed: Vec<DeviceStats> = {
+            let mut counted = self
+                .shared
+                .counted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let changed = devices
+                .iter()
+                .filter(|d| all || counted.get(&d.device_id) != Some(*d))
+                .cloned()
+                .collect();
+            // Only the devices held now are remembered.
+            *counted = devices
+                .into_iter()
+                .map(|d| (d.device_id.clone(), d))
+                .collect();
+            changed
+        };
+        if !changed.is_empty() && !self.shared.enqueue(Out::Counts(changed)) {
+            self.shared.count_all.store(true, Ordering::Relaxed);
+        }
     }
 
     fn released(&self, device: &Arc<DeviceInfo>) {

@@ -17,7 +17,7 @@ use crate::{
     hub::{
         history::Kept, DeviceInfo, Filter, NodeId, Pattern, PresenceChange, Publication, WireFormat,
     },
-    proto::cluster as pb,
+    proto::{cluster as pb, DeviceStats},
 };
 
 /// The version of `cluster.proto` this node speaks.
@@ -56,6 +56,7 @@ pub enum Said {
         series: Vec<Kept>,
         last: bool,
     },
+    Counts(Vec<DeviceStats>),
 }
 
 /// A frame from another node.
@@ -117,6 +118,21 @@ impl Writer {
 
     pub fn leaving(&self) -> Vec<u8> {
         self.frame(pb::frame::Body::Leaving(pb::Leaving {}))
+    }
+
+    pub fn counts(&self, devices: &[DeviceStats]) -> Vec<u8> {
+        let devices = devices
+            .iter()
+            .map(|d| pb::DeviceCount {
+                device: d.device_id.clone(),
+                messages: d.messages,
+                rate_limited: d.rate_limited,
+                dropped: d.dropped,
+                last_seen_ms: d.last_seen_ms,
+                categories: d.categories.clone(),
+            })
+            .collect();
+        self.frame(pb::frame::Body::Counts(pb::Counts { devices }))
     }
 
     pub fn history_request(&self, id: u64, patterns: &[Pattern], filter: &Filter) -> Vec<u8> {
@@ -224,6 +240,20 @@ impl Reader {
                     .collect(),
             ),
             pb::frame::Body::Leaving(_) => Said::Leaving,
+            pb::frame::Body::Counts(c) => Said::Counts(
+                c.devices
+                    .into_iter()
+                    .map(|d| DeviceStats {
+                        device_id: d.device,
+                        messages: d.messages,
+                        rate_limited: d.rate_limited,
+                        dropped: d.dropped,
+                        last_seen_ms: d.last_seen_ms,
+                        categories: d.categories,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             pb::frame::Body::HistoryRequest(r) => Said::HistoryRequest {
                 id: r.id,
                 // A pattern this node cannot read matches nothing here.

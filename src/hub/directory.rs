@@ -193,6 +193,8 @@ impl<'a> Iterator for Registry<'a> {
 pub struct Remembered {
     pub info: Arc<DeviceInfo>,
     pub online: bool,
+    /// Its session is on this node.
+    pub local: bool,
     pub activity: Arc<Activity>,
 }
 
@@ -542,6 +544,7 @@ impl Directory {
                 e.activity.as_ref().map(|a| Remembered {
                     info: e.info.clone(),
                     online: e.owner.is_some(),
+                    local: matches!(e.owner, Some(Owner::Local { .. })),
                     activity: a.clone(),
                 })
             })

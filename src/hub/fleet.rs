@@ -30,6 +30,18 @@ pub struct Counters {
     /// Shared with the device's published messages, which charge their drops to it
     /// (see `Encoded::charge_drops_to`).
     pub(super) dropped: Arc<AtomicU64>,
+    /// What the node holding the device reported last (a device of another node
+    /// of a cluster): its own counts, added to this node's.
+    reported: ReportedCounts,
+}
+
+/// Counts another node reported for a device it holds.
+#[derive(Default)]
+struct ReportedCounts {
+    messages: AtomicU64,
+    rate_limited: AtomicU64,
+    dropped: AtomicU64,
+    categories: Mutex<Vec<String>>,
 }
 
 impl Counters {
@@ -50,12 +62,30 @@ impl Counters {
     pub fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// What the node holding the device counted, as of `s` (its absolute counts).
+    pub fn reported(&self, s: &DeviceStats) {
+        let r = &self.reported;
+        r.messages.store(s.messages, Ordering::Relaxed);
+        r.rate_limited.store(s.rate_limited, Ordering::Relaxed);
+        r.dropped.store(s.dropped, Ordering::Relaxed);
+        *r.categories.lock().unwrap_or_else(|p| p.into_inner()) = s.categories.clone();
+        self.last_seen_ms
+            .fetch_max(s.last_seen_ms, Ordering::Relaxed);
+    }
+
+    /// Messages accepted from the device, here and on the node that holds it.
+    fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed) + self.reported.messages.load(Ordering::Relaxed)
+    }
 }
 
 /// One remembered device, as a tick sees it.
 pub struct Device<'a> {
     pub info: &'a DeviceInfo,
     pub online: bool,
+    /// Its session is on this node.
+    pub local: bool,
     pub counters: &'a Counters,
     /// Its series with a history window.
     pub categories: Vec<String>,
@@ -63,6 +93,19 @@ pub struct Device<'a> {
 
 fn stats(d: &Device, rate: f64) -> DeviceStats {
     let c = d.counters;
+    let r = &c.reported;
+    let mut categories = d.categories.clone();
+    for extra in r
+        .categories
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        if !categories.contains(extra) {
+            categories.push(extra.clone());
+        }
+    }
+    categories.sort();
     DeviceStats {
         device_id: d.info.id.clone(),
         online: d.online,
@@ -73,11 +116,12 @@ fn stats(d: &Device, rate: f64) -> DeviceStats {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         last_seen_ms: c.last_seen_ms(),
-        messages: c.messages.load(Ordering::Relaxed),
+        messages: c.messages(),
         rate,
-        rate_limited: c.rate_limited.load(Ordering::Relaxed),
-        dropped: c.dropped.load(Ordering::Relaxed),
-        categories: d.categories.clone(),
+        rate_limited: c.rate_limited.load(Ordering::Relaxed)
+            + r.rate_limited.load(Ordering::Relaxed),
+        dropped: c.dropped.load(Ordering::Relaxed) + r.dropped.load(Ordering::Relaxed),
+        categories,
     }
 }
 
@@ -140,19 +184,22 @@ impl Fleet {
 
     /// One statistics interval: recomputes every remembered device's statistics
     /// and sends the changes, and the devices `forgotten` since the last tick, to
-    /// watchers. Returns the FleetStats sent (None: nothing changed).
+    /// watchers. Returns the FleetStats sent (None: nothing changed), and the
+    /// statistics of the devices whose session is on this node, changed or not
+    /// (for the other nodes of a cluster).
     pub fn tick(
         &self,
         now: u64,
         devices: &[Device],
         mut forgotten: Vec<String>,
-    ) -> Option<Arc<Encoded>> {
+    ) -> (Option<Arc<Encoded>>, Vec<DeviceStats>) {
         let mut ticks = self.lock();
         let elapsed_s = now.saturating_sub(ticks.last_tick_ms) as f64 / 1000.0;
         ticks.last_tick_ms = now;
         let mut changed = Vec::new();
+        let mut local = Vec::new();
         for d in devices {
-            let messages = d.counters.messages.load(Ordering::Relaxed);
+            let messages = d.counters.messages();
             let previous = ticks
                 .reported
                 .get(&d.info.id)
@@ -172,6 +219,9 @@ impl Fleet {
             if !same {
                 changed.push(stats.clone());
             }
+            if d.local {
+                local.push(stats.clone());
+            }
             ticks
                 .reported
                 .insert(d.info.id.clone(), Reported { stats, messages });
@@ -183,7 +233,7 @@ impl Fleet {
             .filter(|id| ticks.reported.remove(id).is_some())
             .collect();
         if changed.is_empty() && forgotten.is_empty() {
-            return None;
+            return (None, local);
         }
         changed.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         let msg = Encoded::new(Envelope {
@@ -197,6 +247,6 @@ impl Fleet {
         for w in ticks.watchers.values() {
             w.outbox.push_control(msg.clone());
         }
-        Some(msg)
+        (Some(msg), local)
     }
 }

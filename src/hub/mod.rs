@@ -392,15 +392,26 @@ impl Hub {
     /// Never waits: a full dashboard queue drops its oldest telemetry instead.
     pub fn publish(&self, session: &DeviceSession, publication: Publication) -> Published {
         self.metrics.telemetry_accepted.inc();
-        let out = self.deliver(&session.activity, &publication);
+        let out = self.deliver(&session.activity, &publication, true);
         self.bus.publish(&publication);
         out
     }
 
     /// Records, then fans out: the one path of every publication, local or remote.
-    fn deliver(&self, activity: &directory::Activity, p: &Publication) -> Published {
+    /// Only the node that accepted it (`accepted`) counts it: the others learn the
+    /// device's counts from that node (see `BusEvents::counters`).
+    fn deliver(
+        &self,
+        activity: &directory::Activity,
+        p: &Publication,
+        accepted: bool,
+    ) -> Published {
         let (category, received_ms) = (p.category(), p.received_ms());
-        activity.counters.accepted(received_ms);
+        if accepted {
+            activity.counters.accepted(received_ms);
+        } else {
+            activity.counters.seen(received_ms);
+        }
         p.message().charge_drops_to(&activity.counters.dropped);
         self.history
             .keep(&activity.series, category, p.message(), received_ms);
@@ -505,15 +516,17 @@ impl Hub {
             .map(|d| fleet::Device {
                 info: &d.info,
                 online: d.online,
+                local: d.local,
                 counters: &d.activity.counters,
                 categories: d.activity.series.categories(),
             })
             .collect();
-        let sent = self.fleet.tick(
+        let (sent, local) = self.fleet.tick(
             now,
             &views,
             forgotten.into_iter().map(|(id, _)| id).collect(),
         );
+        self.bus.counters(local);
         self.metrics.fleet_devices.set(devices.len() as i64);
         self.metrics
             .history_bytes
@@ -568,7 +581,7 @@ impl BusEvents for Hub {
         let activity = self
             .directory
             .remote_activity(publication.device(), publication.received_ms());
-        self.deliver(&activity, &publication);
+        self.deliver(&activity, &publication, false);
     }
 
     fn presence(&self, from: NodeId, change: PresenceChange) {
@@ -581,6 +594,14 @@ impl BusEvents for Hub {
 
     fn node_devices(&self, from: NodeId, devices: Option<Vec<(Arc<DeviceInfo>, u64)>>) {
         self.remote_node(from, devices);
+    }
+
+    fn counters(&self, _from: NodeId, devices: Vec<crate::proto::DeviceStats>) {
+        for s in devices {
+            if let Some(a) = self.directory.activity(&s.device_id) {
+                a.counters.reported(&s);
+            }
+        }
     }
 
     fn patterns(&self) -> Vec<Pattern> {

@@ -26,6 +26,7 @@ enum Event {
     Publication(Publication),
     Presence(PresenceChange),
     Takeover(Arc<DeviceInfo>, u64),
+    Counts(Vec<crate::proto::DeviceStats>),
 }
 
 /// A node's queue: events with the node they came from.
@@ -107,6 +108,7 @@ impl Bus for MemoryBus {
                     Event::Publication(p) => hub.publication(from, p),
                     Event::Presence(c) => hub.presence(from, c),
                     Event::Takeover(d, at_ms) => hub.takeover(from, d, at_ms),
+                    Event::Counts(c) => hub.counters(from, c),
                 }
             }
         });
@@ -122,5 +124,11 @@ impl Bus for MemoryBus {
 
     fn takeover(&self, device: &Arc<DeviceInfo>, at_ms: u64) {
         self.send(|| Event::Takeover(device.clone(), at_ms));
+    }
+
+    fn counters(&self, devices: Vec<crate::proto::DeviceStats>) {
+        if !devices.is_empty() {
+            self.send(|| Event::Counts(devices.clone()));
+        }
     }
 }

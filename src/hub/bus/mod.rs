@@ -59,6 +59,10 @@ pub trait Bus: Send + Sync + 'static {
     /// holds its older session closes it.
     fn takeover(&self, device: &Arc<DeviceInfo>, at_ms: u64);
 
+    /// Every `dashboard.fleet_interval`: the statistics of the devices whose
+    /// session is on this node (their counts, for the other nodes' `FleetStats`).
+    fn counters(&self, _devices: Vec<crate::proto::DeviceStats>) {}
+
     /// Another node took over a device whose session was on this node (called
     /// under the directory's lock, in order with this node's own changes).
     fn released(&self, _device: &Arc<DeviceInfo>) {}
@@ -105,6 +109,9 @@ pub trait BusEvents: Send + Sync {
     /// What node `from` holds now, all of it (`Some`), or that it is gone (`None`):
     /// its devices not listed go offline here.
     fn node_devices(&self, from: NodeId, devices: Option<Vec<(Arc<DeviceInfo>, u64)>>);
+
+    /// Node `from`'s counts of devices it holds (absolute, see [`Bus::counters`]).
+    fn counters(&self, from: NodeId, devices: Vec<crate::proto::DeviceStats>);
 
     /// Every subscription pattern of this node's dashboards.
     fn patterns(&self) -> Vec<Pattern>;
