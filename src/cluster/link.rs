@@ -1,39 +1,30 @@
-//! The link's two tasks: [`Link`] sends (publications, presence, heartbeats,
-//! subscriptions, joins) and `receive` hands what arrives to the hub.
+//! The sending task of the link: [`Link`] sends publications, presence changes,
+//! heartbeats, subscriptions, History requests and answers, and joins (the
+//! receiving task is in `receive`, the connection they share in `connection`).
 //!
-//! Both share one Redis connection (RESP3: replies and pub/sub messages on one
-//! socket), kept by the `redis` crate's connection manager, which reconnects with
-//! back-off and subscribes again by itself. The link is *up* once a heartbeat
-//! went through; it goes down when a command fails or the connection drops, and
-//! every time it comes back up the node joins again (see [`Link::join`]).
+//! The link is *up* once a heartbeat went through; it goes down when a command
+//! fails or the connection drops, and every time it comes back up the node joins
+//! again (see [`Link::join`]).
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Weak,
-    },
-    time::{Duration, Instant},
+    collections::HashSet,
+    sync::{atomic::Ordering, Arc, Weak},
+    time::Instant,
 };
 
-use bytes::Bytes;
-use redis::{aio::ConnectionManager, AsyncCommands as _, PushInfo, PushKind, Value};
+use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use super::{
+    connection::{redis_now, unlinked, Heard, Inbound, LINKED},
     keys::{self, Cover},
-    wire::{self, Reader, Said, Writer},
+    wire::{self, Writer},
     Out, Shared,
 };
 use crate::{
     hub::{history::Kept, BusEvents, NodeId, Publication},
     metrics::ClusterMetrics,
 };
-
-/// Frames that arrived and wait for the receiving task, and their bytes; beyond
-/// either, whole frames are dropped and counted (`inbound_full`).
-const INBOUND: usize = 8192;
-const INBOUND_BYTES: usize = 64 << 20;
 
 /// Items taken from the queue for one round trip to Redis.
 const SEND_BATCH: usize = 2048;
@@ -45,97 +36,18 @@ const FRAME_BYTES: usize = 512 * 1024;
 /// Fields per HSET when a node rewrites its hash of held devices.
 const HSET_CHUNK: usize = 1000;
 
-/// What dashboards are told when the link goes down and comes back.
-const UNLINKED: &str = "the cluster's Redis is unreachable: telemetry and presence of devices on other nodes are interrupted (devices on this node go on)";
-const LINKED: &str =
-    "the other nodes are reachable: telemetry and presence of their devices resume";
-
-enum Inbound {
-    /// A push, and its bytes as counted against [`INBOUND_BYTES`].
-    Push(PushInfo, usize),
-    /// Read what every other node holds (after this node joined).
-    Snapshot,
-}
-
-/// Nodes heard from (a frame, or listed alive by a heartbeat), and when.
-type Heard = Arc<std::sync::Mutex<HashMap<NodeId, Instant>>>;
-
-pub(super) fn start(
+/// The sending task, started by `connection::start`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn spawn(
     shared: Arc<Shared>,
     node: NodeId,
     events: Weak<dyn BusEvents>,
     metrics: ClusterMetrics,
+    conn: ConnectionManager,
+    inbound: mpsc::Sender<Inbound>,
+    heard: Heard,
     queue: mpsc::UnboundedReceiver<Out>,
 ) {
-    let (inbound, inbound_rx) = mpsc::channel(INBOUND);
-    let inbound_bytes = Arc::new(AtomicUsize::new(0));
-    let sink = {
-        let (push, shared, events, metrics) = (
-            inbound.clone(),
-            shared.clone(),
-            events.clone(),
-            metrics.clone(),
-        );
-        let (queued, lost) = (inbound_bytes.clone(), metrics.lost("inbound_full"));
-        // Runs on the connection's own task: it never waits.
-        move |info: PushInfo| -> Result<(), ()> {
-            if info.kind == PushKind::Disconnection {
-                // The manager reconnects and subscribes again by itself; the node
-                // joins again at the next heartbeat that goes through (Redis may
-                // have restarted empty, and what was sent meanwhile is lost).
-                shared.rejoin.store(true, Ordering::Relaxed);
-                unlinked(&shared, &events, &metrics, None);
-                return Ok(());
-            }
-            let bytes = push_bytes(&info);
-            if queued.fetch_add(bytes, Ordering::Relaxed) + bytes > INBOUND_BYTES {
-                queued.fetch_sub(bytes, Ordering::Relaxed);
-                lost.inc();
-                return Ok(());
-            }
-            match push.try_send(Inbound::Push(info, bytes)) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    queued.fetch_sub(bytes, Ordering::Relaxed);
-                    match e {
-                        mpsc::error::TrySendError::Full(_) => {
-                            lost.inc();
-                            Ok(())
-                        }
-                        mpsc::error::TrySendError::Closed(_) => Err(()),
-                    }
-                }
-            }
-        }
-    };
-    let timeout = shared.heartbeat.max(Duration::from_secs(1)) * 2;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_push_sender(sink)
-        .set_automatic_resubscription()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    let conn = match ConnectionManager::new_lazy_with_config(shared.client.clone(), config) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cluster link cannot start; this node stays alone");
-            return;
-        }
-    };
-    if let Some(hub) = events.upgrade() {
-        hub.link(false, &shared.name, "joining the cluster");
-    }
-    let heard = Heard::default();
-    tokio::spawn(receive(
-        shared.clone(),
-        node,
-        events.clone(),
-        metrics.clone(),
-        (inbound_rx, inbound_bytes),
-        conn.clone(),
-        heard.clone(),
-    ));
     let link = Link {
         writer: Writer::new(node, &shared.name),
         shared,
@@ -587,168 +499,4 @@ impl Link {
     fn down(&self, e: &redis::RedisError) {
         unlinked(&self.shared, &self.events, &self.metrics, Some(e));
     }
-}
-
-/// The link is down: said once (log, dashboards), then quietly until it is up.
-fn unlinked(
-    shared: &Shared,
-    events: &Weak<dyn BusEvents>,
-    metrics: &ClusterMetrics,
-    error: Option<&redis::RedisError>,
-) {
-    if shared.up.swap(false, Ordering::Relaxed) {
-        match error {
-            Some(e) => {
-                tracing::error!(error = %e, "cluster link down: serving this node's devices and dashboards alone until Redis is back")
-            }
-            None => tracing::error!("cluster link lost: reconnecting"),
-        }
-        if let Some(hub) = events.upgrade() {
-            hub.link(false, &shared.name, UNLINKED);
-        }
-    } else if let Some(e) = error {
-        tracing::debug!(error = %e, "cluster link still down");
-    }
-    metrics.link_up.set(0);
-    metrics.nodes.set(0);
-}
-
-/// Redis's clock in Unix milliseconds: every node stamps its heartbeats with it,
-/// so the nodes' own clocks need not agree.
-async fn redis_now(conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    Ok(secs * 1000 + micros / 1000)
-}
-
-/// The bytes a push carries.
-fn push_bytes(info: &PushInfo) -> usize {
-    info.data
-        .iter()
-        .map(|v| match v {
-            Value::BulkString(b) => b.len(),
-            _ => 16,
-        })
-        .sum()
-}
-
-/// Hands what arrives to the hub, in the order it arrived.
-async fn receive(
-    shared: Arc<Shared>,
-    node: NodeId,
-    events: Weak<dyn BusEvents>,
-    metrics: ClusterMetrics,
-    (mut inbound, queued): (mpsc::Receiver<Inbound>, Arc<AtomicUsize>),
-    mut conn: ConnectionManager,
-    heard: Heard,
-) {
-    let mut reader = Reader::default();
-    let bad = metrics.lost("bad_frame");
-    while let Some(msg) = inbound.recv().await {
-        let Some(hub) = events.upgrade() else { break };
-        let (info, bytes) = match msg {
-            Inbound::Snapshot => {
-                if let Err(e) = snapshot(&shared, node, &*hub, &mut conn, &mut reader, &heard).await
-                {
-                    tracing::warn!(error = %e, "reading what the other nodes hold failed; retrying at the next heartbeat");
-                    shared.rejoin.store(true, Ordering::Relaxed);
-                }
-                continue;
-            }
-            Inbound::Push(info, bytes) => (info, bytes),
-        };
-        queued.fetch_sub(bytes, Ordering::Relaxed);
-        let payload = match info.kind {
-            PushKind::Message | PushKind::PMessage => match info.data.into_iter().last() {
-                Some(Value::BulkString(b)) => Bytes::from(b),
-                _ => continue,
-            },
-            _ => continue,
-        };
-        let received = match reader.read(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                bad.inc();
-                tracing::debug!(error = %e, "refused a cluster frame");
-                continue;
-            }
-        };
-        let from = received.node;
-        if from == node {
-            // Redis sends this node's own publications back to it.
-            continue;
-        }
-        heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(from, Instant::now());
-        match received.said {
-            Said::Publications(list) => {
-                metrics.received.inc_by(list.len() as u64);
-                for p in list {
-                    hub.publication(from, p);
-                }
-            }
-            Said::Presence(change) => hub.presence(from, change),
-            Said::Takeover(device, at_ms) => hub.takeover(from, device, at_ms),
-            Said::Owned(devices) => {
-                tracing::info!(node = %received.node_name, devices = devices.len(), "cluster node joined");
-                // The newcomer knows none of this node's devices' counts.
-                shared.count_all.store(true, Ordering::Relaxed);
-                hub.node_devices(from, Some(devices));
-            }
-            Said::HistoryRequest {
-                id,
-                patterns,
-                filter,
-            } => {
-                let kept = hub.kept(&patterns, &filter);
-                shared.enqueue(Out::HistoryReply { to: from, id, kept });
-            }
-            Said::Counts(devices) => hub.counters(from, devices),
-            Said::HistoryReply { id, series, last } => {
-                shared.answered(id, Some(from), series, last, None);
-            }
-            Said::Leaving => {
-                tracing::info!(node = %received.node_name, "cluster node left");
-                heard
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&from);
-                hub.node_devices(from, None);
-            }
-        }
-    }
-}
-
-/// Reads what every other live node holds and gives it to the hub.
-async fn snapshot(
-    shared: &Shared,
-    node: NodeId,
-    hub: &dyn BusEvents,
-    conn: &mut ConnectionManager,
-    reader: &mut Reader,
-    heard: &Heard,
-) -> redis::RedisResult<()> {
-    let now = redis_now(conn).await?;
-    let since = now.saturating_sub(shared.node_timeout.as_millis() as u64);
-    let alive: Vec<String> = conn
-        .zrangebyscore(shared.keys.nodes(), since, "+inf")
-        .await?;
-    let alive: HashSet<NodeId> = alive.iter().filter_map(|n| keys::parse_node(n)).collect();
-    for &other in alive.iter().filter(|n| **n != node) {
-        let fields: Vec<(String, Vec<u8>)> = conn.hgetall(shared.keys.held(other)).await?;
-        let mut devices = Vec::with_capacity(fields.len());
-        for (_, value) in fields {
-            match reader.held(Bytes::from(value)) {
-                Ok(d) => devices.push(d),
-                Err(e) => tracing::warn!(error = %e, "refused a held device"),
-            }
-        }
-        heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(other, Instant::now());
-        hub.node_devices(other, Some(devices));
-    }
-    Ok(())
 }

@@ -27,8 +27,10 @@
 //!   rewrites what it holds and reads what the others hold.
 //! - Redis credentials are never logged (see `config::redacted`).
 
+mod connection;
 mod keys;
 mod link;
+mod receive;
 mod wire;
 
 pub use keys::Cover;
@@ -307,7 +309,7 @@ impl Bus for RedisBus {
         let Some(rx) = rx else { return };
         let _ = self.metrics.set(metrics.cluster.clone());
         tracing::info!(node = %self.shared.name, id = %keys::node_name(node), "joining the cluster");
-        link::start(
+        connection::start(
             self.shared.clone(),
             node,
             events,

@@ -31,8 +31,10 @@ mod flush;
 pub mod history;
 pub mod index;
 pub mod outbox;
+mod peers;
 pub mod presence;
 pub mod publication;
+mod replay;
 pub mod stream;
 
 use std::{
@@ -55,6 +57,7 @@ pub use index::Filter;
 pub use outbox::{Drained, Outbox, Pushed};
 use presence::{presence_key, presence_message, LINK_KEY};
 pub use publication::{Publication, Published};
+pub use replay::HistoryJob;
 pub use stream::Delivery;
 
 /// The hub's side of one dashboard connection.
@@ -70,56 +73,6 @@ pub struct DashboardHandle {
 impl DashboardHandle {
     pub fn id(&self) -> u64 {
         self.id
-    }
-}
-
-/// A subscription's `History`, still to be gathered (see `Hub::subscribe`).
-/// Gathering a large replay takes milliseconds of CPU, so sessions run it off the
-/// async workers (`spawn_blocking`). Dropped without running, it releases the
-/// reserved place empty: the dashboard then simply gets no history.
-#[must_use = "until it runs or is dropped, the dashboard's later messages are held back"]
-pub struct HistoryJob {
-    hub: Arc<Hub>,
-    handle: Arc<DashboardHandle>,
-    reservation: Option<outbox::Reservation>,
-    /// Messages kept from here on arrive live (see [`history::History::cut`]).
-    cut: u64,
-    patterns: Vec<Pattern>,
-    filter: Filter,
-}
-
-impl HistoryJob {
-    /// What the other nodes keep for this subscription (nothing for a hub
-    /// alone); await it before [`HistoryJob::run`].
-    pub fn remote(&self) -> bus::BoxFuture<'static, Vec<history::Kept>> {
-        self.hub.bus.history(&self.patterns, &self.filter)
-    }
-
-    /// Gathers the history, with what `remote` brought, into the reserved place,
-    /// encoded for `format` here so that the dashboard's session only writes it.
-    pub fn run(mut self, format: WireFormat, remote: Vec<history::Kept>) {
-        let devices = self.hub.directory.remembered();
-        let local = self.hub.history.windows(
-            devices.iter().map(|d| (&*d.info, &d.activity.series)),
-            &self.patterns,
-            &self.filter,
-            self.cut,
-        );
-        let history = self.hub.history.assemble(history::merge(local, remote));
-        for m in &history {
-            m.message(format);
-        }
-        if let Some(r) = self.reservation.take() {
-            self.handle.outbox.fill(r, history);
-        }
-    }
-}
-
-impl Drop for HistoryJob {
-    fn drop(&mut self) {
-        if let Some(r) = self.reservation.take() {
-            self.handle.outbox.fill(r, Vec::new());
-        }
     }
 }
 
@@ -570,60 +523,6 @@ impl Hub {
 
     pub fn dashboards(&self) -> usize {
         read(&self.dashboards).len()
-    }
-}
-
-/// What arrives from other nodes takes the same paths as what happens here, minus
-/// the bus: nothing is sent back.
-impl BusEvents for Hub {
-    fn publication(&self, from: NodeId, publication: Publication) {
-        let _ = from;
-        let activity = self
-            .directory
-            .remote_activity(publication.device(), publication.received_ms());
-        self.deliver(&activity, &publication, false);
-    }
-
-    fn presence(&self, from: NodeId, change: PresenceChange) {
-        self.remote_presence(from, change);
-    }
-
-    fn takeover(&self, from: NodeId, device: Arc<DeviceInfo>, at_ms: u64) {
-        self.remote_takeover(from, device, at_ms);
-    }
-
-    fn node_devices(&self, from: NodeId, devices: Option<Vec<(Arc<DeviceInfo>, u64)>>) {
-        self.remote_node(from, devices);
-    }
-
-    fn counters(&self, _from: NodeId, devices: Vec<crate::proto::DeviceStats>) {
-        for s in devices {
-            if let Some(a) = self.directory.activity(&s.device_id) {
-                a.counters.reported(&s);
-            }
-        }
-    }
-
-    fn patterns(&self) -> Vec<Pattern> {
-        read(&self.index).patterns()
-    }
-
-    fn local_devices(&self) -> Vec<(Arc<DeviceInfo>, u64)> {
-        self.directory.local_devices()
-    }
-
-    fn kept(&self, patterns: &[Pattern], filter: &Filter) -> Vec<history::Kept> {
-        let devices = self.directory.local_activity();
-        self.history.windows(
-            devices.iter().map(|(info, a)| (&**info, &a.series)),
-            patterns,
-            filter,
-            u64::MAX,
-        )
-    }
-
-    fn link(&self, linked: bool, node: &str, message: &str) {
-        self.announce_link(linked, node, message);
     }
 }
 
