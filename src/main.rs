@@ -126,6 +126,11 @@ struct DemoArgs {
     /// Serve the dashboard from this directory instead of the built-in copy.
     #[arg(long, env = "TELEHUB_DASHBOARD_DIR")]
     dashboard_dir: Option<PathBuf>,
+    /// Run two nodes joined through this Redis (redis://HOST:PORT): the devices
+    /// on the first (--listen), the dashboard on the second (the next port, data
+    /// in DATA_DIR/node-2).
+    #[arg(long, hide_env_values = true, env = "TELEHUB_CLUSTER")]
+    cluster: Option<String>,
 }
 
 /// mimalloc instead of the system allocator: connections allocate and free short-lived
@@ -235,10 +240,37 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         certs_dir: args.certs_dir.clone(),
         ..Config::default()
     };
-    config.dashboard.assets_dir = args.dashboard_dir;
-    let server = Server::bind(config).await.context(
-        "starting the demo hub (is another telehub using the port? try --listen 127.0.0.1:0)",
-    )?;
+    config.dashboard.assets_dir = args.dashboard_dir.clone();
+    let busy =
+        "starting the demo hub (is another telehub using the port? try --listen 127.0.0.1:0)";
+    // With --cluster, a second node on the next port serves the dashboard.
+    let (server, second) = match &args.cluster {
+        None => (Server::bind(config).await.context(busy)?, None),
+        Some(url) => {
+            TokenKey::load_or_create(&args.data_dir)?;
+            let mut second = config.clone();
+            second.listen.set_port(match args.listen.port() {
+                0 => 0,
+                p => p.checked_add(1).context("--listen port is the last one")?,
+            });
+            second.data_dir = args.data_dir.join("node-2");
+            std::fs::create_dir_all(&second.data_dir)?;
+            // Every node of a cluster signs and checks tokens with one key.
+            let secret = telehub::auth::SECRET_FILE;
+            std::fs::copy(args.data_dir.join(secret), second.data_dir.join(secret))
+                .context("copying the signing key to the second node")?;
+            config.cluster.url = Some(url.clone());
+            config.cluster.node_id = Some("demo-1".into());
+            second.cluster.url = Some(url.clone());
+            second.cluster.node_id = Some("demo-2".into());
+            config.validate()?;
+            let bus = telehub::cluster::RedisBus::new(&config.cluster, config.listen)?;
+            let first = Server::bind_with_bus(config, bus).await.context(busy)?;
+            let bus = telehub::cluster::RedisBus::new(&second.cluster, second.listen)?;
+            let second = Server::bind_with_bus(second, bus).await.context(busy)?;
+            (first, Some(second))
+        }
+    };
     let addr = server.local_addr()?;
     let key = TokenKey::load_or_create(&args.data_dir)?;
     let operator = key.issue(
@@ -259,6 +291,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let hub = tokio::spawn(server.run(stopped(stop_rx.clone())));
+    let (second_addr, second_hub) = match second {
+        Some(node) => (
+            Some(node.local_addr()?),
+            Some(tokio::spawn(node.run(stopped(stop_rx.clone())))),
+        ),
+        None => (None, None),
+    };
 
     let host = match addr.ip() {
         ip if ip.is_unspecified() => "localhost".to_string(),
@@ -266,12 +305,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ip => ip.to_string(),
     };
     let base = format!("{host}:{}", addr.port());
+    // The page is served by the second node when there is one: the devices'
+    // telemetry and presence reach it through Redis.
+    let page = second_addr.map_or(base.clone(), |a| format!("{host}:{}", a.port()));
     println!();
     println!(
         "telehub demo: {} simulated devices at {} msg/s each",
         args.devices, args.rate
     );
-    println!("  dashboard:      https://{base}/#token={operator}&subscribe=*");
+    if second_addr.is_some() {
+        println!("  cluster:        devices on node demo-1 ({base}), dashboard on node demo-2 ({page}), joined through Redis");
+    }
+    println!("  dashboard:      https://{page}/#token={operator}&subscribe=*");
     println!("  operator token: {operator}");
     println!(
         "  CA certificate: {} (trust it, or accept the browser warning once)",
@@ -319,6 +364,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         reconnects = summary.reconnects,
         "fleet stopped"
     );
+    if let Some(second) = second_hub {
+        second.await.context("second node task")??;
+    }
     hub.await.context("hub task")?
 }
 

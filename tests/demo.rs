@@ -25,6 +25,29 @@ impl Drop for Child {
 
 #[tokio::test]
 async fn demo_runs_a_fleet_that_a_dashboard_can_watch() {
+    demo(&[]).await;
+}
+
+/// `demo --cluster`: the devices on one node, the dashboard on another, joined
+/// through a real Redis.
+#[tokio::test]
+async fn demo_with_a_cluster_serves_the_dashboard_from_the_second_node() {
+    let redis = common::Redis::start();
+    let lines = demo(&["--cluster", &redis.url()]).await;
+    let cluster = lines
+        .iter()
+        .find(|l| l.trim().starts_with("cluster:"))
+        .expect("the demo says where the devices and the dashboard are");
+    assert!(
+        cluster.contains("demo-1") && cluster.contains("demo-2"),
+        "{cluster}"
+    );
+}
+
+/// Runs `telehub demo` with `extra` arguments until a dashboard opened with the
+/// printed URL sees every device online and streaming, then stops it with
+/// SIGINT; returns what it printed before the URL.
+async fn demo(extra: &[&str]) -> Vec<String> {
     let root = temp_dir("demo");
     let (data_dir, certs_dir) = (root.join("data"), root.join("certs"));
     let mut child = Child(
@@ -42,6 +65,7 @@ async fn demo_runs_a_fleet_that_a_dashboard_can_watch() {
             .arg(&data_dir)
             .arg("--certs-dir")
             .arg(&certs_dir)
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -60,11 +84,13 @@ async fn demo_runs_a_fleet_that_a_dashboard_can_watch() {
         }
     });
     // "  dashboard:      https://127.0.0.1:PORT/#token=TOKEN&subscribe=*"
+    let mut printed = Vec::new();
     let url = loop {
         let line = rx.recv_timeout(T).expect("demo printed no dashboard URL");
         if let Some(url) = line.trim().strip_prefix("dashboard:") {
             break url.trim().to_string();
         }
+        printed.push(line);
     };
     let rest = url.strip_prefix("https://").expect("https URL");
     let (authority, fragment) = rest.split_once("/#token=").expect("URL carries the token");
@@ -125,4 +151,5 @@ async fn demo_runs_a_fleet_that_a_dashboard_can_watch() {
     };
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&root);
+    printed
 }

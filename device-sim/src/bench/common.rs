@@ -33,6 +33,13 @@ pub struct Common {
     /// report.
     #[arg(long)]
     pub(crate) hub_pid: Option<u32>,
+    /// Dashboards connect here instead of --url: another node of a cluster.
+    #[arg(long)]
+    pub(crate) dashboard_url: Option<String>,
+    /// Another process whose CPU the report adds (fanout), e.g. --pid redis=1234 or
+    /// --pid node-b=5678 (repeatable).
+    #[arg(long = "pid", value_parser = parse_named_pid)]
+    pub(crate) pids: Vec<(String, u32)>,
     /// Offer permessage-deflate on every connection.
     #[arg(long)]
     pub(crate) compression: bool,
@@ -41,16 +48,34 @@ pub struct Common {
     pub(crate) json: bool,
 }
 
+fn parse_named_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PID"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{s:?}: {pid:?} is not a process id"))?;
+    Ok((name.to_owned(), pid))
+}
+
 pub(crate) struct Setup {
     pub(crate) endpoint: Endpoint,
+    /// Where dashboards connect (`--dashboard-url`, else `endpoint`).
+    dashboards: Endpoint,
     pub(crate) key: telehub::auth::TokenKey,
     compression: bool,
 }
 
 impl Setup {
     pub(crate) fn new(c: &Common) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::parse(&c.url, c.ca.as_deref())?;
+        let dashboards = match &c.dashboard_url {
+            Some(url) => Endpoint::parse(url, c.ca.as_deref())?,
+            None => endpoint.clone(),
+        };
         Ok(Setup {
-            endpoint: Endpoint::parse(&c.url, c.ca.as_deref())?,
+            endpoint,
+            dashboards,
             key: crate::load_key(&c.data_dir)?,
             compression: c.compression,
         })
@@ -69,8 +94,11 @@ impl Setup {
         role: Role,
     ) -> anyhow::Result<ws::Connection<SimStream>> {
         let token = self.token(subject, role);
-        let (mut conn, _) = self
-            .endpoint
+        let endpoint = match path {
+            "/v1/dashboard" => &self.dashboards,
+            _ => &self.endpoint,
+        };
+        let (mut conn, _) = endpoint
             .connect(path, &token, self.compression, STEP_TIMEOUT)
             .await
             .with_context(|| format!("connecting {subject} to {path}"))?;

@@ -4,6 +4,7 @@
 //! with `--hub-pid`, the hub's CPU µs per delivery.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
         Arc,
@@ -102,6 +103,10 @@ struct FanoutReport {
     /// (sampled every 100 ms, with --hub-pid).
     hub_rss_start_kib: Option<u64>,
     hub_rss_peak_kib: Option<u64>,
+    /// CPU of each `--pid` process during the window, as a share of one core...
+    other_cpu: BTreeMap<String, f64>,
+    /// ...and in µs per published message.
+    other_cpu_us_per_published: BTreeMap<String, f64>,
 }
 
 pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
@@ -222,6 +227,12 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
     let dropped0 = counters.dropped.load(Relaxed);
     let published0 = counters.published.load(Relaxed);
     let hub0 = a.common.hub_pid.map(cpu::process_cpu).transpose()?;
+    let others0 = a
+        .common
+        .pids
+        .iter()
+        .map(|(_, pid)| cpu::process_cpu(*pid))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let gen0 = cpu::self_cpu();
     let t0 = Instant::now();
     measuring.store(true, Relaxed);
@@ -233,6 +244,10 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
         (Some(pid), Some(h0)) => Some(cpu::process_cpu(pid)?.saturating_sub(h0)),
         _ => None,
     };
+    let mut others = BTreeMap::new();
+    for ((name, pid), c0) in a.common.pids.iter().zip(others0) {
+        others.insert(name.clone(), cpu::process_cpu(*pid)?.saturating_sub(c0));
+    }
     let published = counters.published.load(Relaxed) - published0;
     let dropped = counters.dropped.load(Relaxed) - dropped0;
     let _ = stop.send(true);
@@ -297,6 +312,20 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
         stuck_dashboards: a.stuck,
         hub_rss_start_kib: rss_start,
         hub_rss_peak_kib: rss_peak,
+        other_cpu: others
+            .iter()
+            .map(|(n, c)| (n.clone(), round(c.as_secs_f64() / secs, 3)))
+            .collect(),
+        other_cpu_us_per_published: others
+            .iter()
+            .filter(|_| published > 0)
+            .map(|(n, c)| {
+                (
+                    n.clone(),
+                    round(c.as_secs_f64() * 1e6 / published as f64, 3),
+                )
+            })
+            .collect(),
     };
     if a.common.json {
         println!("{}", serde_json::to_string(&report)?);
