@@ -274,6 +274,9 @@ pub struct Cluster {
     /// `redis://[user:password@]HOST:PORT[/DB]`, or `rediss://` for TLS. Never
     /// logged with its password.
     pub url: Option<String>,
+    /// For `rediss://`: the CA certificate (PEM) Redis's certificate must chain to;
+    /// default: the system's trusted roots.
+    pub ca: Option<PathBuf>,
     /// This node's name in logs, metrics and `/readyz`; default: the host name and
     /// the listener's port (`HOST:PORT`), unique among the nodes of one host.
     pub node_id: Option<String>,
@@ -295,6 +298,7 @@ impl Default for Cluster {
     fn default() -> Self {
         Self {
             url: None,
+            ca: None,
             node_id: None,
             prefix: "telehub:".into(),
             heartbeat: Duration::from_secs(1),
@@ -308,6 +312,7 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("url", &self.url.as_deref().map(redacted))
+            .field("ca", &self.ca)
             .field("node_id", &self.node_id)
             .field("prefix", &self.prefix)
             .field("heartbeat", &self.heartbeat)
@@ -430,6 +435,9 @@ impl Config {
                     redacted(url)
                 )));
             }
+        }
+        if c.ca.is_some() && !c.url.as_deref().is_some_and(|u| u.starts_with("rediss://")) {
+            return bad("cluster.ca is for a rediss:// cluster.url");
         }
         if c.prefix.len() > 64
             || !c

@@ -89,6 +89,10 @@ struct ServeArgs {
     /// This node's name in the cluster (default: HOSTNAME:PORT).
     #[arg(long, env = "TELEHUB_NODE_ID")]
     node_id: Option<String>,
+    /// For a rediss:// cluster: the CA (PEM) Redis's certificate chains to
+    /// (default: the system's trusted roots).
+    #[arg(long, env = "TELEHUB_CLUSTER_CA")]
+    cluster_ca: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -207,6 +211,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.node_id {
         config.cluster.node_id = Some(v);
+    }
+    if let Some(v) = args.cluster_ca {
+        config.cluster.ca = Some(v);
     }
     let server = if config.cluster.url.is_some() {
         config.validate()?;

@@ -513,3 +513,32 @@ async fn redis_going_away_and_coming_back_empty() {
     })
     .await;
 }
+
+/// `rediss://`: the link runs over TLS, verified against the CA given in
+/// `cluster.ca`; without it (the system's roots), the node never joins.
+#[tokio::test]
+async fn nodes_join_over_tls_with_the_ca_they_are_given() {
+    let certs = temp_dir("redis-tls");
+    telehub::tls::ensure_dev_certificates(&certs).expect("certificates");
+    let redis = Redis::start_tls(&certs);
+    let ca = |c: &mut config::Cluster| c.ca = Some(certs.join("ca.pem"));
+    let a = node_with(&redis, "node-1", ca).await;
+    let b = node_with(&redis, "node-2", ca).await;
+    wait_joined(&a, 2).await;
+    wait_joined(&b, 2).await;
+    let mut d = b.hub.dashboard().await;
+    d.subscribe(&["*"]).await;
+    wait_covers(&b, "t.*").await;
+    let mut device = a.hub.device("dev-1").await;
+    device
+        .send_telemetry("env.t", vec![number("t", 1.0, "")])
+        .await;
+    assert_eq!(d.expect_telemetry().await.device_id, "dev-1");
+
+    // Redis's certificate does not chain to the system's roots.
+    let untrusting = node(&redis, "node-3").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!untrusting.bus.ready(), "joined without verifying Redis");
+    let (status, _, _) = untrusting.hub.get("/readyz").await;
+    assert_eq!(status, 503);
+}

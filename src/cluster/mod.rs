@@ -67,6 +67,11 @@ pub enum ClusterError {
     },
     #[error("cluster.heartbeat must be > 0 and cluster.node_timeout at least 3 heartbeats")]
     Timing,
+    #[error("reading the cluster's CA certificate {path}: {source}")]
+    Ca {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What waits to be sent, in order.
@@ -218,7 +223,21 @@ impl RedisBus {
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
         let info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(bad)?;
+        let client = match &config.ca {
+            // Redis's certificate chains to a private CA.
+            Some(ca) => {
+                let root = std::fs::read(ca).map_err(|source| ClusterError::Ca {
+                    path: ca.clone(),
+                    source,
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                };
+                redis::Client::build_with_tls(info, certs).map_err(bad)?
+            }
+            None => redis::Client::open(info).map_err(bad)?,
+        };
         let (queue, queue_rx) = mpsc::unbounded_channel();
         let name = config
             .node_id

@@ -16,11 +16,24 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Serving TLS only, with the certificate and key in this directory
+    /// (`server.pem`, `server.key`, `ca.pem`).
+    tls: Option<PathBuf>,
 }
 
 impl Redis {
     /// Starts an instance and waits until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts an instance that speaks only TLS, with the certificate in `certs`
+    /// (a hub's development certificates: `localhost` and 127.0.0.1).
+    pub fn start_tls(certs: &std::path::Path) -> Self {
+        Self::start_with(Some(certs.to_path_buf()))
+    }
+
+    fn start_with(tls: Option<PathBuf>) -> Self {
         // Below the ephemeral range (32768..), so that no connection of another test
         // takes the port while Redis is stopped and started again; the first free
         // one from a random start.
@@ -33,14 +46,18 @@ impl Redis {
             port,
             dir: temp_dir("redis"),
             child: None,
+            tls,
         };
         redis.resume();
         redis
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://localhost:PORT` for TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://localhost:{}", self.port),
+        }
     }
 
     /// Kills the server (SIGKILL: no goodbye to its clients).
@@ -54,8 +71,21 @@ impl Redis {
     /// Starts the server again on the same port, empty.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "redis is running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(certs) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.pem")),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--loglevel", "warning"])
             .arg("--dir")
@@ -84,6 +114,10 @@ impl Redis {
         let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
             return false;
         };
+        if self.tls.is_some() {
+            // Listening is enough: the cluster tests check what TLS carries.
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 7];
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
