@@ -109,9 +109,10 @@ pub struct ClusterMetrics {
     pub sent: Counter,
     /// Publications received from other nodes.
     pub received: Counter,
-    /// Publications that did not cross, by reason: `queue_full` (Redis too slow or
-    /// down for `cluster.queue_bytes`), `redis_error` (a send failed),
-    /// `inbound_full` (this node fell behind what arrives), `bad_frame`.
+    /// What did not cross, by reason: publications for `queue_full` (Redis too
+    /// slow or down for `cluster.queue_bytes`) and `redis_error` (a send failed);
+    /// whole frames for `inbound_full` (this node fell behind what arrives) and
+    /// `bad_frame` (undecodable, or of another version).
     pub lost: Family<ReasonLabel, Counter>,
     /// Round trip of the heartbeat to Redis.
     pub rtt: Histogram,
@@ -308,7 +309,7 @@ impl Metrics {
         }
         r.register(
             "telehub_cluster_lost",
-            "Publications that did not cross the cluster, by reason",
+            "Publications (queue_full, redis_error) or frames (inbound_full, bad_frame) that did not cross the cluster",
             c.lost.clone(),
         );
         r.register_with_unit(
