@@ -21,7 +21,6 @@ use std::{
 
 use common::*;
 use telehub::{
-    auth::Role,
     cluster::RedisBus,
     config,
     hub::Bus as _,
@@ -325,13 +324,8 @@ async fn presence_and_takeover_cross_nodes() {
     let p = late.expect_presence().await;
     assert_eq!((p.device_id.as_str(), p.online), ("dev-1", true));
 
-    let token = b.hub.token("dev-1", Role::Device, &[("site", "x")]);
-    let mut new = b
-        .hub
-        .connect("/v1/device", &client_config(Some(&token), &[PROTOCOL]))
-        .await
-        .expect("the second connection is accepted");
-    new.expect_welcome().await;
+    // The same device id, connecting to node 2.
+    let new = b.hub.device_tagged("dev-1", &[("site", "x")]).await;
     assert_eq!(
         old.expect_close().await,
         4001,
