@@ -7,7 +7,7 @@
 //! again (see [`Link::join`]).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{atomic::Ordering, Arc, Weak},
     time::Instant,
 };
@@ -330,6 +330,8 @@ impl Link {
         self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let mut pipe = redis::pipe();
         let mut groups: Vec<(String, Vec<Publication>)> = Vec::new();
+        // Where each category's group is in `groups` (many categories per batch).
+        let mut group_of: HashMap<String, usize> = HashMap::new();
         let mut publications = 0u64;
         let mut control = false;
         let held = self.shared.keys.held(self.node);
@@ -338,14 +340,18 @@ impl Link {
             match out {
                 Out::Publication(p) => {
                     publications += 1;
-                    match groups.iter_mut().find(|(c, _)| c == p.category()) {
-                        Some((_, g)) => g.push(p),
-                        None => groups.push((p.category().to_owned(), vec![p])),
+                    match group_of.get(p.category()) {
+                        Some(&i) => groups[i].1.push(p),
+                        None => {
+                            group_of.insert(p.category().to_owned(), groups.len());
+                            groups.push((p.category().to_owned(), vec![p]));
+                        }
                     }
                 }
                 other => {
                     // Publications queued before a presence change leave before it.
                     self.publish_groups(&mut pipe, &mut groups);
+                    group_of.clear();
                     control = true;
                     match other {
                         Out::Presence(c) => {
