@@ -55,6 +55,7 @@ impl App {
                 .with_context(|| {
                     format!("opening {}", config.data_dir.join(store::FILE).display())
                 })?;
+        store.limit_size(config.store.max_bytes);
         tracing::info!(
             devices = snapshot.devices.len(),
             open_notifications = snapshot.campaigns.len(),

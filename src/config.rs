@@ -28,6 +28,7 @@ pub struct Config {
     pub compression: Compression,
     pub notify: Notify,
     pub cluster: Cluster,
+    pub store: StoreLimits,
 }
 
 impl Default for Config {
@@ -43,6 +44,7 @@ impl Default for Config {
             compression: Compression::default(),
             notify: Notify::default(),
             cluster: Cluster::default(),
+            store: StoreLimits::default(),
         }
     }
 }
@@ -264,6 +266,15 @@ impl Default for Notify {
             dispatch_rate: 20_000,
         }
     }
+}
+
+/// `[store]`: the embedded store.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreLimits {
+    /// Bound on the database file (bytes): past it, writes fail as on a full disk
+    /// (see README, "Durability"). None: as large as the disk allows.
+    pub max_bytes: Option<u64>,
 }
 
 /// `[cluster]`: one node of several behind one name, joined through Redis (the

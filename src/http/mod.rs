@@ -75,20 +75,26 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Readiness: 503 while the node cannot serve fully (shutting down, or a cluster
-/// node whose link to Redis is down), so a load balancer sends new connections
+/// Readiness: 503 while the node cannot serve fully (shutting down, its store
+/// cannot write, or a cluster node whose link to Redis is down), so a load balancer sends new connections
 /// elsewhere. `/healthz` stays liveness.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let draining = app.draining.is_set();
     let linked = app.hub.bus().ready();
+    let stored = app.notifier.store().healthy();
     let clustered = app.config.cluster.url.is_some();
-    let status = match (draining, linked) {
-        (true, _) => "shutting_down",
-        (false, false) => "cluster_link_down",
-        (false, true) => "ready",
+    let status = if draining {
+        "shutting_down"
+    } else if !stored {
+        "store_unavailable"
+    } else if !linked {
+        "cluster_link_down"
+    } else {
+        "ready"
     };
     let body = serde_json::json!({
         "status": status,
+        "store": { "writing": stored },
         "cluster": clustered.then(|| serde_json::json!({ "linked": linked })),
     });
     let code = if status == "ready" {

@@ -247,6 +247,11 @@ impl Notifier {
             expires_ms: created_ms.saturating_add(req.ttl.as_millis() as u64),
         };
         let targets = devices.len() as u32;
+        if !self.store.accepting() {
+            return Err(CreateError::Store(StoreError::CommitFailed(
+                "the store cannot write and holds as many kept changes as it may".into(),
+            )));
+        }
         let seq = match self
             .store
             .commit(Op::Create {

@@ -26,7 +26,10 @@ mod writer;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use rusqlite::Connection;
@@ -42,6 +45,9 @@ pub use writer::Stats;
 const QUEUE: usize = 65_536;
 /// Most ops in one transaction.
 pub const MAX_BATCH: usize = 8192;
+
+/// SQLite's page size (its default, which the store keeps).
+const PAGE_BYTES: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -186,6 +192,20 @@ struct Job {
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
+    health: Arc<Health>,
+}
+
+/// Shared with the writer thread.
+#[derive(Debug)]
+pub(crate) struct Health {
+    /// The last commit went through.
+    ok: AtomicBool,
+    /// The most pages the database may hold (see [`Store::limit_size`]).
+    max_pages: AtomicU64,
+    /// Ops kept for another attempt while the store cannot write.
+    kept: AtomicUsize,
+    /// Writes refused as by a read-only database (see [`Store::refuse_writes`]).
+    read_only: AtomicBool,
 }
 
 impl Store {
@@ -198,14 +218,51 @@ impl Store {
         let read = schema::open(data_dir)?;
         let snapshot = queries::load(&read)?;
         let (jobs, rx) = mpsc::channel(QUEUE);
-        writer::spawn(write, rx, stats)?;
+        let health = Arc::new(Health {
+            ok: AtomicBool::new(true),
+            max_pages: AtomicU64::new(u64::MAX),
+            kept: AtomicUsize::new(0),
+            read_only: AtomicBool::new(false),
+        });
+        writer::spawn(write, rx, stats, health.clone())?;
         Ok((
             Store {
                 jobs,
                 reader: Arc::new(Mutex::new(read)),
+                health,
             },
             snapshot,
         ))
+    }
+
+    /// Whether the last commit went through. While it is false the writer keeps
+    /// and retries what was already applied in memory, and new notifications are
+    /// refused.
+    pub fn healthy(&self) -> bool {
+        self.health.ok.load(Ordering::Relaxed)
+    }
+
+    /// Whether an op with a waiter (a new notification) would be tried soon: the
+    /// writer can write, or what it keeps for another attempt leaves room for it.
+    /// When false, such ops should be refused at once.
+    pub fn accepting(&self) -> bool {
+        self.healthy() || self.health.kept.load(Ordering::Relaxed) < MAX_BATCH
+    }
+
+    /// Makes the writer refuse every write as a read-only database does (SQLite's
+    /// `query_only`), or write again: for maintenance that needs the file still
+    /// (a copy), and to exercise what happens when the store cannot write.
+    /// Applied before the writer's next batch.
+    pub fn refuse_writes(&self, refuse: bool) {
+        self.health.read_only.store(refuse, Ordering::Relaxed);
+    }
+
+    /// Bounds the database file to about `max_bytes` (`None`: no bound): past
+    /// it, writes fail as on a full disk, and succeed again once the bound is
+    /// raised (or pruning frees pages). Applied before the writer's next batch.
+    pub fn limit_size(&self, max_bytes: Option<u64>) {
+        let pages = max_bytes.map_or(u64::MAX, |b| (b / PAGE_BYTES).max(1));
+        self.health.max_pages.store(pages, Ordering::Relaxed);
     }
 
     /// Queues an op; returns once it is queued (not yet durable).
