@@ -61,6 +61,11 @@ async fn acks_sent_while_the_store_cannot_write_are_committed_when_it_can() {
         .create(&notification("critical", to_devices(&["dev-0"]), "Later"))
         .await;
     assert_eq!(status_of(refused), 503);
+    // Its status waits for the kept changes: 503 until they are committed.
+    assert_eq!(
+        status_of(api.status(&created.id, None, None, 10).await),
+        503
+    );
     // The store keeps failing for a while; nothing is dropped meanwhile.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!store.healthy());
