@@ -96,8 +96,13 @@ pub(super) async fn receive(
                 patterns,
                 filter,
             } => {
-                let kept = hub.kept(&patterns, &filter);
-                shared.enqueue(Out::HistoryReply { to: from, id, kept });
+                // Scanning this node's devices takes milliseconds on a large
+                // fleet: off this task, which must keep handing over what arrives.
+                let (hub, shared) = (hub.clone(), shared.clone());
+                tokio::task::spawn_blocking(move || {
+                    let kept = hub.kept(&patterns, &filter);
+                    shared.enqueue(Out::HistoryReply { to: from, id, kept });
+                });
             }
             Said::Counts(devices) => hub.counters(from, devices),
             Said::HistoryReply { id, series, last } => {
