@@ -349,6 +349,10 @@ impl Bus for RedisBus {
         self.send(Out::Takeover(device.clone(), at_ms));
     }
 
+    fn counts_devices(&self) -> bool {
+        true
+    }
+
     fn counters(&self, devices: Vec<DeviceStats>) {
         if !self.ready() {
             return;

@@ -84,7 +84,7 @@ impl Counters {
 pub struct Device<'a> {
     pub info: &'a DeviceInfo,
     pub online: bool,
-    /// Its session is on this node.
+    /// Its session is on this node, and its statistics go to the other nodes.
     pub local: bool,
     pub counters: &'a Counters,
     /// Its series with a history window.

@@ -464,12 +464,14 @@ impl Hub {
         let devices = self.directory.remembered();
         self.history
             .trim(devices.iter().map(|d| &d.activity.series));
+        let counts = self.bus.counts_devices();
         let views: Vec<fleet::Device> = devices
             .iter()
             .map(|d| fleet::Device {
                 info: &d.info,
                 online: d.online,
-                local: d.local,
+                // Gathered for the other nodes only: a hub alone has none.
+                local: d.local && counts,
                 counters: &d.activity.counters,
                 categories: d.activity.series.categories(),
             })
@@ -479,7 +481,9 @@ impl Hub {
             &views,
             forgotten.into_iter().map(|(id, _)| id).collect(),
         );
-        self.bus.counters(local);
+        if counts {
+            self.bus.counters(local);
+        }
         self.metrics.fleet_devices.set(devices.len() as i64);
         self.metrics
             .history_bytes

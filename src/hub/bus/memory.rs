@@ -126,6 +126,10 @@ impl Bus for MemoryBus {
         self.send(|| Event::Takeover(device.clone(), at_ms));
     }
 
+    fn counts_devices(&self) -> bool {
+        true
+    }
+
     fn counters(&self, devices: Vec<crate::proto::DeviceStats>) {
         if !devices.is_empty() {
             self.send(|| Event::Counts(devices.clone()));

@@ -63,6 +63,12 @@ pub trait Bus: Send + Sync + 'static {
     /// session is on this node (their counts, for the other nodes' `FleetStats`).
     fn counters(&self, _devices: Vec<crate::proto::DeviceStats>) {}
 
+    /// Whether this bus carries device counts ([`Bus::counters`]); when not (a
+    /// hub alone), the hub does not gather them.
+    fn counts_devices(&self) -> bool {
+        false
+    }
+
     /// Another node took over a device whose session was on this node (called
     /// under the directory's lock, in order with this node's own changes).
     fn released(&self, _device: &Arc<DeviceInfo>) {}
