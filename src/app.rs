@@ -14,7 +14,7 @@ use anyhow::Context as _;
 
 use crate::{
     auth::TokenKey,
-    config::Config,
+    config::{self, Config},
     hub::{now_ms, Bus, HistoryLimits, Hub, Options},
     metrics::Metrics,
     notify::Notifier,
@@ -47,16 +47,16 @@ impl App {
             ops: metrics.store_ops.clone(),
             commits: metrics.store_commits.clone(),
         };
-        let data_dir = config.data_dir.clone();
-        let (store, snapshot) =
-            tokio::task::spawn_blocking(move || Store::open(&data_dir, store_stats))
-                .await
-                .context("opening the store")?
-                .with_context(|| {
-                    format!("opening {}", config.data_dir.join(store::FILE).display())
-                })?;
+        let url = config.store.url.as_deref();
+        let (store, snapshot) = Store::open(url, &config.data_dir, store_stats)
+            .await
+            .with_context(|| match url {
+                None => format!("opening {}", config.data_dir.join(store::FILE).display()),
+                Some(url) => format!("opening the store {}", config::redacted(url)),
+            })?;
         store.limit_size(config.store.max_bytes);
         tracing::info!(
+            store = store.kind(),
             devices = snapshot.devices.len(),
             open_notifications = snapshot.campaigns.len(),
             "store opened"

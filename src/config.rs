@@ -28,7 +28,7 @@ pub struct Config {
     pub compression: Compression,
     pub notify: Notify,
     pub cluster: Cluster,
-    pub store: StoreLimits,
+    pub store: StoreSettings,
 }
 
 impl Default for Config {
@@ -44,7 +44,7 @@ impl Default for Config {
             compression: Compression::default(),
             notify: Notify::default(),
             cluster: Cluster::default(),
-            store: StoreLimits::default(),
+            store: StoreSettings::default(),
         }
     }
 }
@@ -268,13 +268,26 @@ impl Default for Notify {
     }
 }
 
-/// `[store]`: the embedded store.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[store]`: where notifications and the registry are kept.
+#[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct StoreLimits {
+pub struct StoreSettings {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB`: a PostgreSQL database, shared by
+    /// every node of a cluster. None: the embedded SQLite database in the data
+    /// dir (one node). Never logged with its password.
+    pub url: Option<String>,
     /// Bound on the database file (bytes): past it, writes fail as on a full disk
     /// (see README, "Durability"). None: as large as the disk allows.
     pub max_bytes: Option<u64>,
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &self.url.as_deref().map(redacted))
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
 }
 
 /// `[cluster]`: one node of several behind one name, joined through Redis (the
@@ -438,7 +451,18 @@ impl Config {
         if !(8..=15).contains(&self.compression.client_max_window_bits) {
             return bad("compression.client_max_window_bits must be 8..=15");
         }
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "store.url {:?} must start with postgres:// (leave it out for the embedded SQLite store)",
+                    redacted(url)
+                )));
+            }
+        }
         let c = &self.cluster;
+        if c.url.is_some() && self.store.url.is_none() {
+            return bad("a cluster needs a shared store: notifications, their acks and the device registry must be the same on every node, and the embedded SQLite store belongs to one node. Give every node the same PostgreSQL database: --store postgres://USER:PASSWORD@HOST:PORT/DB (store.url, TELEHUB_STORE)");
+        }
         if let Some(url) = &c.url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::Invalid(format!(
@@ -497,14 +521,30 @@ mod tests {
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redacted("redis://u:a/b@c@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redacted("u:pw@h:1"), "u:***@h:1");
-        let cfg: Config =
-            toml::from_str("[cluster]\nurl = \"redis://u:pw@h:1\"\nnode_id = \"a\"\n").unwrap();
+        let cfg: Config = toml::from_str(
+            "[cluster]\nurl = \"redis://u:pw@h:1\"\nnode_id = \"a\"\n\
+             [store]\nurl = \"postgres://t:pg@db:5432/hub\"\n",
+        )
+        .unwrap();
         cfg.validate().unwrap();
         let shown = format!("{cfg:?}");
         assert!(
             !shown.contains("pw@") && shown.contains("u:***@h:1"),
             "{shown}"
         );
+        assert!(
+            !shown.contains("pg@") && shown.contains("t:***@db:5432/hub"),
+            "{shown}"
+        );
+        // A cluster without a shared store is refused, saying what to add.
+        let mut alone = cfg.clone();
+        alone.store.url = None;
+        let e = alone.validate().unwrap_err().to_string();
+        assert!(e.contains("--store postgres://"), "{e}");
+        let mut bad = cfg.clone();
+        bad.store.url = Some("mysql://t:pg@db/hub".into());
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("postgres://") && !e.contains("pg@"), "{e}");
         let mut bad = cfg.clone();
         bad.cluster.url = Some("http://u:pw@h".into());
         let e = bad.validate().unwrap_err().to_string();

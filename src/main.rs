@@ -89,6 +89,11 @@ struct ServeArgs {
     /// This node's name in the cluster (default: HOSTNAME:PORT).
     #[arg(long, env = "TELEHUB_NODE_ID")]
     node_id: Option<String>,
+    /// Keep notifications and the device registry in this PostgreSQL database,
+    /// postgres://USER:PASSWORD@HOST:PORT/DB (required with --cluster; default:
+    /// the embedded SQLite database in the data dir).
+    #[arg(long, env = "TELEHUB_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// For a rediss:// cluster: the CA (PEM) Redis's certificate chains to
     /// (default: the system's trusted roots).
     #[arg(long, env = "TELEHUB_CLUSTER_CA")]
@@ -132,9 +137,17 @@ struct DemoArgs {
     dashboard_dir: Option<PathBuf>,
     /// Run two nodes joined through this Redis (redis://HOST:PORT): the devices
     /// on the first (--listen), the dashboard on the second (the next port, data
-    /// in DATA_DIR/node-2).
-    #[arg(long, hide_env_values = true, env = "TELEHUB_CLUSTER")]
+    /// in DATA_DIR/node-2). Needs --store.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "TELEHUB_CLUSTER",
+        requires = "store"
+    )]
     cluster: Option<String>,
+    /// The PostgreSQL database the nodes share (postgres://USER:PASSWORD@HOST:PORT/DB).
+    #[arg(long, hide_env_values = true, env = "TELEHUB_STORE")]
+    store: Option<String>,
 }
 
 /// mimalloc instead of the system allocator: connections allocate and free short-lived
@@ -215,6 +228,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.cluster_ca {
         config.cluster.ca = Some(v);
     }
+    if let Some(v) = args.store {
+        config.store.url = Some(v);
+    }
     let server = if config.cluster.url.is_some() {
         config.validate()?;
         let bus = telehub::cluster::RedisBus::new(&config.cluster, config.listen)?;
@@ -268,6 +284,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 .context("copying the signing key to the second node")?;
             config.cluster.url = Some(url.clone());
             config.cluster.node_id = Some("demo-1".into());
+            config.store.url = args.store.clone();
+            second.store.url = args.store.clone();
             second.cluster.url = Some(url.clone());
             second.cluster.node_id = Some("demo-2".into());
             config.validate()?;

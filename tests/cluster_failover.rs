@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{temp_dir, Redis};
+use common::{temp_dir, Postgres, Redis};
 use prost::Message as _;
 use telehub::{
     auth::{Role, TokenKey},
@@ -46,9 +46,15 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The cluster's shared parts: Redis (live plane) and PostgreSQL (durable plane).
+struct Planes<'a> {
+    redis: &'a Redis,
+    store: &'a str,
+}
+
 /// Starts node `name` with its own data dir holding the cluster's `token.key`,
 /// and the shared certificates.
-fn start_node(root: &Path, name: &str, key: &Path, certs: &Path, redis: &Redis) -> Node {
+fn start_node(root: &Path, name: &str, key: &Path, certs: &Path, planes: &Planes<'_>) -> Node {
     let data = root.join(name);
     std::fs::create_dir_all(&data).unwrap();
     // What the README asks of an operator: the same token.key on every node.
@@ -60,7 +66,8 @@ fn start_node(root: &Path, name: &str, key: &Path, certs: &Path, redis: &Redis) 
         .arg(&data)
         .arg("--certs-dir")
         .arg(certs)
-        .args(["--cluster", &redis.url(), "--node-id", name])
+        .args(["--cluster", &planes.redis.url(), "--node-id", name])
+        .args(["--store", planes.store])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -166,6 +173,11 @@ impl Watcher {
 #[tokio::test]
 async fn a_killed_node_s_devices_fail_over_and_its_stranded_ones_go_offline() {
     let redis = Redis::start();
+    let store = Postgres::shared_database().await;
+    let planes = Planes {
+        redis: &redis,
+        store: &store,
+    };
     let root = temp_dir("failover");
     let certs = root.join("certs");
     telehub::tls::ensure_dev_certificates(&certs).expect("certificates");
@@ -174,7 +186,7 @@ async fn a_killed_node_s_devices_fail_over_and_its_stranded_ones_go_offline() {
     let key = TokenKey::load_or_create(&key_dir).expect("token key");
     let nodes: Vec<Node> = ["node-1", "node-2", "node-3"]
         .iter()
-        .map(|n| start_node(&root, n, &key_dir.join("token.key"), &certs, &redis))
+        .map(|n| start_node(&root, n, &key_dir.join("token.key"), &certs, &planes))
         .collect();
     let apis: Vec<Api> = nodes
         .iter()

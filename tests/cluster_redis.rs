@@ -48,12 +48,33 @@ async fn node(redis: &Redis, name: &str) -> Node {
     node_with(redis, name, |_| {}).await
 }
 
+/// The database the nodes on `redis` share (one per test: one per Redis).
+async fn store_of(redis: &Redis) -> String {
+    static STORES: std::sync::Mutex<Vec<(u16, String)>> = std::sync::Mutex::new(Vec::new());
+    let known = STORES
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(port, _)| *port == redis.port)
+        .map(|(_, url)| url.clone());
+    match known {
+        Some(url) => url,
+        None => {
+            let url = Postgres::shared_database().await;
+            STORES.lock().unwrap().push((redis.port, url.clone()));
+            url
+        }
+    }
+}
+
 async fn node_with(redis: &Redis, name: &str, tweak: impl FnOnce(&mut config::Cluster)) -> Node {
     let mut cluster = settings(redis, name);
     tweak(&mut cluster);
+    let store = store_of(redis).await;
     let bus = RedisBus::new(&cluster, "127.0.0.1:0".parse().unwrap()).expect("bus");
     let hub = Hub::with_bus(bus.clone(), |c| {
         c.cluster = cluster;
+        c.store.url = Some(store);
         c.dashboard.fleet_interval = Duration::from_millis(100);
     })
     .await;

@@ -33,7 +33,8 @@ async fn demo_runs_a_fleet_that_a_dashboard_can_watch() {
 #[tokio::test]
 async fn demo_with_a_cluster_serves_the_dashboard_from_the_second_node() {
     let redis = common::Redis::start();
-    let lines = demo(&["--cluster", &redis.url()]).await;
+    let store = common::Postgres::shared_database().await;
+    let lines = demo(&["--cluster", &redis.url(), "--store", &store]).await;
     let cluster = lines
         .iter()
         .find(|l| l.trim().starts_with("cluster:"))

@@ -14,7 +14,6 @@ use telehub::{
     notify::request::MAX_PAYLOAD,
 };
 
-#[tokio::test]
 async fn the_rest_api_refuses_what_it_cannot_accept() {
     let hub = Hub::start().await;
     let operator = hub.api(Role::Operator);
@@ -121,7 +120,6 @@ async fn the_rest_api_refuses_what_it_cannot_accept() {
     assert!(operator.list(10).await.unwrap().notifications.is_empty());
 }
 
-#[tokio::test]
 async fn notifications_are_listed_newest_first_and_device_rows_are_paged() {
     let hub = Hub::start().await;
     let operator = hub.api(Role::Operator);
@@ -238,7 +236,6 @@ async fn notifications_are_listed_newest_first_and_device_rows_are_paged() {
     );
 }
 
-#[tokio::test]
 async fn the_device_registry_lists_registered_devices_with_their_tags() {
     let hub = Hub::start().await;
     let operator = hub.api(Role::Operator);
@@ -327,7 +324,6 @@ async fn the_device_registry_lists_registered_devices_with_their_tags() {
     assert_eq!(c.targets, 2, "unregistered ids count; repeated ones once");
 }
 
-#[tokio::test]
 async fn metrics_count_accepted_delivered_and_acknowledged_notifications() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -377,7 +373,6 @@ async fn metrics_count_accepted_delivered_and_acknowledged_notifications() {
 
 /// A completed notification stays queryable for `notify.retention`, then is pruned:
 /// its status is 404 and it leaves the list.
-#[tokio::test]
 async fn completed_notifications_are_pruned_after_their_retention() {
     let hub = Hub::with(|c| c.notify.retention = std::time::Duration::from_millis(300)).await;
     let api = hub.api(Role::Operator);
@@ -415,3 +410,11 @@ async fn completed_notifications_are_pruned_after_their_retention() {
         "{list:?}"
     );
 }
+
+common::on_both_stores!(
+    the_rest_api_refuses_what_it_cannot_accept,
+    notifications_are_listed_newest_first_and_device_rows_are_paged,
+    the_device_registry_lists_registered_devices_with_their_tags,
+    metrics_count_accepted_delivered_and_acknowledged_notifications,
+    completed_notifications_are_pruned_after_their_retention,
+);

@@ -5,6 +5,8 @@
 //! repeated, and each device's application layer saw the notification exactly once
 //! (redeliveries are de-duplicated by the simulated devices).
 
+mod common;
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::{SocketAddr, TcpListener},
@@ -37,9 +39,12 @@ impl HubProcess {
             "[notify]\nack_timeout = \"400ms\"\nmax_retry_interval = \"1s\"\n",
         )
         .expect("writing the config");
-        let child = Command::new(env!("CARGO_BIN_EXE_telehub"))
-            .args(["serve", "--config"])
-            .arg(&config)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_telehub"));
+        cmd.args(["serve", "--config"]).arg(&config);
+        if let Some(url) = common::current_store() {
+            cmd.args(["--store", &url]);
+        }
+        let child = cmd
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--data-dir")
@@ -150,7 +155,6 @@ fn fleet(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
     let dir = std::env::temp_dir().join(format!("telehub-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -286,3 +290,7 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
     drop(seen);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+common::on_both_stores!(
+    every_ack_survives_a_kill_and_every_device_ends_acknowledged: multi_thread,
+);

@@ -32,7 +32,6 @@ fn request(request_id: &str, devices: &[&str], severity: Severity) -> Envelope {
     }
 }
 
-#[tokio::test]
 async fn operators_push_over_the_dashboard_websocket_and_watchers_see_progress() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Viewer);
@@ -126,7 +125,6 @@ async fn operators_push_over_the_dashboard_websocket_and_watchers_see_progress()
     assert_eq!(s.summary.counts.acknowledged, 2);
 }
 
-#[tokio::test]
 async fn a_json_dashboard_pushes_and_watches_in_the_proto3_json_mapping() {
     let hub = Hub::start().await;
     let token = hub.token("ops-web", Role::Operator, &[]);
@@ -189,7 +187,6 @@ async fn a_json_dashboard_pushes_and_watches_in_the_proto3_json_mapping() {
     }
 }
 
-#[tokio::test]
 async fn a_dashboard_that_starts_watching_gets_every_open_notification() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -226,7 +223,6 @@ async fn a_dashboard_that_starts_watching_gets_every_open_notification() {
     }
 }
 
-#[tokio::test]
 async fn a_watching_dashboard_is_told_when_nobody_acknowledges_before_expiry() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -241,3 +237,10 @@ async fn a_watching_dashboard_is_told_when_nobody_acknowledges_before_expiry() {
     // No more updates for a complete notification.
     watcher.expect_nothing(Duration::from_millis(300)).await;
 }
+
+common::on_both_stores!(
+    operators_push_over_the_dashboard_websocket_and_watchers_see_progress,
+    a_json_dashboard_pushes_and_watches_in_the_proto3_json_mapping,
+    a_dashboard_that_starts_watching_gets_every_open_notification,
+    a_watching_dashboard_is_told_when_nobody_acknowledges_before_expiry,
+);

@@ -30,7 +30,6 @@ fn severity(n: &telehub::proto::Notification) -> Severity {
     Severity::try_from(n.severity).unwrap_or(Severity::Unspecified)
 }
 
-#[tokio::test]
 async fn an_online_device_receives_a_critical_notification_and_acks_it() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -91,7 +90,6 @@ async fn an_online_device_receives_a_critical_notification_and_acks_it() {
     assert_eq!(s.next, None);
 }
 
-#[tokio::test]
 async fn an_offline_device_receives_it_when_it_connects() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -140,7 +138,6 @@ async fn an_offline_device_receives_it_when_it_connects() {
     assert_eq!(s.summary.counts, counts(0, 0, 2, 0));
 }
 
-#[tokio::test]
 async fn a_tag_selector_targets_the_registered_devices_carrying_the_tags() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -203,7 +200,6 @@ async fn a_tag_selector_targets_the_registered_devices_carrying_the_tags() {
     assert_eq!(ids, ["north-1", "north-2", "north-3"]);
 }
 
-#[tokio::test]
 async fn an_unacknowledged_critical_notification_is_sent_again_backing_off_until_acked() {
     let hub = Hub::with(|c| c.notify.ack_timeout = Duration::from_millis(300)).await;
     let api = hub.api(Role::Operator);
@@ -255,7 +251,6 @@ async fn an_unacknowledged_critical_notification_is_sent_again_backing_off_until
     assert_eq!(m.get("telehub_notifications_acked_total"), 1.0);
 }
 
-#[tokio::test]
 async fn resends_back_off_no_further_than_max_retry_interval() {
     let hub = Hub::with(|c| {
         c.notify.ack_timeout = Duration::from_millis(200);
@@ -288,7 +283,6 @@ async fn resends_back_off_no_further_than_max_retry_interval() {
     wait_status(&api, &created.id, "complete", |s| s.summary.complete).await;
 }
 
-#[tokio::test]
 async fn a_device_that_reconnects_without_acking_gets_it_again_as_a_redelivery() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -314,7 +308,6 @@ async fn a_device_that_reconnects_without_acking_gets_it_again_as_a_redelivery()
     assert_eq!((r.state.as_str(), r.attempts), ("acknowledged", 2));
 }
 
-#[tokio::test]
 async fn notifications_nobody_takes_expire_and_late_acks_change_nothing() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -364,7 +357,6 @@ async fn notifications_nobody_takes_expire_and_late_acks_change_nothing() {
     assert_eq!(m.get("telehub_notifications_acked_total"), 0.0);
 }
 
-#[tokio::test]
 async fn acks_for_notifications_not_addressed_to_the_device_are_refused() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -406,7 +398,6 @@ async fn acks_for_notifications_not_addressed_to_the_device_are_refused() {
     assert_eq!(c.expect_close().await, 1008);
 }
 
-#[tokio::test]
 async fn notifications_created_while_a_device_was_offline_arrive_in_creation_order() {
     let hub = Hub::start().await;
     let api = hub.api(Role::Operator);
@@ -435,7 +426,6 @@ async fn notifications_created_while_a_device_was_offline_arrive_in_creation_ord
     assert_eq!(got, want);
 }
 
-#[tokio::test]
 async fn info_and_warning_are_delivered_once_and_acks_are_accepted() {
     let hub = Hub::with(|c| c.notify.ack_timeout = Duration::from_millis(300)).await;
     let api = hub.api(Role::Operator);
@@ -507,3 +497,16 @@ async fn info_and_warning_are_delivered_once_and_acks_are_accepted() {
     assert_eq!(m.get("telehub_notifications_acked_total"), 2.0);
     assert_eq!(m.get("telehub_notifications_redelivered_total"), 0.0);
 }
+
+common::on_both_stores!(
+    an_online_device_receives_a_critical_notification_and_acks_it,
+    an_offline_device_receives_it_when_it_connects,
+    a_tag_selector_targets_the_registered_devices_carrying_the_tags,
+    an_unacknowledged_critical_notification_is_sent_again_backing_off_until_acked,
+    resends_back_off_no_further_than_max_retry_interval,
+    a_device_that_reconnects_without_acking_gets_it_again_as_a_redelivery,
+    notifications_nobody_takes_expire_and_late_acks_change_nothing,
+    acks_for_notifications_not_addressed_to_the_device_are_refused,
+    notifications_created_while_a_device_was_offline_arrive_in_creation_order,
+    info_and_warning_are_delivered_once_and_acks_are_accepted,
+);

@@ -17,7 +17,6 @@ impl Drop for Dir {
     }
 }
 
-#[tokio::test]
 async fn a_restarted_hub_delivers_what_was_accepted_before() {
     let dir = Dir(temp_dir("restart"));
     let (data, certs) = (dir.0.join("data"), dir.0.join("certs"));
@@ -106,3 +105,5 @@ async fn a_restarted_hub_delivers_what_was_accepted_before() {
     drop((acked, later, seen));
     hub.stop().await;
 }
+
+common::on_both_stores!(a_restarted_hub_delivers_what_was_accepted_before,);

@@ -380,6 +380,13 @@ impl Link {
                         Out::Released(id) => {
                             pipe.hdel(&held, id).ignore();
                         }
+                        Out::NotificationsCreated => {
+                            pipe.publish(
+                                self.shared.keys.control(),
+                                self.writer.notifications_created(),
+                            )
+                            .ignore();
+                        }
                         Out::Leave(done) => {
                             pipe.zrem(self.shared.keys.nodes(), keys::node_name(self.node))
                                 .ignore()

@@ -91,6 +91,8 @@ enum Out {
     },
     /// Counts of devices held here that changed.
     Counts(Vec<DeviceStats>),
+    /// New notifications in the shared store.
+    NotificationsCreated,
     /// Answers node `to`'s request `id`.
     HistoryReply {
         to: NodeId,
@@ -426,6 +428,10 @@ impl Bus for RedisBus {
                 .map(|p| p.got)
                 .unwrap_or_default()
         })
+    }
+
+    fn notifications_created(&self) {
+        self.send(Out::NotificationsCreated);
     }
 
     fn leave(&self) -> BoxFuture<'_, ()> {

@@ -46,6 +46,7 @@ pub enum Said {
     /// Everything the node holds now.
     Owned(Vec<(Arc<DeviceInfo>, u64)>),
     Leaving,
+    NotificationsCreated,
     HistoryRequest {
         id: u64,
         patterns: Vec<Pattern>,
@@ -118,6 +119,12 @@ impl Writer {
 
     pub fn leaving(&self) -> Vec<u8> {
         self.frame(pb::frame::Body::Leaving(pb::Leaving {}))
+    }
+
+    pub fn notifications_created(&self) -> Vec<u8> {
+        self.frame(pb::frame::Body::NotificationsCreated(
+            pb::NotificationsCreated {},
+        ))
     }
 
     pub fn counts(&self, devices: &[DeviceStats]) -> Vec<u8> {
@@ -240,6 +247,7 @@ impl Reader {
                     .collect(),
             ),
             pb::frame::Body::Leaving(_) => Said::Leaving,
+            pb::frame::Body::NotificationsCreated(_) => Said::NotificationsCreated,
             pb::frame::Body::Counts(c) => Said::Counts(
                 c.devices
                     .into_iter()
@@ -450,6 +458,10 @@ mod tests {
         assert!(matches!(
             r.read(Bytes::from(w.leaving())).unwrap().said,
             Said::Leaving
+        ));
+        assert!(matches!(
+            r.read(Bytes::from(w.notifications_created())).unwrap().said,
+            Said::NotificationsCreated
         ));
     }
 }

@@ -94,7 +94,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     };
     let body = serde_json::json!({
         "status": status,
-        "store": { "writing": stored },
+        "store": { "kind": app.notifier.store().kind(), "writing": stored },
         "cluster": clustered.then(|| serde_json::json!({ "linked": linked })),
     });
     let code = if status == "ready" {

@@ -133,6 +133,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// While the cluster link is down: the notice a dashboard gets when it joins.
     link_notice: std::sync::Mutex<Option<Arc<Encoded>>>,
+    /// Another node created a notification (the notifier reads the shared store).
+    notifications: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -154,6 +156,7 @@ impl Hub {
             next_dashboard: AtomicU64::new(1),
             metrics,
             link_notice: std::sync::Mutex::default(),
+            notifications: tokio::sync::Notify::new(),
         });
         let events: std::sync::Weak<dyn BusEvents> = Arc::downgrade(&hub) as _;
         hub.bus.attach(hub.node, events, &hub.metrics);
@@ -169,6 +172,12 @@ impl Hub {
     }
 
     /// The bus joining this node to the others.
+    /// Signalled when another node created notifications (at most one wake-up
+    /// is kept while nobody waits).
+    pub fn notifications_created(&self) -> &tokio::sync::Notify {
+        &self.notifications
+    }
+
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.bus
     }

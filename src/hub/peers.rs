@@ -58,6 +58,10 @@ impl BusEvents for Hub {
         )
     }
 
+    fn notifications_created(&self, _from: NodeId) {
+        self.notifications.notify_one();
+    }
+
     fn link(&self, linked: bool, node: &str, message: &str) {
         self.announce_link(linked, node, message);
     }

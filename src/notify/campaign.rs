@@ -239,13 +239,17 @@ impl Book {
         book
     }
 
-    /// Opens a campaign with each device's state and writes so far.
+    /// Opens a campaign with each device's state and writes so far; false (and
+    /// nothing changes) if it is open already.
     pub fn insert(
         &mut self,
         meta: Arc<Meta>,
         devices: impl IntoIterator<Item = (String, DeliveryState, u32)>,
-    ) {
+    ) -> bool {
         let seq = meta.seq;
+        if self.campaigns.contains_key(&seq) {
+            return false;
+        }
         let mut campaign = Campaign {
             meta: meta.clone(),
             devices: HashMap::new(),
@@ -271,6 +275,52 @@ impl Book {
         self.by_id.insert(meta.id.clone(), seq);
         self.dirty.insert(seq);
         self.campaigns.insert(seq, campaign);
+        true
+    }
+
+    /// The open campaigns' sequence numbers.
+    pub fn seqs(&self) -> Vec<i64> {
+        self.campaigns.keys().copied().collect()
+    }
+
+    /// Replaces a campaign's counts with what the shared store counted (every
+    /// node's changes); reported at the next [`Book::report`] if they changed.
+    pub fn set_counts(&mut self, seq: i64, counts: Counts) {
+        if let Some(c) = self.campaigns.get_mut(&seq) {
+            if c.counts != counts {
+                c.counts = counts;
+                self.dirty.insert(seq);
+            }
+        }
+    }
+
+    /// Replaces what this node knew of `device`'s deliveries with what the shared
+    /// store holds (`rows`: sequence number, state, writes so far, for every open
+    /// notification it is a target of), e.g. when it connects after being served
+    /// by another node.
+    pub fn refresh_device(&mut self, device: &str, rows: &[(i64, DeliveryState, u32)]) {
+        self.open.remove(device);
+        for &(seq, state, attempts) in rows {
+            let Some(c) = self.campaigns.get_mut(&seq) else {
+                continue;
+            };
+            let Some(d) = c.devices.get_mut(device) else {
+                continue;
+            };
+            d.attempts = d.attempts.max(attempts);
+            // Keep the furthest state: a change of this node's may not be
+            // committed yet.
+            if state > d.state {
+                c.set(device, state);
+            }
+            let now = c.devices.get(device).map_or(state, |d| d.state);
+            if c.is_open(now) {
+                self.open
+                    .entry(device.to_owned())
+                    .or_default()
+                    .insert(seq, c.meta.clone());
+            }
+        }
     }
 
     fn close_for(&mut self, device: &str, seq: i64) {
@@ -371,6 +421,18 @@ impl Book {
 
     /// Expires every campaign due at `now` and reports those that changed.
     pub fn expire_and_report(&mut self, now: u64) -> Reported {
+        let expired = self.expire(now);
+        let (progress, completed) = self.report();
+        Reported {
+            expired,
+            progress,
+            completed,
+        }
+    }
+
+    /// Expires the open deliveries of every campaign due at `now`: (sequence,
+    /// critical, devices expired) of each.
+    pub fn expire(&mut self, now: u64) -> Vec<(i64, bool, usize)> {
         let mut expired = Vec::new();
         let due: Vec<i64> = self
             .campaigns
@@ -397,6 +459,12 @@ impl Book {
             }
             self.dirty.insert(seq);
         }
+        expired
+    }
+
+    /// The progress of every campaign that changed since the last report, and
+    /// those of them that are complete.
+    pub fn report(&mut self) -> (Vec<(String, Arc<Encoded>)>, Vec<i64>) {
         let mut progress = Vec::new();
         let mut completed = Vec::new();
         for seq in std::mem::take(&mut self.dirty) {
@@ -408,11 +476,7 @@ impl Book {
                 completed.push(seq);
             }
         }
-        Reported {
-            expired,
-            progress,
-            completed,
-        }
+        (progress, completed)
     }
 
     /// Forgets completed notifications; the store answers for them from now on.
@@ -420,6 +484,11 @@ impl Book {
         for seq in seqs {
             if let Some(c) = self.campaigns.remove(seq) {
                 self.by_id.remove(&c.meta.id);
+                // With a shared store, another node may have closed deliveries
+                // this one still lists as open.
+                for device in c.devices.keys() {
+                    self.close_for(device, *seq);
+                }
             }
         }
     }

@@ -36,6 +36,7 @@
 pub mod campaign;
 pub mod dispatch;
 pub mod request;
+mod shared;
 pub mod ticker;
 
 use std::{
@@ -48,7 +49,8 @@ use crate::{
     hub::{now_ms, Encoded, Hub, Tags},
     metrics::{Metrics, SeverityLabel},
     store::{
-        DeliveryState, DeviceRow, Done, LoadedCampaign, NewNotification, Op, Store, StoreError,
+        DeliveryState, DeviceRow, Done, LoadedCampaign, NewNotification, Op, Shared, Store,
+        StoreError,
     },
 };
 
@@ -85,6 +87,8 @@ pub struct Notifier {
     config: config::Notify,
     retry: Retry,
     book: Mutex<Book>,
+    /// With a store shared by several nodes (see [`shared`]).
+    shared: Option<Shared>,
 }
 
 impl Notifier {
@@ -98,6 +102,7 @@ impl Notifier {
         config: config::Notify,
     ) -> Arc<Self> {
         Arc::new(Notifier {
+            shared: store.shared(),
             store,
             hub,
             metrics,
@@ -221,10 +226,7 @@ impl Notifier {
     /// Stores a new notification, then starts delivering it. Returns once it is
     /// durable.
     pub async fn create(&self, req: Request, created_by: &str) -> Result<Created, CreateError> {
-        let devices = self
-            .hub
-            .directory()
-            .with_registry(|registry| req.resolve(registry));
+        let devices = self.resolve(&req).await?;
         if devices.is_empty() {
             return Err(CreateError::NoTargets);
         }
@@ -277,6 +279,10 @@ impl Notifier {
         // when its session first looks, one connected before is woken.
         let wake = self.hub.directory().wakes(&devices);
         tokio::spawn(dispatch::wake_paced(wake, self.config.dispatch_rate));
+        if self.shared.is_some() {
+            // The other nodes read it from the store and wake their targets.
+            self.hub.bus().notifications_created();
+        }
         self.metrics
             .notifications_accepted
             .get_or_create(&SeverityLabel {
@@ -333,13 +339,13 @@ mod tests {
         store::Counts,
     };
 
-    fn notifier(dir: &std::path::Path) -> Arc<Notifier> {
-        notifier_with(dir, config::Notify::default())
+    async fn notifier(dir: &std::path::Path) -> Arc<Notifier> {
+        notifier_with(dir, config::Notify::default()).await
     }
 
-    fn notifier_with(dir: &std::path::Path, config: config::Notify) -> Arc<Notifier> {
+    async fn notifier_with(dir: &std::path::Path, config: config::Notify) -> Arc<Notifier> {
         let metrics = Arc::new(Metrics::new());
-        let (store, snapshot) = Store::open(dir, Default::default()).unwrap();
+        let (store, snapshot) = Store::open(None, dir, Default::default()).await.unwrap();
         let hub = Hub::new(
             metrics.clone(),
             Options {
@@ -373,7 +379,7 @@ mod tests {
     #[tokio::test]
     async fn lifecycle_of_a_critical_campaign() {
         let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
-        let n = notifier(&dir);
+        let n = notifier(&dir).await;
         let created = n
             .create(request(&["a", "b", "c"], Severity::Critical), "op")
             .await
@@ -456,7 +462,7 @@ mod tests {
     #[tokio::test]
     async fn info_is_done_once_written_and_state_survives_a_restart() {
         let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
-        let n = notifier(&dir);
+        let n = notifier(&dir).await;
         let info = n
             .create(request(&["a", "b"], Severity::Info), "op")
             .await
@@ -491,7 +497,7 @@ mod tests {
         drop(n);
 
         // What is open comes back from the store.
-        let n = notifier(&dir);
+        let n = notifier(&dir).await;
         let open: Vec<String> = n
             .pending("b", |_| false)
             .iter()
@@ -526,7 +532,7 @@ mod tests {
                 "waited {w} s, expected {secs} s ± 10 %"
             );
         };
-        let n = notifier_with(&dir, config.clone());
+        let n = notifier_with(&dir, config.clone()).await;
         let created = n
             .create(request(&["a"], Severity::Critical), "op")
             .await
@@ -539,7 +545,7 @@ mod tests {
         n.store.barrier().await.unwrap();
         drop(n);
 
-        let n = notifier_with(&dir, config);
+        let n = notifier_with(&dir, config).await;
         let pending = n.pending("a", |_| false);
         assert!(pending[0].redelivery, "written before the restart");
         // The fourth write waits 8 s, not `ack_timeout` again.
@@ -556,7 +562,7 @@ mod tests {
     #[tokio::test]
     async fn info_writes_need_no_retry() {
         let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
-        let n = notifier(&dir);
+        let n = notifier(&dir).await;
         n.create(request(&["a"], Severity::Info), "op")
             .await
             .unwrap();

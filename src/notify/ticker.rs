@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Notifier;
+use super::{shared::Sweeper, Notifier};
 use crate::{
     hub::{now_ms, Encoded},
     shutdown::Shutdown,
@@ -33,27 +33,51 @@ impl Notifier {
         let mut tick = tokio::time::interval(self.config.progress_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune: Option<Instant> = None;
+        let mut sweeper = self.shared.as_ref().map(Sweeper::new);
         loop {
-            tokio::select! {
+            let created_elsewhere = tokio::select! {
                 _ = shutdown.recv() => break,
-                _ = tick.tick() => {}
-            }
-            let tick = self.on_tick(now_ms());
-            for op in tick.ops {
-                self.send(op).await;
-            }
-            for (id, p) in tick.progress {
-                self.hub.announce_progress(&id, p);
-            }
-            self.retire(&tick.completed);
+                _ = tick.tick() => false,
+                _ = self.hub.notifications_created().notified() => true,
+            };
             let prune_every = PRUNE_EVERY.min(self.config.retention);
-            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
-                last_prune = Some(Instant::now());
-                let retention = self.config.retention.as_millis() as u64;
-                self.send(Op::Prune {
-                    completed_before_ms: now_ms().saturating_sub(retention),
-                })
-                .await;
+            let prune = last_prune.is_none_or(|t| t.elapsed() >= prune_every);
+            let retention = self.config.retention.as_millis() as u64;
+            let prune_before = now_ms().saturating_sub(retention);
+            match (&self.shared, &mut sweeper) {
+                (Some(shared), Some(sweeper)) => {
+                    if !created_elsewhere {
+                        self.lock().expire(now_ms());
+                        if sweeper.holds().await {
+                            if prune {
+                                last_prune = Some(Instant::now());
+                            }
+                            self.sweep(now_ms(), prune.then_some(prune_before)).await;
+                        }
+                    }
+                    let synced = self.sync(shared).await;
+                    if let Err(e) = &synced {
+                        tracing::debug!(error = %e, "reading the shared store's notifications");
+                    }
+                    self.store.reached(synced.is_ok());
+                }
+                _ => {
+                    let tick = self.on_tick(now_ms());
+                    for op in tick.ops {
+                        self.send(op).await;
+                    }
+                    for (id, p) in tick.progress {
+                        self.hub.announce_progress(&id, p);
+                    }
+                    self.retire(&tick.completed);
+                    if prune {
+                        last_prune = Some(Instant::now());
+                        self.send(Op::Prune {
+                            completed_before_ms: prune_before,
+                        })
+                        .await;
+                    }
+                }
             }
         }
     }

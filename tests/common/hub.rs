@@ -88,6 +88,7 @@ impl Hub {
             certs_dir: certs_dir.clone(),
             ..Config::default()
         };
+        config.store.url = super::current_store();
         tweak(&mut config);
         // A tweak may point the hub at other dirs (e.g. to restart on the same ones).
         let (data_dir, certs_dir) = (config.data_dir.clone(), config.certs_dir.clone());
@@ -96,6 +97,9 @@ impl Hub {
             .expect("binding the hub");
         let addr = server.local_addr().expect("local_addr");
         let app = server.app().clone();
+        if super::current_store().is_some() {
+            assert_eq!(app.notifier.store().kind(), "postgres", "the test's store");
+        }
         let key = TokenKey::load_or_create(&data_dir).expect("token key");
         let tls = TlsConnector::from(
             telehub::tls::client_config(&certs_dir.join("ca.pem")).expect("client TLS config"),

@@ -12,7 +12,9 @@
 //! - [`envelopes`]: telemetry, reading and error-code helpers;
 //! - [`http`]: `/metrics` parsing and raw HTTP responses;
 //! - [`notify`]: notification REST bodies, targets and polls;
-//! - [`redis`]: a throwaway `redis-server` for the cluster tests.
+//! - [`redis`]: a throwaway `redis-server` for the cluster tests;
+//! - [`postgres`]: a throwaway PostgreSQL, and [`on_both_stores!`], which runs
+//!   each notification test on the embedded store and on PostgreSQL.
 //!
 //! Everything is re-exported here: test files use `common::...` as before.
 
@@ -27,6 +29,7 @@ mod envelopes;
 mod http;
 mod hub;
 mod notify;
+mod postgres;
 mod redis;
 
 // Test files name everything through these re-exports, each only what it uses.
@@ -39,8 +42,66 @@ pub use self::{
     notify::{
         notification, row, status_of, tag_map, to_devices, to_tags, wait_registered, wait_status,
     },
+    postgres::Postgres,
     redis::Redis,
 };
+
+tokio::task_local! {
+    /// The store the hubs a test starts use (`None`: the embedded one).
+    static STORE: Option<String>;
+}
+
+/// Which store [`on_store`] runs a test on.
+#[derive(Clone, Copy, Debug)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `test` with every hub it starts ([`Hub::with_bus`]) on `kind` of store:
+/// for PostgreSQL, a new database on the binary's shared instance, the same for
+/// every hub of the test (a restarted hub finds what the first one stored).
+pub async fn on_store<F: std::future::Future>(kind: StoreKind, test: F) -> F::Output {
+    let url = match kind {
+        StoreKind::Sqlite => None,
+        StoreKind::Postgres => Some(Postgres::shared_database().await),
+    };
+    STORE.scope(url, test).await
+}
+
+/// The store of the test running ([`on_store`]); `None` for the embedded one.
+pub fn current_store() -> Option<String> {
+    STORE.try_with(|s| s.clone()).ok().flatten()
+}
+
+/// Defines each named `async fn` test twice, `sqlite::NAME` and `postgres::NAME`,
+/// running on each store ([`on_store`]). A name may be followed by
+/// `: multi_thread` for a test that needs worker threads.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($($name:ident $(: $flavor:ident)?),* $(,)?) => {
+        mod sqlite {
+            $( $crate::common::on_both_stores!(@test Sqlite $($flavor)? $name); )*
+        }
+        mod postgres {
+            $( $crate::common::on_both_stores!(@test Postgres $($flavor)? $name); )*
+        }
+    };
+    (@test $kind:ident $name:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            $crate::common::on_store($crate::common::StoreKind::$kind, super::$name()).await
+        }
+    };
+    (@test $kind:ident multi_thread $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $crate::common::on_store($crate::common::StoreKind::$kind, super::$name()).await
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_stores;
 
 /// The bound on every single wait in these tests.
 pub const T: Duration = Duration::from_secs(5);

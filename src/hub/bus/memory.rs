@@ -27,6 +27,7 @@ enum Event {
     Presence(PresenceChange),
     Takeover(Arc<DeviceInfo>, u64),
     Counts(Vec<crate::proto::DeviceStats>),
+    NotificationsCreated,
 }
 
 /// A node's queue: events with the node they came from.
@@ -109,6 +110,7 @@ impl Bus for MemoryBus {
                     Event::Presence(c) => hub.presence(from, c),
                     Event::Takeover(d, at_ms) => hub.takeover(from, d, at_ms),
                     Event::Counts(c) => hub.counters(from, c),
+                    Event::NotificationsCreated => hub.notifications_created(from),
                 }
             }
         });
@@ -128,6 +130,10 @@ impl Bus for MemoryBus {
 
     fn counts_devices(&self) -> bool {
         true
+    }
+
+    fn notifications_created(&self) {
+        self.send(|| Event::NotificationsCreated);
     }
 
     fn counters(&self, devices: Vec<crate::proto::DeviceStats>) {

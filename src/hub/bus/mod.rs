@@ -78,6 +78,10 @@ pub trait Bus: Send + Sync + 'static {
     /// that match one of them.
     fn interest_changed(&self) {}
 
+    /// This node committed new notifications to the shared store: the other
+    /// nodes read them there and wake their targets.
+    fn notifications_created(&self) {}
+
     /// Whether this node is joined to the others (`GET /readyz`).
     fn ready(&self) -> bool {
         true
@@ -128,6 +132,9 @@ pub trait BusEvents: Send + Sync {
     /// What this node keeps of the devices connected to it, for another node's
     /// new subscription (see [`Bus::history`]).
     fn kept(&self, patterns: &[Pattern], filter: &Filter) -> Vec<Kept>;
+
+    /// Node `from` committed new notifications to the shared store.
+    fn notifications_created(&self, from: NodeId);
 
     /// The link to the other nodes went down (`linked = false`: nothing arrives
     /// from them) or came back; `node` names this node, `message` says why.

@@ -135,6 +135,8 @@ impl Device {
         let connected = app.hub.device_online(info);
         app.notifier.registered(connected.registration).await;
         let session = connected.session;
+        // Before the first look at what is open for it (see `notify::shared`).
+        app.notifier.device_connected(&session.info.id).await;
         Some(Device {
             deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
             telemetry: telemetry::Telemetry::new(&app.config),

@@ -1,106 +1,11 @@
 //! Reads: the startup snapshot and the REST API's queries.
 
-use std::collections::BTreeMap;
-
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{DeliveryState, NewNotification, StoreError};
-
-/// A registered device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceRow {
-    pub id: String,
-    pub tags: BTreeMap<String, String>,
-    pub registered_ms: u64,
-    /// `None` until it first connects.
-    pub last_seen_ms: Option<u64>,
-}
-
-/// A stored notification.
-#[derive(Clone, Debug)]
-pub struct CampaignRow {
-    pub seq: i64,
-    pub notification: NewNotification,
-    pub completed_ms: Option<u64>,
-}
-
-/// An open notification with every device's state, as loaded at startup.
-#[derive(Debug)]
-pub struct LoadedCampaign {
-    pub row: CampaignRow,
-    /// (device, state, attempts so far)
-    pub deliveries: Vec<(String, DeliveryState, u32)>,
-}
-
-/// What the store held at startup.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    pub devices: Vec<DeviceRow>,
-    /// Notifications not yet completed, oldest first.
-    pub campaigns: Vec<LoadedCampaign>,
-}
-
-/// Deliveries by state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub pending: u64,
-    pub delivered: u64,
-    pub acknowledged: u64,
-    pub expired: u64,
-}
-
-impl Counts {
-    pub fn add(&mut self, state: DeliveryState, n: u64) {
-        match state {
-            DeliveryState::Pending => self.pending += n,
-            DeliveryState::Delivered => self.delivered += n,
-            DeliveryState::Acknowledged => self.acknowledged += n,
-            DeliveryState::Expired => self.expired += n,
-        }
-    }
-
-    pub fn remove(&mut self, state: DeliveryState) {
-        let slot = match state {
-            DeliveryState::Pending => &mut self.pending,
-            DeliveryState::Delivered => &mut self.delivered,
-            DeliveryState::Acknowledged => &mut self.acknowledged,
-            DeliveryState::Expired => &mut self.expired,
-        };
-        *slot = slot.saturating_sub(1);
-    }
-
-    pub fn total(&self) -> u64 {
-        self.pending + self.delivered + self.acknowledged + self.expired
-    }
-}
-
-/// One device's delivery of one notification.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeliveryRow {
-    pub device_id: String,
-    pub state: DeliveryState,
-    pub attempts: u32,
-    pub last_sent_ms: Option<u64>,
-    pub acked_ms: Option<u64>,
-}
-
-/// `GET /v1/notifications/{id}`.
-#[derive(Debug)]
-pub struct Status {
-    pub campaign: CampaignRow,
-    pub counts: Counts,
-    /// One page of devices, ordered by device id.
-    pub devices: Vec<DeliveryRow>,
-    /// The device id to continue after, when there are more.
-    pub next: Option<String>,
-}
-
-/// `GET /v1/notifications`.
-#[derive(Debug)]
-pub struct Summary {
-    pub campaign: CampaignRow,
-    pub counts: Counts,
-}
+use crate::store::{
+    CampaignRow, Counts, DeliveryRow, DeliveryState, DeviceRow, LoadedCampaign, NewNotification,
+    Snapshot, Status, StoreError, Summary,
+};
 
 const CAMPAIGN_COLUMNS: &str = "seq, id, severity, title, body, payload, targets, created_by, created_ms, expires_ms, completed_ms";
 
@@ -283,8 +188,9 @@ pub fn delivery(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{schema, writer, Op};
+    use super::super::{apply, schema};
     use super::*;
+    use crate::store::Op;
 
     fn new(id: &str) -> NewNotification {
         NewNotification {
@@ -308,7 +214,7 @@ mod tests {
         schema::migrate(&mut c).unwrap(); // idempotent
         let apply = |c: &mut Connection, op: Op| {
             let tx = c.transaction().unwrap();
-            let done = writer::apply(&tx, &op).unwrap();
+            let done = apply::apply(&tx, &op).unwrap();
             tx.commit().unwrap();
             done
         };
@@ -319,7 +225,7 @@ mod tests {
                 devices: vec!["b".into(), "a".into(), "c".into()],
             },
         ) {
-            super::super::Done::Seq(s) => s,
+            crate::store::Done::Seq(s) => s,
             other => panic!("{other:?}"),
         };
         apply(

@@ -1,0 +1,361 @@
+//! The shared backend: one PostgreSQL database for every node of a cluster, with
+//! the tables and semantics of the embedded store (`schema.sql`), through
+//! `tokio-postgres` and a small `deadpool` pool.
+//!
+//! - Migrations run at start inside one transaction holding an advisory lock, so
+//!   nodes starting together migrate once.
+//! - Every wait on the database is bounded ([`TIMEOUT`]): when PostgreSQL is
+//!   down, reads answer an error (REST says 503) instead of hanging, and the
+//!   writer keeps what it holds and tries again (see `writer`).
+//! - Passwords never reach a log: errors name the host and database only.
+
+mod apply;
+mod shared;
+
+use std::{collections::BTreeMap, str::FromStr, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    CampaignRow, Counts, DeliveryRow, DeliveryState, DeviceRow, LoadedCampaign, NewNotification,
+    Snapshot, Status, StoreError, Summary,
+};
+
+pub use shared::{Lease, Select, Shared};
+
+/// Current schema version (the `telehub_schema` table).
+const VERSION: i64 = 1;
+const SCHEMA_V1: &str = include_str!("schema.sql");
+/// The advisory lock migrations hold ("telehub" and 1).
+const MIGRATE_LOCK: i64 = 0x7465_6c65_6875_6201;
+/// Connections: the writer, the lease holder, reads.
+const POOL_SIZE: usize = 8;
+/// The longest any single wait on the database may take.
+pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
+
+const CAMPAIGN_COLUMNS: &str = "seq, id, severity, title, body, payload, targets, created_by, created_ms, expires_ms, completed_ms";
+
+/// The pool every read and write goes through.
+#[derive(Clone)]
+pub(super) struct Db {
+    pool: Pool,
+}
+
+/// Connects to `url`, migrates, and loads what the store holds.
+pub(super) async fn open(url: &str) -> Result<(apply::Writer, Db, Snapshot), StoreError> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::BadUrl(format!("not a PostgreSQL URL ({e})")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(TIMEOUT);
+    }
+    config.application_name("telehub");
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(TIMEOUT))
+        .create_timeout(Some(TIMEOUT))
+        .recycle_timeout(Some(TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Pool(e.to_string()))?;
+    let db = Db { pool };
+    db.migrate().await?;
+    let snapshot = db.load().await?;
+    Ok((apply::Writer::new(db.clone()), db, snapshot))
+}
+
+impl Db {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(pool_error(e)))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+            .await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS telehub_schema (version BIGINT NOT NULL)")
+            .await?;
+        let found: Option<i64> = tx
+            .query_opt("SELECT max(version) FROM telehub_schema", &[])
+            .await?
+            .and_then(|r| r.get(0));
+        match found {
+            Some(v) if v > VERSION => {
+                return Err(StoreError::NewerSchema {
+                    found: v,
+                    supported: VERSION,
+                })
+            }
+            Some(_) => {}
+            None => {
+                tx.batch_execute(SCHEMA_V1).await?;
+                tx.execute(
+                    "INSERT INTO telehub_schema (version) VALUES ($1)",
+                    &[&VERSION],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every registered device and every open notification with its deliveries.
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        let client = self.client().await?;
+        let devices = client
+            .query(
+                "SELECT id, tags::text, registered_ms, last_seen_ms FROM devices",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(device_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(client);
+        let open = self.open_seqs().await?;
+        let campaigns = self.campaigns(&open).await?;
+        Ok(Snapshot { devices, campaigns })
+    }
+
+    /// The notifications not yet completed, oldest first.
+    pub(super) async fn open_seqs(&self) -> Result<Vec<i64>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq FROM notifications WHERE completed_ms IS NULL ORDER BY seq",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Notifications `seqs` with every device's delivery, in the order given
+    /// (those no longer stored are left out).
+    pub(super) async fn campaigns(&self, seqs: &[i64]) -> Result<Vec<LoadedCampaign>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {CAMPAIGN_COLUMNS} FROM notifications WHERE seq = ANY($1)"),
+                &[&seqs],
+            )
+            .await?;
+        let mut by_seq: BTreeMap<i64, LoadedCampaign> = BTreeMap::new();
+        for r in &rows {
+            let row = campaign(r)?;
+            by_seq.insert(
+                row.seq,
+                LoadedCampaign {
+                    row,
+                    deliveries: Vec::new(),
+                },
+            );
+        }
+        let deliveries = client
+            .query(
+                "SELECT notification, device_id, state, attempts FROM deliveries
+                 WHERE notification = ANY($1)",
+                &[&seqs],
+            )
+            .await?;
+        for r in &deliveries {
+            if let Some(c) = by_seq.get_mut(&r.get::<_, i64>(0)) {
+                c.deliveries
+                    .push((r.get(1), state(r.get(2))?, r.get::<_, i32>(3) as u32));
+            }
+        }
+        Ok(seqs.iter().filter_map(|s| by_seq.remove(s)).collect())
+    }
+
+    async fn counts(
+        &self,
+        client: &deadpool_postgres::Object,
+        seq: i64,
+    ) -> Result<Counts, StoreError> {
+        let stmt = client
+            .prepare_cached(
+                "SELECT state, count(*) FROM deliveries WHERE notification = $1 GROUP BY state",
+            )
+            .await?;
+        let mut out = Counts::default();
+        for r in client.query(&stmt, &[&seq]).await? {
+            out.add(state(r.get(0))?, r.get::<_, i64>(1) as u64);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn status(
+        &self,
+        id: &str,
+        filter: Option<DeliveryState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Status>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {CAMPAIGN_COLUMNS} FROM notifications WHERE id = $1"
+            ))
+            .await?;
+        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
+            return Ok(None);
+        };
+        let campaign = campaign(&row)?;
+        let counts = self.counts(&client, campaign.seq).await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT device_id, state, attempts, last_sent_ms, acked_ms FROM deliveries
+                 WHERE notification = $1 AND device_id > $2 AND ($3::int IS NULL OR state = $3)
+                 ORDER BY device_id LIMIT $4",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &campaign.seq,
+                    &after.unwrap_or(""),
+                    &filter.map(|s| s as i32),
+                    &((limit + 1) as i64),
+                ],
+            )
+            .await?;
+        let mut devices = rows
+            .iter()
+            .map(|r| {
+                Ok(DeliveryRow {
+                    device_id: r.get(0),
+                    state: state(r.get(1))?,
+                    attempts: r.get::<_, i32>(2) as u32,
+                    last_sent_ms: r.get::<_, Option<i64>>(3).map(|v| v as u64),
+                    acked_ms: r.get::<_, Option<i64>>(4).map(|v| v as u64),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let next = if devices.len() > limit {
+            devices.truncate(limit);
+            devices.last().map(|d| d.device_id.clone())
+        } else {
+            None
+        };
+        Ok(Some(Status {
+            campaign,
+            counts,
+            devices,
+            next,
+        }))
+    }
+
+    pub(super) async fn recent(&self, limit: usize) -> Result<Vec<Summary>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {CAMPAIGN_COLUMNS} FROM notifications ORDER BY seq DESC LIMIT $1"),
+                &[&(limit as i64)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let campaign = campaign(r)?;
+            out.push(Summary {
+                counts: self.counts(&client, campaign.seq).await?,
+                campaign,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn devices(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRow>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT id, tags::text, registered_ms, last_seen_ms FROM devices
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after.unwrap_or(""), &(limit as i64)],
+            )
+            .await?
+            .iter()
+            .map(device_row)
+            .collect()
+    }
+
+    pub(super) async fn delivery(
+        &self,
+        id: &str,
+        device: &str,
+    ) -> Result<Option<(i64, i32, DeliveryState)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT n.seq, n.severity, d.state FROM notifications n
+                 JOIN deliveries d ON d.notification = n.seq
+                 WHERE n.id = $1 AND d.device_id = $2",
+            )
+            .await?;
+        match client.query_opt(&stmt, &[&id, &device]).await? {
+            Some(r) => Ok(Some((r.get(0), r.get(1), state(r.get(2))?))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A pool error, without anything of the URL but what the driver says.
+fn pool_error(e: deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => e.to_string(),
+        deadpool_postgres::PoolError::Timeout(_) => {
+            format!("no connection within {} s", TIMEOUT.as_secs())
+        }
+        other => other.to_string(),
+    }
+}
+
+pub(super) fn state(v: i32) -> Result<DeliveryState, StoreError> {
+    DeliveryState::from_i64(i64::from(v))
+        .ok_or_else(|| StoreError::Invalid(format!("delivery state {v}")))
+}
+
+fn campaign(r: &Row) -> Result<CampaignRow, StoreError> {
+    Ok(CampaignRow {
+        seq: r.try_get(0)?,
+        notification: NewNotification {
+            id: r.try_get(1)?,
+            severity: r.try_get(2)?,
+            title: r.try_get(3)?,
+            body: r.try_get(4)?,
+            payload: r.try_get(5)?,
+            targets_json: r.try_get(6)?,
+            created_by: r.try_get(7)?,
+            created_ms: r.try_get::<_, i64>(8)? as u64,
+            expires_ms: r.try_get::<_, i64>(9)? as u64,
+        },
+        completed_ms: r.try_get::<_, Option<i64>>(10)?.map(|v| v as u64),
+    })
+}
+
+fn device_row(r: &Row) -> Result<DeviceRow, StoreError> {
+    Ok(DeviceRow {
+        id: r.try_get(0)?,
+        tags: serde_json::from_str(r.try_get(1)?)?,
+        registered_ms: r.try_get::<_, i64>(2)? as u64,
+        last_seen_ms: r.try_get::<_, Option<i64>>(3)?.map(|v| v as u64),
+    })
+}
