@@ -100,6 +100,16 @@ impl Api {
         self.call::<(), _>(Method::GET, &path, None).await
     }
 
+    /// `GET /readyz`: the readiness body (an error with status 503 and the body
+    /// when the node is not ready).
+    pub async fn readyz(&self) -> Result<String, ApiError> {
+        let bytes =
+            tokio::time::timeout(TIMEOUT, self.exchange::<()>(Method::GET, "/readyz", None))
+                .await
+                .map_err(|_| ApiError::Timeout)??;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Result<String, ApiError> {
         let bytes =

@@ -9,98 +9,19 @@ mod common;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::{temp_dir, Postgres, Redis};
+use common::{metric, temp_dir, wait_for, Node, Planes, Postgres, Redis};
 use prost::Message as _;
 use telehub::{
-    auth::{Role, TokenKey},
+    auth::Role,
     client::Api,
     proto::{envelope::Body, Envelope, Subscribe},
     sim::{run_fleet, Endpoint, FleetConfig, FleetStats, TokenSource},
     ws,
 };
-
-/// A node process, killed on drop.
-struct Node {
-    port: u16,
-    child: Child,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The cluster's shared parts: Redis (live plane) and PostgreSQL (durable plane).
-struct Planes<'a> {
-    redis: &'a Redis,
-    store: &'a str,
-}
-
-/// Starts node `name` with its own data dir holding the cluster's `token.key`,
-/// and the shared certificates.
-fn start_node(root: &Path, name: &str, key: &Path, certs: &Path, planes: &Planes<'_>) -> Node {
-    let data = root.join(name);
-    std::fs::create_dir_all(&data).unwrap();
-    // What the README asks of an operator: the same token.key on every node.
-    std::fs::copy(key, data.join("token.key")).unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_telehub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--certs-dir")
-        .arg(certs)
-        .args(["--cluster", &planes.redis.url(), "--node-id", name])
-        .args(["--store", planes.store])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting telehub serve");
-    Node { port, child }
-}
-
-fn url(node: &Node) -> String {
-    format!("wss://localhost:{}", node.port)
-}
-
-/// One series of a node's `/metrics` (0 when absent or unreachable).
-async fn metric(api: &Api, series: &str) -> f64 {
-    let Ok(text) = api.metrics().await else {
-        return 0.0;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn wait_for(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok().await {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    start.elapsed()
-}
 
 /// A dashboard on `endpoint` subscribed to everything: who is online, and who was
 /// heard from, as it reads.
@@ -173,37 +94,14 @@ impl Watcher {
 #[tokio::test]
 async fn a_killed_node_s_devices_fail_over_and_its_stranded_ones_go_offline() {
     let redis = Redis::start();
-    let store = Postgres::shared_database().await;
-    let planes = Planes {
-        redis: &redis,
-        store: &store,
-    };
     let root = temp_dir("failover");
-    let certs = root.join("certs");
-    telehub::tls::ensure_dev_certificates(&certs).expect("certificates");
-    let ca: PathBuf = certs.join("ca.pem");
-    let key_dir = root.join("key");
-    let key = TokenKey::load_or_create(&key_dir).expect("token key");
+    let planes = Planes::new(&root, redis.url(), Postgres::shared_database().await, "");
+    let (key, ca) = (planes.key.clone(), planes.ca.clone());
     let nodes: Vec<Node> = ["node-1", "node-2", "node-3"]
         .iter()
-        .map(|n| start_node(&root, n, &key_dir.join("token.key"), &certs, &planes))
+        .map(|n| planes.start(n))
         .collect();
-    let apis: Vec<Api> = nodes
-        .iter()
-        .map(|n| {
-            Api::new(
-                &url(n),
-                Some(&ca),
-                key.issue(
-                    "ops",
-                    Role::Operator,
-                    Default::default(),
-                    Duration::from_secs(600),
-                ),
-            )
-            .unwrap()
-        })
-        .collect();
+    let apis: Vec<Api> = nodes.iter().map(|n| planes.operator(n)).collect();
     for api in &apis {
         wait_for("every node to join", Duration::from_secs(20), async || {
             metric(api, "telehub_cluster_nodes").await == 3.0
@@ -212,8 +110,8 @@ async fn a_killed_node_s_devices_fail_over_and_its_stranded_ones_go_offline() {
     }
 
     // The fleet, over all three nodes; and one device that knows only node 1.
-    let mut cfg = FleetConfig::new(url(&nodes[0]), TokenSource::mint(key.clone()));
-    cfg.urls.extend([url(&nodes[1]), url(&nodes[2])]);
+    let mut cfg = FleetConfig::new(nodes[0].url(), TokenSource::mint(key.clone()));
+    cfg.urls.extend([nodes[1].url(), nodes[2].url()]);
     cfg.ca = Some(ca.clone());
     cfg.devices = 9;
     cfg.rate_hz = 5.0;
@@ -222,7 +120,7 @@ async fn a_killed_node_s_devices_fail_over_and_its_stranded_ones_go_offline() {
     let fleet = tokio::spawn(run_fleet(cfg, stats, async {
         let _ = stopped.await;
     }));
-    let mut stranded_cfg = FleetConfig::new(url(&nodes[0]), TokenSource::mint(key.clone()));
+    let mut stranded_cfg = FleetConfig::new(nodes[0].url(), TokenSource::mint(key.clone()));
     stranded_cfg.ca = Some(ca.clone());
     stranded_cfg.devices = 1;
     stranded_cfg.id_prefix = "stranded-".into();
@@ -241,7 +139,7 @@ async fn a_killed_node_s_devices_fail_over_and_its_stranded_ones_go_offline() {
         Default::default(),
         Duration::from_secs(600),
     );
-    let on_node_2 = Endpoint::parse(&url(&nodes[1]), Some(&ca)).unwrap();
+    let on_node_2 = Endpoint::parse(&nodes[1].url(), Some(&ca)).unwrap();
     let mut watcher = Watcher::open(&on_node_2, &viewer).await;
     let fleet_ids: BTreeSet<String> = (0..9).map(|i| telehub::sim::device_id("sim-", i)).collect();
     let mut everyone = fleet_ids.clone();

@@ -7,22 +7,21 @@
 
 mod common;
 
+use common::{acking_fleet, acknowledged, each_saw_once, rows, until, Seen};
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use telehub::{
     auth::{Role, TokenKey},
     client::Api,
-    http::api::{CreateBody, DeviceBody, StatusBody, TargetsBody},
-    sim::{run_fleet, FleetConfig, FleetStats, NotificationHook, Summary, TokenSource},
+    http::api::{CreateBody, DeviceBody, TargetsBody},
 };
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 
 const DEVICES: usize = 200;
 /// Bound on each phase of the test.
@@ -79,92 +78,24 @@ fn free_port() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
-/// Polls `f` until it returns `Some`, failing after [`PHASE`].
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+/// [`until`], bounded by [`PHASE`].
+async fn until_phase<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + PHASE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every device's row (all pages).
-async fn rows(api: &Api, id: &str) -> (StatusBody, BTreeMap<String, (String, Option<u64>)>) {
-    let mut out = BTreeMap::new();
-    let mut after: Option<String> = None;
-    let first = loop {
-        let page = api
-            .status(id, None, after.as_deref(), 1000)
-            .await
-            .expect("GET status");
-        for d in &page.devices {
-            out.insert(d.device_id.clone(), (d.state.clone(), d.acked_ms));
-        }
-        if page.next.is_none() {
-            break page;
-        }
-        after = page.next.clone();
-    };
-    (first, out)
-}
-
-/// A simulated fleet of the given devices, acknowledging after 150 ms and withholding
-/// 30 % of acks (so redeliveries happen), recording what its application layer sees.
-fn fleet(
-    url: &str,
-    ca: &Path,
-    key: &TokenKey,
-    ids: &[String],
-    seen: &Arc<Mutex<HashMap<String, Vec<String>>>>,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<Summary> {
-    let tokens = ids
-        .iter()
-        .map(|id| key.issue(id, Role::Device, BTreeMap::new(), Duration::from_secs(3600)))
-        .collect();
-    let mut cfg = FleetConfig::new(url, TokenSource::Files(tokens));
-    cfg.ca = Some(ca.to_path_buf());
-    cfg.devices = ids.len();
-    cfg.rate_hz = 0.5;
-    cfg.ack_delay = Duration::from_millis(150);
-    cfg.ack_loss = 0.3;
-    cfg.stagger = Some(Duration::from_millis(200));
-    let seen = seen.clone();
-    cfg.on_notification = Some(NotificationHook(Arc::new(move |device, n| {
-        seen.lock()
-            .unwrap()
-            .entry(device.to_owned())
-            .or_default()
-            .push(n.id.clone());
-    })));
-    let stats = Arc::new(FleetStats::new());
-    tokio::spawn(async move {
-        let mut stop = stop;
-        run_fleet(cfg, stats, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .expect("fleet config")
-    })
+    until(what, PHASE, f).await
 }
 
 async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
-    let dir = std::env::temp_dir().join(format!("telehub-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    // Each store's variant runs beside the other: a directory of its own.
+    let dir = common::temp_dir("crash");
     let addr = free_port();
     let url = format!("https://localhost:{}", addr.port());
     let ca: PathBuf = dir.join("certs").join("ca.pem");
 
     let hub = HubProcess::start(&dir, addr);
-    let key = until("the signing key", || async {
+    let key = until_phase("the signing key", || async {
         dir.join("data/token.key")
             .exists()
             .then(|| TokenKey::load_or_create(&dir.join("data")).expect("key"))
@@ -176,7 +107,7 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
         BTreeMap::new(),
         Duration::from_secs(3600),
     );
-    let api = until("the hub to answer", || async {
+    let api = until_phase("the hub to answer", || async {
         let api = Api::new(&url, Some(&ca), operator.clone()).ok()?;
         api.list(1).await.ok().map(|_| api)
     })
@@ -191,10 +122,17 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
             .expect("PUT device");
     }
     let (online, offline) = ids.split_at(DEVICES / 2);
-    let seen: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    let seen: Seen = Default::default();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let first_half = fleet(&url, &ca, &key, online, &seen, stop_rx.clone());
-    until("the online half to connect", || async {
+    let first_half = acking_fleet(
+        std::slice::from_ref(&url),
+        &ca,
+        &key,
+        online,
+        &seen,
+        stop_rx.clone(),
+    );
+    until_phase("the online half to connect", || async {
         let h = api.devices(None, 1000).await.ok()?;
         (h.devices
             .iter()
@@ -222,18 +160,14 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
     assert_eq!(created.targets as usize, DEVICES);
 
     // Kill the hub while acks are arriving: some in, not all.
-    let acked_before = until("the first acks", || async {
-        let (s, rows) = rows(&api, &created.id).await;
+    let acked_before = until_phase("the first acks", || async {
+        let (s, rows) = rows(&api, &created.id).await?;
         let acked = s.summary.counts.acknowledged as usize;
         (acked >= 10).then_some(rows)
     })
     .await;
     hub.kill();
-    let acked_before: BTreeMap<String, Option<u64>> = acked_before
-        .into_iter()
-        .filter(|(_, (state, _))| state == "acknowledged")
-        .map(|(id, (_, at))| (id, at))
-        .collect();
+    let acked_before = acknowledged(acked_before);
     assert!(
         acked_before.len() < DEVICES,
         "the kill came too late to test anything"
@@ -242,11 +176,18 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
     // Restart on the same data dir and port; the online half reconnects by itself,
     // the other half comes online now.
     let _hub = HubProcess::start(&dir, addr);
-    until("the restarted hub", || async { api.list(1).await.ok() }).await;
-    let second_half = fleet(&url, &ca, &key, offline, &seen, stop_rx);
+    until_phase("the restarted hub", || async { api.list(1).await.ok() }).await;
+    let second_half = acking_fleet(
+        std::slice::from_ref(&url),
+        &ca,
+        &key,
+        offline,
+        &seen,
+        stop_rx,
+    );
 
-    let (status, after) = until("every device to acknowledge", || async {
-        let (s, rows) = rows(&api, &created.id).await;
+    let (status, after) = until_phase("every device to acknowledge", || async {
+        let (s, rows) = rows(&api, &created.id).await?;
         (s.summary.counts.acknowledged as usize == DEVICES).then_some((s, rows))
     })
     .await;
@@ -256,7 +197,7 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
     // The notification accepted before the crash survived it, and completed.
     assert_eq!(status.summary.counts.total as usize, DEVICES);
     assert_eq!(status.summary.counts.expired, 0);
-    until("completion", || async {
+    until_phase("completion", || async {
         let s = api.status(&created.id, None, None, 1).await.ok()?;
         s.summary.complete.then_some(())
     })
@@ -271,11 +212,7 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
         );
     }
     // Each device's application saw the notification exactly once.
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), DEVICES, "every device received it");
-    for (device, got) in seen.iter() {
-        assert_eq!(got, &vec![created.id.clone()], "{device} saw it once");
-    }
+    each_saw_once(&seen, &created.id, DEVICES);
     eprintln!(
         "acknowledged before the kill: {}; redeliveries seen by devices: {}; acks withheld: {}",
         acked_before.len(),
@@ -287,7 +224,6 @@ async fn every_ack_survives_a_kill_and_every_device_ends_acknowledged() {
         a.duplicates + b.duplicates > 0,
         "redeliveries happened and were de-duplicated: {a:?} {b:?}"
     );
-    drop(seen);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

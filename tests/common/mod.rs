@@ -24,10 +24,12 @@
 
 use std::time::Duration;
 
+mod campaign;
 mod client;
 mod envelopes;
 mod http;
 mod hub;
+mod nodes;
 mod notify;
 mod postgres;
 mod redis;
@@ -35,10 +37,12 @@ mod redis;
 // Test files name everything through these re-exports, each only what it uses.
 #[allow(unused_imports)]
 pub use self::{
+    campaign::{acking_fleet, acknowledged, each_saw_once, rows, until, Seen},
     client::{client_config, tls_to, Client, Event},
     envelopes::{code, incompressible, number, raw, telemetry},
     http::{parse_http_response, Metrics},
     hub::{secret, temp_dir, Hub},
+    nodes::{free_port, metric, wait_for, Node, Planes},
     notify::{
         notification, row, status_of, tag_map, to_devices, to_tags, wait_registered, wait_status,
     },

@@ -19,9 +19,14 @@ use crate::store::{writer::Backend, Done, Op, StoreError};
 /// The stored severity of CRITICAL notifications (open until acknowledged).
 const CRITICAL: i32 = crate::proto::notification::Severity::Critical as i32;
 
+/// A registration (no `last_seen_ms`) replaces the tags; a connection (with one)
+/// adds its token's tags to those registered, which another node may have
+/// written since this one last read them.
 const DEVICE: &str = "INSERT INTO devices (id, tags, registered_ms, last_seen_ms)
      VALUES ($1, ($2::text)::jsonb, $3, $4)
-     ON CONFLICT (id) DO UPDATE SET tags = excluded.tags,
+     ON CONFLICT (id) DO UPDATE SET
+         tags = CASE WHEN excluded.last_seen_ms IS NULL THEN excluded.tags
+                     ELSE devices.tags || excluded.tags END,
          last_seen_ms = coalesce(excluded.last_seen_ms, devices.last_seen_ms)";
 const CREATE: &str = "WITH n AS (
          INSERT INTO notifications

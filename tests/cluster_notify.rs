@@ -1,0 +1,292 @@
+//! Critical notifications across the nodes of a real cluster: `telehub serve
+//! --cluster` processes on one throwaway Redis (live plane) and one PostgreSQL
+//! (durable plane), a simulated fleet spread over them that acknowledges,
+//! withholding some acks so redeliveries happen.
+//!
+//! - A node is killed with SIGKILL in the middle of a campaign to 300 devices
+//!   (100 of them offline): its devices reconnect to the others, and all 300 end
+//!   acknowledged, no ack REST had shown is lost, each device's application sees
+//!   the notification once, and every node reports the same counts.
+//! - PostgreSQL is killed and started again mid-campaign: new notifications get
+//!   503 and `/readyz` says why while it is down, acks received meanwhile are kept
+//!   and committed once it is back, nothing that got its 201 is lost.
+//! - A cluster on the embedded store refuses to start.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{
+    acking_fleet, acknowledged, each_saw_once, metric, rows, status_of, temp_dir, until, wait_for,
+    Node, Planes, Postgres, Redis, Seen,
+};
+use telehub::{
+    client::Api,
+    http::api::{CreateBody, DeviceBody, TargetsBody},
+};
+use tokio::sync::watch;
+
+/// Short retries, so that withheld acks are asked for again within the test.
+const CONFIG: &str = "[notify]\nack_timeout = \"400ms\"\nmax_retry_interval = \"1s\"\n";
+/// Bound on each phase.
+const PHASE: Duration = Duration::from_secs(60);
+
+fn critical_to_fleet(title: &str) -> CreateBody {
+    CreateBody {
+        targets: TargetsBody {
+            tags: [("fleet".to_string(), "north".to_string())].into(),
+            ..Default::default()
+        },
+        severity: "critical".into(),
+        title: title.into(),
+        body: "stop and acknowledge".into(),
+        payload: None,
+        ttl: Some("10m".into()),
+    }
+}
+
+/// Registers `ids` with the tag the campaigns select, through `api`.
+async fn register(api: &Api, ids: &[String]) {
+    for id in ids {
+        let tags = [("fleet".to_string(), "north".to_string())].into();
+        api.put_device(id, &DeviceBody { tags })
+            .await
+            .expect("PUT device");
+    }
+}
+
+/// Device sessions over every node of `apis` that answers.
+async fn devices_connected(apis: &[&Api]) -> f64 {
+    let mut n = 0.0;
+    for api in apis {
+        n += metric(api, "telehub_connections{role=\"device\"}").await;
+    }
+    n
+}
+
+async fn joined(apis: &[Api], n: usize) {
+    for api in apis {
+        wait_for("every node to join", Duration::from_secs(20), async || {
+            metric(api, "telehub_cluster_nodes").await == n as f64
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_over_three_nodes_survives_one_killed_mid_way() {
+    const DEVICES: usize = 300;
+    const OFFLINE: usize = 100;
+    let redis = Redis::start();
+    let root = temp_dir("cluster-notify");
+    let store = Postgres::shared_database().await;
+    let planes = Planes::new(&root, redis.url(), store, CONFIG);
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| planes.start(&format!("node-{i}")))
+        .collect();
+    let apis: Vec<Api> = nodes.iter().map(|n| planes.operator(n)).collect();
+    joined(&apis, 3).await;
+
+    // The registry is shared: devices registered through node 3 are targets of a
+    // notification created on node 1.
+    let ids: Vec<String> = (0..DEVICES).map(|i| format!("north-{i:03}")).collect();
+    register(&apis[2], &ids).await;
+    let (online, offline) = ids.split_at(DEVICES - OFFLINE);
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let seen = Seen::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let first = acking_fleet(
+        &urls,
+        &planes.ca,
+        &planes.key,
+        online,
+        &seen,
+        stop_rx.clone(),
+    );
+    let all: Vec<&Api> = apis.iter().collect();
+    wait_for("the online devices to connect", PHASE, async || {
+        devices_connected(&all).await == online.len() as f64
+    })
+    .await;
+    for api in &apis {
+        let held = metric(api, "telehub_connections{role=\"device\"}").await;
+        assert!(held >= 50.0, "the fleet is spread over the nodes: {held}");
+    }
+
+    let created = apis[0]
+        .create(&critical_to_fleet("firmware recall"))
+        .await
+        .expect("POST on node 1");
+    assert_eq!(created.targets as usize, DEVICES);
+
+    // Some acks in, then node 1 (where it was created) dies.
+    let acked_before = until("the first acks", PHASE, || async {
+        let (s, rows) = rows(&apis[1], &created.id).await?;
+        (s.summary.counts.acknowledged >= 20).then_some(rows)
+    })
+    .await;
+    drop(nodes.remove(0)); // SIGKILL
+    let acked_before = acknowledged(acked_before);
+    assert!(
+        acked_before.len() < online.len(),
+        "the kill came too late to test anything"
+    );
+
+    // The offline hundred come online on nodes 2 and 3.
+    let second = acking_fleet(&urls[1..], &planes.ca, &planes.key, offline, &seen, stop_rx);
+    let after = until("every device to acknowledge", PHASE, || async {
+        let (s, rows) = rows(&apis[1], &created.id).await?;
+        (s.summary.counts.acknowledged as usize == DEVICES).then_some(rows)
+    })
+    .await;
+    // Every surviving node reports it complete, with the same counts.
+    for api in &apis[1..] {
+        until("completion on every node", PHASE, || async {
+            let s = api.status(&created.id, None, None, 1).await.ok()?;
+            (s.summary.complete && s.summary.counts.acknowledged as usize == DEVICES).then_some(())
+        })
+        .await;
+    }
+    // No ack REST showed before the kill was lost or recorded again later.
+    for (device, at) in &acked_before {
+        assert_eq!(
+            after.get(device),
+            Some(&("acknowledged".to_string(), *at)),
+            "{device}'s ack before the kill"
+        );
+    }
+    let _ = stop_tx.send(true);
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    each_saw_once(&seen, &created.id, DEVICES);
+    assert!(a.reconnects >= 1, "node 1's devices reconnected: {a:?}");
+    eprintln!(
+        "acknowledged before the kill: {}; redeliveries seen by devices: {}",
+        acked_before.len(),
+        a.duplicates + b.duplicates
+    );
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_and_restarted_mid_campaign_loses_nothing() {
+    const DEVICES: usize = 60;
+    let redis = Redis::start();
+    let mut pg = Postgres::start();
+    let store = pg.database().await;
+    let root = temp_dir("cluster-pg-down");
+    let planes = Planes::new(&root, redis.url(), store, CONFIG);
+    let nodes: Vec<Node> = (1..=2)
+        .map(|i| planes.start(&format!("node-{i}")))
+        .collect();
+    let apis: Vec<Api> = nodes.iter().map(|n| planes.operator(n)).collect();
+    joined(&apis, 2).await;
+
+    let ids: Vec<String> = (0..DEVICES).map(|i| format!("north-{i:03}")).collect();
+    register(&apis[0], &ids).await;
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let seen = Seen::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let fleet = acking_fleet(&urls, &planes.ca, &planes.key, &ids, &seen, stop_rx);
+    let all: Vec<&Api> = apis.iter().collect();
+    wait_for("the devices to connect", PHASE, async || {
+        devices_connected(&all).await == DEVICES as f64
+    })
+    .await;
+
+    let created = apis[0]
+        .create(&critical_to_fleet("before the outage"))
+        .await
+        .expect("POST");
+    let acked_before = until("the first acks", PHASE, || async {
+        let (s, rows) = rows(&apis[1], &created.id).await?;
+        (s.summary.counts.acknowledged >= 5).then_some(rows)
+    })
+    .await;
+    pg.stop();
+    let acked_before = acknowledged(acked_before);
+
+    // While it is down: both nodes say so, new notifications are refused with
+    // a reason, and the devices stay connected.
+    for api in &apis {
+        until("/readyz to say the store is unavailable", PHASE, || async {
+            match api.readyz().await {
+                Err(telehub::client::ApiError::Status { status, message })
+                    if status == 503 && message.contains("store_unavailable") =>
+                {
+                    Some(())
+                }
+                _ => None,
+            }
+        })
+        .await;
+    }
+    let refused = apis[1]
+        .create(&critical_to_fleet("during the outage"))
+        .await;
+    assert_eq!(status_of(refused), 503);
+    // Acks keep arriving meanwhile (those withheld are asked for again).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(devices_connected(&all).await, DEVICES as f64);
+
+    pg.resume();
+    let after = until("every ack committed once it is back", PHASE, || async {
+        let (s, rows) = rows(&apis[0], &created.id).await?;
+        (s.summary.counts.acknowledged as usize == DEVICES).then_some(rows)
+    })
+    .await;
+    for (device, at) in &acked_before {
+        assert_eq!(
+            after.get(device),
+            Some(&("acknowledged".to_string(), *at)),
+            "{device}'s ack before the outage"
+        );
+    }
+    for api in &apis {
+        until("/readyz ready again", PHASE, || async {
+            api.readyz().await.ok().filter(|b| b.contains("\"ready\""))
+        })
+        .await;
+    }
+    // Recovered without a restart: a new notification is accepted and delivered.
+    let again = apis[1]
+        .create(&critical_to_fleet("after the outage"))
+        .await
+        .expect("POST after recovery");
+    until("the new notification acknowledged", PHASE, || async {
+        let s = apis[0].status(&again.id, None, None, 1).await.ok()?;
+        (s.summary.counts.acknowledged as usize == DEVICES).then_some(())
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    let summary = fleet.await.unwrap();
+    assert_eq!(summary.notifications, 2 * DEVICES as u64, "{summary:?}");
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `--cluster` on the embedded store: refused at start, saying what to add.
+#[test]
+fn a_cluster_on_the_embedded_store_refuses_to_start() {
+    let root = temp_dir("cluster-sqlite");
+    let out = Command::new(env!("CARGO_BIN_EXE_telehub"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.join("data"))
+        .arg("--certs-dir")
+        .arg(root.join("certs"))
+        .args(["--cluster", "redis://127.0.0.1:1"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("running telehub serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {err}");
+    assert!(
+        err.contains("a cluster needs a shared store") && err.contains("--store postgres://"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("stack backtrace"),
+        "a user error, not a crash: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
