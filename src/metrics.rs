@@ -92,6 +92,9 @@ pub struct Metrics {
     pub ack_latency: AckLatency,
     pub store_ops: Counter,
     pub store_commits: Counter,
+    /// 1 while this node runs the notification sweeps (shared store: the holder of
+    /// the lease; alone: always).
+    pub sweeper: Gauge,
     pub cluster: ClusterMetrics,
 }
 
@@ -277,6 +280,11 @@ impl Metrics {
             "telehub_store_commits",
             "Store transactions committed (each a group of ops)",
             m.store_commits.clone(),
+        );
+        r.register(
+            "telehub_notify_sweeper",
+            "1 while this node runs the notification sweeps (expiry, completion, pruning)",
+            m.sweeper.clone(),
         );
         let c = &m.cluster;
         r.register(

@@ -64,6 +64,30 @@ async fn devices_connected(apis: &[&Api]) -> f64 {
     n
 }
 
+/// The index of the one node of `apis` running the sweeps, once exactly one does.
+async fn sweeper(apis: &[Api]) -> usize {
+    until("exactly one node running the sweeps", PHASE, || async {
+        let mut holders = Vec::new();
+        for (i, api) in apis.iter().enumerate() {
+            if metric(api, "telehub_notify_sweeper").await == 1.0 {
+                holders.push(i);
+            }
+        }
+        (holders.len() == 1).then(|| holders[0])
+    })
+    .await
+}
+
+/// Waits until `api` reports at least `n` acks of notification `id` (a cheap
+/// poll: no device rows).
+async fn acked_at_least(api: &Api, id: &str, n: u64) {
+    until("the first acks", PHASE, || async {
+        let s = api.status(id, None, None, 1).await.ok()?;
+        (s.summary.counts.acknowledged >= n).then_some(())
+    })
+    .await
+}
+
 async fn joined(apis: &[Api], n: usize) {
     for api in apis {
         wait_for("every node to join", Duration::from_secs(20), async || {
@@ -120,17 +144,16 @@ async fn a_campaign_over_three_nodes_survives_one_killed_mid_way() {
     assert_eq!(created.targets as usize, DEVICES);
 
     // Some acks in, then node 1 (where it was created) dies.
-    let acked_before = until("the first acks", PHASE, || async {
-        let (s, rows) = rows(&apis[1], &created.id).await?;
-        (s.summary.counts.acknowledged >= 20).then_some(rows)
-    })
-    .await;
+    acked_at_least(&apis[1], &created.id, 20).await;
+    let (_, acked_before) = rows(&apis[1], &created.id).await.expect("status");
     drop(nodes.remove(0)); // SIGKILL
     let acked_before = acknowledged(acked_before);
     assert!(
         acked_before.len() < online.len(),
         "the kill came too late to test anything"
     );
+    let took_over = sweeper(&apis[1..]).await;
+    eprintln!("node {} took the sweeps over", took_over + 2);
 
     // The offline hundred come online on nodes 2 and 3.
     let second = acking_fleet(&urls[1..], &planes.ca, &planes.key, offline, &seen, stop_rx);
@@ -198,11 +221,8 @@ async fn postgres_killed_and_restarted_mid_campaign_loses_nothing() {
         .create(&critical_to_fleet("before the outage"))
         .await
         .expect("POST");
-    let acked_before = until("the first acks", PHASE, || async {
-        let (s, rows) = rows(&apis[1], &created.id).await?;
-        (s.summary.counts.acknowledged >= 5).then_some(rows)
-    })
-    .await;
+    acked_at_least(&apis[1], &created.id, 5).await;
+    let (_, acked_before) = rows(&apis[1], &created.id).await.expect("status");
     pg.stop();
     let acked_before = acknowledged(acked_before);
 

@@ -43,6 +43,48 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     ))
 }
 
+/// [`process_cpu`] of `pid` and of every live process descending from it (a
+/// PostgreSQL server's backends are its children).
+pub fn tree_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Some(p) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // After ")": field 3 is index 0, so the parent (field 4) is index 1.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.push((p, ppid));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    let mut total = process_cpu(pid)?;
+    for p in &tree[1..] {
+        // A child may have exited since /proc was read.
+        total += process_cpu(*p).unwrap_or_default();
+    }
+    Ok(total)
+}
+
 /// Resident set size of process `pid` in KiB (`VmRSS`).
 pub fn process_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");

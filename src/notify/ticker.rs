@@ -34,6 +34,8 @@ impl Notifier {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune: Option<Instant> = None;
         let mut sweeper = self.shared.as_ref().map(Sweeper::new);
+        // A node alone runs its own sweeps.
+        self.metrics.sweeper.set(i64::from(sweeper.is_none()));
         loop {
             let created_elsewhere = tokio::select! {
                 _ = shutdown.recv() => break,
@@ -48,7 +50,9 @@ impl Notifier {
                 (Some(shared), Some(sweeper)) => {
                     if !created_elsewhere {
                         self.lock().expire(now_ms());
-                        if sweeper.holds().await {
+                        let holds = sweeper.holds().await;
+                        self.metrics.sweeper.set(i64::from(holds));
+                        if holds {
                             if prune {
                                 last_prune = Some(Instant::now());
                             }

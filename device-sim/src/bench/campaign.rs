@@ -57,6 +57,11 @@ pub struct CampaignArgs {
     publishers: usize,
     #[arg(long, default_value_t = 10)]
     subscribers: usize,
+    /// Another node of the same cluster (repeatable): the devices spread over
+    /// --url and these (device `i` on URL `i mod n`); store writes are summed
+    /// over every node. The POST and the watching dashboard stay on --url.
+    #[arg(long = "node-url")]
+    node_urls: Vec<String>,
     /// Give up waiting for all acks after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -77,10 +82,13 @@ struct CampaignReport {
     received_p50_ms: f64,
     received_p99_ms: f64,
     received_max_ms: f64,
-    /// The hub's histogram of first delivery → ack (bucket upper bounds).
+    /// The hub's histogram of first delivery → ack (bucket upper bounds; the
+    /// --url node's only).
     hub_ack_latency_p50_ms: Option<f64>,
     hub_ack_latency_p99_ms: Option<f64>,
-    /// Store writer during the campaign (POST to 100 %).
+    /// Nodes the devices were spread over.
+    nodes: usize,
+    /// Store writer during the campaign (POST to 100 %), every node.
     store_ops: u64,
     store_commits: u64,
     store_ops_per_s: f64,
@@ -92,6 +100,9 @@ struct CampaignReport {
     telemetry_max_us: f64,
     /// Hub CPU during the campaign, share of one core (with --hub-pid).
     hub_cpu: Option<f64>,
+    /// CPU of each --pid process and its children (other nodes, PostgreSQL and
+    /// its backends, Redis), same unit.
+    processes_cpu: BTreeMap<String, f64>,
     generator_cpu: f64,
 }
 
@@ -106,11 +117,12 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
         bail!("--publishers, --subscribers and --telemetry-rate must be positive");
     }
     let setup = Arc::new(Setup::new(&a.common)?);
-    let api = Api::new(
-        &a.common.url,
-        a.common.ca.as_deref(),
-        setup.token("bench-operator", Role::Operator),
-    )?;
+    let operator = setup.token("bench-operator", Role::Operator);
+    let api = Api::new(&a.common.url, a.common.ca.as_deref(), operator.clone())?;
+    let mut node_apis = vec![api.clone()];
+    for url in &a.node_urls {
+        node_apis.push(Api::new(url, a.common.ca.as_deref(), operator.clone())?);
+    }
     now_nanos();
 
     // Telemetry: subscribers on "*", publishers at a fixed total rate.
@@ -165,6 +177,7 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
         })
         .collect();
     let mut fleet = FleetConfig::new(a.common.url.clone(), TokenSource::Files(tokens));
+    fleet.urls.extend(a.node_urls.iter().cloned());
     fleet.ca = a.common.ca.clone();
     fleet.devices = a.devices;
     fleet.rate_hz = 0.01;
@@ -210,8 +223,14 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
         .await?;
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let metrics0 = api.metrics().await?;
+    let metrics0 = all_metrics(&node_apis).await?;
     let hub0 = a.common.hub_pid.map(cpu::process_cpu).transpose()?;
+    let others0 = a
+        .common
+        .pids
+        .iter()
+        .map(|(_, pid)| cpu::tree_cpu(*pid))
+        .collect::<Result<Vec<_>, _>>()?;
     let gen0 = cpu::self_cpu();
     measuring.store(true, Relaxed);
     let t0 = Instant::now();
@@ -265,7 +284,15 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
         (Some(pid), Some(h0)) => Some(cpu::process_cpu(pid)?.saturating_sub(h0)),
         _ => None,
     };
-    let metrics1 = api.metrics().await?;
+    let mut processes_cpu = BTreeMap::new();
+    for ((name, pid), before) in a.common.pids.iter().zip(others0) {
+        let used = cpu::tree_cpu(*pid)?.saturating_sub(before);
+        processes_cpu.insert(
+            name.clone(),
+            round(used.as_secs_f64() / window.as_secs_f64(), 3),
+        );
+    }
+    let metrics1 = all_metrics(&node_apis).await?;
     let _ = stop.send(true);
     let _ = fleet_stop.send(true);
 
@@ -300,10 +327,11 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
     };
-    let store_ops = (metric(&metrics1, "telehub_store_ops_total")
-        - metric(&metrics0, "telehub_store_ops_total")) as u64;
-    let store_commits = (metric(&metrics1, "telehub_store_commits_total")
-        - metric(&metrics0, "telehub_store_commits_total")) as u64;
+    let summed = |texts: &[String], name: &str| texts.iter().map(|t| metric(t, name)).sum::<f64>();
+    let store_ops = (summed(&metrics1, "telehub_store_ops_total")
+        - summed(&metrics0, "telehub_store_ops_total")) as u64;
+    let store_commits = (summed(&metrics1, "telehub_store_commits_total")
+        - summed(&metrics0, "telehub_store_commits_total")) as u64;
     let secs = window.as_secs_f64();
     let us = |p: f64| telemetry.value_at_quantile(p) as f64 / 1000.0;
     let report = CampaignReport {
@@ -316,8 +344,10 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
         received_p50_ms: round(q(&got, 0.5), 1),
         received_p99_ms: round(q(&got, 0.99), 1),
         received_max_ms: round(got.last().copied().unwrap_or(0.0), 1),
-        hub_ack_latency_p50_ms: histogram_quantile(&metrics1, 0.5).map(|s| round(s * 1000.0, 1)),
-        hub_ack_latency_p99_ms: histogram_quantile(&metrics1, 0.99).map(|s| round(s * 1000.0, 1)),
+        hub_ack_latency_p50_ms: histogram_quantile(&metrics1[0], 0.5).map(|s| round(s * 1000.0, 1)),
+        hub_ack_latency_p99_ms: histogram_quantile(&metrics1[0], 0.99)
+            .map(|s| round(s * 1000.0, 1)),
+        nodes: node_apis.len(),
         store_ops,
         store_commits,
         store_ops_per_s: round(store_ops as f64 / secs, 0),
@@ -327,6 +357,7 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
         telemetry_p99_us: us(0.99),
         telemetry_max_us: telemetry.max() as f64 / 1000.0,
         hub_cpu: hub_cpu.map(|c| round(c.as_secs_f64() / secs, 3)),
+        processes_cpu,
         generator_cpu: round(gen_cpu.as_secs_f64() / secs, 3),
     };
     if a.common.json {
@@ -338,6 +369,15 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
         bail!("not every device acknowledged within {:?}", a.timeout);
     }
     Ok(())
+}
+
+/// The Prometheus text of every node.
+async fn all_metrics(apis: &[Api]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::with_capacity(apis.len());
+    for api in apis {
+        out.push(api.metrics().await?);
+    }
+    Ok(out)
 }
 
 /// A quantile of `telehub_notification_ack_seconds` from the Prometheus text: the
