@@ -39,6 +39,8 @@ CREATE TABLE deliveries (
     last_sent_ms BIGINT,
     acked_ms     BIGINT,
     PRIMARY KEY (notification, device_id)
-);
+-- Room in each page, so that a delivery's updates (a write, an ack) can stay in
+-- its page without touching the indexes (heap-only tuples).
+) WITH (fillfactor = 70);
 -- A device's open deliveries, when it connects to a node.
 CREATE INDEX deliveries_device ON deliveries (device_id, notification);
