@@ -112,6 +112,22 @@ pub fn acking_fleet(
     })
 }
 
+/// Asserts that every ack in `before` (device → ack time, as REST showed it
+/// before something was killed) is still there in `after`, at the same instant:
+/// not lost, and not recorded again after a redelivery.
+pub fn acks_kept(
+    before: &BTreeMap<String, Option<u64>>,
+    after: &BTreeMap<String, (String, Option<u64>)>,
+) {
+    for (device, at) in before {
+        assert_eq!(
+            after.get(device),
+            Some(&("acknowledged".to_string(), *at)),
+            "{device}'s ack, shown before the failure"
+        );
+    }
+}
+
 /// Asserts that each device of `seen` saw exactly notification `id`, once.
 pub fn each_saw_once(seen: &Seen, id: &str, devices: usize) {
     let seen = seen.lock().unwrap();

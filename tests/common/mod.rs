@@ -37,7 +37,7 @@ mod redis;
 // Test files name everything through these re-exports, each only what it uses.
 #[allow(unused_imports)]
 pub use self::{
-    campaign::{acking_fleet, acknowledged, each_saw_once, rows, until, Seen},
+    campaign::{acking_fleet, acknowledged, acks_kept, each_saw_once, rows, until, Seen},
     client::{client_config, tls_to, Client, Event},
     envelopes::{code, incompressible, number, raw, telemetry},
     http::{parse_http_response, Metrics},

@@ -12,7 +12,7 @@
 
 use std::{
     io::Read as _,
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
@@ -80,12 +80,7 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Below the ephemeral range, as the Redis harness does.
-        let start: u16 = 20_000 + rand::random::<u16>() % 10_000;
-        let port = (start..30_000)
-            .chain(20_000..start)
-            .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-            .expect("a free port in 20000..30000");
+        let port = super::redis::server_port();
         let mut pg = Postgres {
             port,
             dir,

@@ -34,14 +34,7 @@ impl Redis {
     }
 
     fn start_with(tls: Option<PathBuf>) -> Self {
-        // Below the ephemeral range (32768..), so that no connection of another test
-        // takes the port while Redis is stopped and started again; the first free
-        // one from a random start.
-        let start: u16 = 20_000 + rand::random::<u16>() % 10_000;
-        let port = (start..30_000)
-            .chain(20_000..start)
-            .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-            .expect("a free port in 20000..30000");
+        let port = server_port();
         let mut redis = Redis {
             port,
             dir: temp_dir("redis"),
@@ -122,6 +115,17 @@ impl Redis {
         let mut buf = [0u8; 7];
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
+}
+
+/// A free loopback port for a server a test may stop and start again: below the
+/// ephemeral range (32768..), so that no connection of another test takes it
+/// meanwhile; the first free one from a random start.
+pub fn server_port() -> u16 {
+    let start: u16 = 20_000 + rand::random::<u16>() % 10_000;
+    (start..30_000)
+        .chain(20_000..start)
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 20000..30000")
 }
 
 impl Drop for Redis {
