@@ -18,8 +18,8 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{
-    acking_fleet, acknowledged, acks_kept, each_saw_once, metric, rows, status_of, temp_dir, until,
-    wait_for, Node, Planes, Postgres, Redis, Seen,
+    acking_fleet, acknowledged, acks_kept, each_saw_once, metric, rows, temp_dir, until, wait_for,
+    Node, Planes, Postgres, Redis, Seen,
 };
 use prost::Message as _;
 use telehub::{
@@ -283,10 +283,16 @@ async fn postgres_killed_and_restarted_mid_campaign_loses_nothing() {
         })
         .await;
     }
-    let refused = apis[1]
+    match apis[1]
         .create(&critical_to_fleet("during the outage"))
-        .await;
-    assert_eq!(status_of(refused), 503);
+        .await
+    {
+        Err(telehub::client::ApiError::Status { status, message }) => {
+            assert_eq!(status, 503);
+            assert!(message.contains("store is unavailable"), "{message}");
+        }
+        other => panic!("a notification during the outage: {other:?}"),
+    }
     // Acks keep arriving meanwhile (those withheld are asked for again).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(devices_connected(&all).await, DEVICES as f64);

@@ -67,7 +67,10 @@ async fn readable(app: &App, headers: &HeaderMap) -> Result<(), Response> {
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "store");
-    refuse(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the store is unavailable: nothing was stored; try again later",
+    )
 }
 
 /// `POST /v1/notifications` body.
