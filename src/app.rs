@@ -48,7 +48,8 @@ impl App {
             commits: metrics.store_commits.clone(),
         };
         let url = config.store.url.as_deref();
-        let (store, snapshot) = Store::open(url, &config.data_dir, store_stats)
+        let ca = config.store.ca.as_deref();
+        let (store, snapshot) = Store::open(url, ca, &config.data_dir, store_stats)
             .await
             .with_context(|| match url {
                 None => format!("opening {}", config.data_dir.join(store::FILE).display()),

@@ -276,6 +276,10 @@ pub struct StoreSettings {
     /// every node of a cluster. None: the embedded SQLite database in the data
     /// dir (one node). Never logged with its password.
     pub url: Option<String>,
+    /// The CA (PEM) PostgreSQL's certificate must chain to; given, the connection
+    /// is TLS only. Without it, `sslmode=require` in `url` checks the system's
+    /// trusted roots.
+    pub ca: Option<PathBuf>,
     /// Bound on the database file (bytes): past it, writes fail as on a full disk
     /// (see README, "Durability"). None: as large as the disk allows.
     pub max_bytes: Option<u64>,
@@ -285,6 +289,7 @@ impl std::fmt::Debug for StoreSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreSettings")
             .field("url", &self.url.as_deref().map(redacted))
+            .field("ca", &self.ca)
             .field("max_bytes", &self.max_bytes)
             .finish()
     }
@@ -458,6 +463,9 @@ impl Config {
                     redacted(url)
                 )));
             }
+        }
+        if self.store.ca.is_some() && self.store.url.is_none() {
+            return bad("store.ca is for a PostgreSQL store.url");
         }
         let c = &self.cluster;
         if c.url.is_some() && self.store.url.is_none() {

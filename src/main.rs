@@ -94,6 +94,10 @@ struct ServeArgs {
     /// the embedded SQLite database in the data dir).
     #[arg(long, env = "TELEHUB_STORE", hide_env_values = true)]
     store: Option<String>,
+    /// For a PostgreSQL store over TLS: the CA (PEM) its certificate chains to
+    /// (makes TLS required; default with sslmode=require: the system's roots).
+    #[arg(long, env = "TELEHUB_STORE_CA")]
+    store_ca: Option<PathBuf>,
     /// For a rediss:// cluster: the CA (PEM) Redis's certificate chains to
     /// (default: the system's trusted roots).
     #[arg(long, env = "TELEHUB_CLUSTER_CA")]
@@ -230,6 +234,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.store {
         config.store.url = Some(v);
+    }
+    if let Some(v) = args.store_ca {
+        config.store.ca = Some(v);
     }
     let server = if config.cluster.url.is_some() {
         config.validate()?;

@@ -352,3 +352,70 @@ fn a_cluster_on_the_embedded_store_refuses_to_start() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A store over TLS: with the CA it is given, a node serves and every one of its
+/// connections is encrypted; without it (`sslmode=require` against the system's
+/// roots, which do not know a development CA) it refuses to start, saying why.
+#[tokio::test]
+async fn postgres_over_tls_is_verified_against_the_ca_given() {
+    let root = temp_dir("pg-tls");
+    let certs = root.join("certs");
+    telehub::tls::ensure_dev_certificates(&certs).expect("certificates");
+    let pg = Postgres::start_tls(&certs);
+    let plain = pg.database().await;
+    let url = format!("{plain}?sslmode=require");
+    let ca = certs.join("ca.pem");
+    let hub = common::Hub::with(|c| {
+        c.store.url = Some(plain.clone());
+        c.store.ca = Some(ca.clone());
+    })
+    .await;
+    let api = hub.api(telehub::auth::Role::Operator);
+    let created = api
+        .create(&common::notification(
+            "critical",
+            common::to_devices(&["tls-1"]),
+            "over TLS",
+        ))
+        .await
+        .expect("POST");
+    assert_eq!(created.targets, 1);
+    let (client, conn) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+        .await
+        .expect("a look at the server");
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'telehub'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl");
+    let (encrypted, plain_conns): (i64, i64) = (row.get(0), row.get(1));
+    assert!(encrypted >= 1, "the node's connections are TLS");
+    assert_eq!(plain_conns, 0, "and only TLS");
+    hub.stop().await;
+
+    let config = telehub::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: root.join("untrusting"),
+        certs_dir: certs.clone(),
+        store: telehub::config::StoreSettings {
+            url: Some(url),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let refused = telehub::server::Server::bind(config)
+        .await
+        .err()
+        .expect("a store it cannot verify is refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("certificate") && !message.contains("secret"),
+        "{message}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

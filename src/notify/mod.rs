@@ -345,7 +345,9 @@ mod tests {
 
     async fn notifier_with(dir: &std::path::Path, config: config::Notify) -> Arc<Notifier> {
         let metrics = Arc::new(Metrics::new());
-        let (store, snapshot) = Store::open(None, dir, Default::default()).await.unwrap();
+        let (store, snapshot) = Store::open(None, None, dir, Default::default())
+            .await
+            .unwrap();
         let hub = Hub::new(
             metrics.clone(),
             Options {

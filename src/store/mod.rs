@@ -63,12 +63,14 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("PostgreSQL: {0}")]
     Pool(String),
     #[error("store.url: {0}")]
     BadUrl(String),
+    #[error("TLS to PostgreSQL: {0}")]
+    Tls(String),
     #[error("the database schema is version {found}; this telehub supports up to {supported}")]
     NewerSchema { found: i64, supported: i64 },
     #[error("stored JSON is invalid: {0}")]
@@ -182,12 +184,14 @@ pub(crate) struct Health {
 }
 
 impl Store {
-    /// Opens the store `url` names (`postgres://...`), or the embedded database in
-    /// `data_dir` when it is `None` (creating and migrating either), starts the
-    /// writer and returns what was stored: the registry and every open
-    /// notification. `stats` counts the writer's work.
+    /// Opens the store `url` names (`postgres://...`, over TLS verified against
+    /// `ca` when given), or the embedded database in `data_dir` when it is `None`
+    /// (creating and migrating either), starts the writer and returns what was
+    /// stored: the registry and every open notification. `stats` counts the
+    /// writer's work.
     pub async fn open(
         url: Option<&str>,
+        ca: Option<&Path>,
         data_dir: &Path,
         stats: Stats,
     ) -> Result<(Self, Snapshot), StoreError> {
@@ -210,7 +214,7 @@ impl Store {
                 (Reader::Sqlite(reader), snapshot)
             }
             Some(url) => {
-                let (writer, db, snapshot) = postgres::open(url).await?;
+                let (writer, db, snapshot) = postgres::open(url, ca).await?;
                 tokio::spawn(writer::run(writer, rx, stats, health.clone()));
                 (Reader::Postgres(db), snapshot)
             }

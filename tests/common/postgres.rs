@@ -34,6 +34,8 @@ pub struct Postgres {
     child: Option<Child>,
     /// Closing it stops the server and removes `dir` (the shared instance).
     _stdin: Option<ChildStdin>,
+    /// Serving TLS (as well as plain TCP) with this certificate and key.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Postgres {
@@ -54,6 +56,17 @@ impl Postgres {
 
     /// An instance of the caller's own, running, stopped on drop.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// An instance of the caller's own that also serves TLS, with a hub's
+    /// development certificate in `certs` (`server.pem`, `server.key`: localhost
+    /// and 127.0.0.1).
+    pub fn start_tls(certs: &std::path::Path) -> Self {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&std::path::Path>) -> Self {
         let dir = temp_dir("postgres");
         let data = dir.join("data");
         as_server_user(&dir);
@@ -81,11 +94,23 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = super::redis::server_port();
+        // The server reads its key only if its own user alone may.
+        let tls = certs.map(|certs| {
+            let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+            std::fs::copy(certs.join("server.pem"), &cert).expect("copying the certificate");
+            std::fs::copy(certs.join("server.key"), &key).expect("copying the key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod of the key");
+            as_server_user(&cert);
+            as_server_user(&key);
+            (cert, key)
+        });
         let mut pg = Postgres {
             port,
             dir,
             child: None,
             _stdin: None,
+            tls,
         };
         pg.resume();
         pg
@@ -123,8 +148,16 @@ impl Postgres {
         let postgres = bin_dir().join("postgres");
         // The shell stops the server when its stdin closes (this process ended),
         // then removes the data: nothing outlives the test binary.
+        let tls = match &self.tls {
+            Some((cert, key)) => format!(
+                "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let script = format!(
-            "{} -D {data} -p {port} -c listen_addresses=127.0.0.1 -k {dir} \
+            "{} -D {data} -p {port} -c listen_addresses=127.0.0.1 -k {dir} {tls} \
              -c max_connections=400 -c fsync=off -c full_page_writes=off & pid=$!; \
              cat >/dev/null; kill -INT $pid; wait $pid; rm -rf {dir}",
             postgres.display(),
@@ -234,9 +267,9 @@ fn server_command(program: &std::path::Path) -> Command {
     cmd
 }
 
-/// Gives `dir` to the server's user.
-fn as_server_user(dir: &std::path::Path) {
+/// Gives `path` to the server's user.
+fn as_server_user(path: &std::path::Path) {
     if is_root() {
-        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).expect("chown of the PG dir");
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown for postgres");
     }
 }

@@ -8,14 +8,19 @@
 //!   down, reads answer an error (REST says 503) instead of hanging, and the
 //!   writer keeps what it holds and tries again (see `writer`).
 //! - Passwords never reach a log: errors name the host and database only.
+//! - TLS when asked for (`sslmode=require` or `store.ca`), always verified: see
+//!   [`open`].
 
 mod apply;
 mod shared;
 
-use std::{collections::BTreeMap, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, Row};
+use rustls_pki_types::{pem::PemObject, CertificateDer};
+use tokio_postgres::{config::SslMode, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::rustls;
 
 use super::{
     CampaignRow, Counts, DeliveryRow, DeliveryState, DeviceRow, LoadedCampaign, NewNotification,
@@ -43,20 +48,33 @@ pub(super) struct Db {
 }
 
 /// Connects to `url`, migrates, and loads what the store holds.
-pub(super) async fn open(url: &str) -> Result<(apply::Writer, Db, Snapshot), StoreError> {
+///
+/// TLS: when the URL says `sslmode=require`, or `ca` is given, the connection
+/// is TLS only, and the server's certificate is verified (against `ca`, or the
+/// system's trusted roots) and must name the URL's host, which is stricter than
+/// libpq's `require` (`verify-full` there). Otherwise the connection is plain TCP
+/// (`prefer` is taken as `disable`: a server's certificate is never accepted
+/// unverified).
+pub(super) async fn open(
+    url: &str,
+    ca: Option<&Path>,
+) -> Result<(apply::Writer, Db, Snapshot), StoreError> {
     let mut config = tokio_postgres::Config::from_str(url)
         .map_err(|e| StoreError::BadUrl(format!("not a PostgreSQL URL ({e})")))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(TIMEOUT);
     }
     config.application_name("telehub");
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let recycling = || ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = if ca.is_some() || config.get_ssl_mode() == SslMode::Require {
+        config.ssl_mode(SslMode::Require);
+        Manager::from_config(config, MakeRustlsConnect::new(tls_config(ca)?), recycling())
+    } else {
+        config.ssl_mode(SslMode::Disable);
+        Manager::from_config(config, NoTls, recycling())
+    };
     let pool = Pool::builder(manager)
         .max_size(POOL_SIZE)
         .runtime(Runtime::Tokio1)
@@ -317,10 +335,58 @@ impl Db {
     }
 }
 
+/// The TLS client of the connections: the CA in `ca` (PEM), or the system's
+/// trusted roots. No ALPN: PostgreSQL 17 refuses a protocol other than its own.
+fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
+    let tls = |e: String| StoreError::Tls(e);
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| tls(format!("{}: {e}", path.display())))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| tls(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A system root rustls cannot use is skipped, as every client does.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(tls("no trusted roots on this system: give store.ca".into()));
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A driver error with its causes ("db error" alone says nothing: the server's
+/// message is its source), without anything of the URL.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// A pool error, without anything of the URL but what the driver says.
 fn pool_error(e: deadpool_postgres::PoolError) -> String {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => e.to_string(),
+        deadpool_postgres::PoolError::Backend(e) => describe(&e),
         deadpool_postgres::PoolError::Timeout(_) => {
             format!("no connection within {} s", TIMEOUT.as_secs())
         }
