@@ -467,6 +467,9 @@ impl Config {
         if self.store.ca.is_some() && self.store.url.is_none() {
             return bad("store.ca is for a PostgreSQL store.url");
         }
+        if self.store.max_bytes.is_some() && self.store.url.is_some() {
+            return bad("store.max_bytes bounds the embedded SQLite file; a PostgreSQL database's size is bounded in PostgreSQL");
+        }
         let c = &self.cluster;
         if c.url.is_some() && self.store.url.is_none() {
             return bad("a cluster needs a shared store: notifications, their acks and the device registry must be the same on every node, and the embedded SQLite store belongs to one node. Give every node the same PostgreSQL database: --store postgres://USER:PASSWORD@HOST:PORT/DB (store.url, TELEHUB_STORE)");
