@@ -94,6 +94,31 @@ async fn acked_at_least(api: &Api, id: &str, n: u64) {
     .await
 }
 
+/// The counts the triggers kept (`delivery_counts`, what progress is read from)
+/// are the deliveries' states counted afresh, after writers on several nodes
+/// changed them concurrently and one was killed.
+async fn counts_match_deliveries(store: &str) {
+    let (client, conn) = tokio_postgres::connect(store, tokio_postgres::NoTls)
+        .await
+        .expect("a look at the store");
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM (
+                 SELECT notification, state, count(*) AS n FROM deliveries GROUP BY 1, 2
+             ) real FULL JOIN delivery_counts kept USING (notification, state)
+             WHERE coalesce(real.n, 0) <> coalesce(kept.n, 0)",
+            &[],
+        )
+        .await
+        .expect("comparing counts");
+    assert_eq!(
+        row.get::<_, i64>(0),
+        0,
+        "delivery_counts differs from the deliveries"
+    );
+}
+
 /// A viewer's dashboard on `node`, watching notification progress.
 async fn watch_progress(planes: &Planes, node: &Node) -> ws::Connection<SimStream> {
     let token = planes.key.issue(
@@ -132,7 +157,7 @@ async fn a_campaign_over_three_nodes_survives_one_killed_mid_way() {
     let redis = Redis::start();
     let root = temp_dir("cluster-notify");
     let store = Postgres::shared_database().await;
-    let planes = Planes::new(&root, redis.url(), store, CONFIG);
+    let planes = Planes::new(&root, redis.url(), store.clone(), CONFIG);
     let mut nodes: Vec<Node> = (1..=3)
         .map(|i| planes.start(&format!("node-{i}")))
         .collect();
@@ -223,6 +248,7 @@ async fn a_campaign_over_three_nodes_survives_one_killed_mid_way() {
     let _ = stop_tx.send(true);
     let (a, b) = (first.await.unwrap(), second.await.unwrap());
     each_saw_once(&seen, &created.id, DEVICES);
+    counts_match_deliveries(&store).await;
     assert!(a.reconnects >= 1, "node 1's devices reconnected: {a:?}");
     eprintln!(
         "acknowledged before the kill: {}; redeliveries seen by devices: {}",
@@ -240,7 +266,7 @@ async fn postgres_killed_and_restarted_mid_campaign_loses_nothing() {
     let mut pg = Postgres::start();
     let store = pg.database().await;
     let root = temp_dir("cluster-pg-down");
-    let planes = Planes::new(&root, redis.url(), store, CONFIG);
+    let planes = Planes::new(&root, redis.url(), store.clone(), CONFIG);
     let nodes: Vec<Node> = (1..=2)
         .map(|i| planes.start(&format!("node-{i}")))
         .collect();
@@ -323,6 +349,7 @@ async fn postgres_killed_and_restarted_mid_campaign_loses_nothing() {
     let _ = stop_tx.send(true);
     let summary = fleet.await.unwrap();
     assert_eq!(summary.notifications, 2 * DEVICES as u64, "{summary:?}");
+    counts_match_deliveries(&store).await;
     drop(nodes);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -205,13 +205,11 @@ impl Db {
         seq: i64,
     ) -> Result<Counts, StoreError> {
         let stmt = client
-            .prepare_cached(
-                "SELECT state, count(*) FROM deliveries WHERE notification = $1 GROUP BY state",
-            )
+            .prepare_cached("SELECT state, n FROM delivery_counts WHERE notification = $1")
             .await?;
         let mut out = Counts::default();
         for r in client.query(&stmt, &[&seq]).await? {
-            out.add(state(r.get(0))?, r.get::<_, i64>(1) as u64);
+            out.add(state(r.get(0))?, r.get::<_, i64>(1).max(0) as u64);
         }
         Ok(out)
     }
