@@ -205,7 +205,10 @@ impl Db {
         seq: i64,
     ) -> Result<Counts, StoreError> {
         let stmt = client
-            .prepare_cached("SELECT state, n FROM delivery_counts WHERE notification = $1")
+            .prepare_cached(
+                "SELECT state, sum(n)::bigint FROM delivery_counts WHERE notification = $1
+                 GROUP BY state",
+            )
             .await?;
         let mut out = Counts::default();
         for r in client.query(&stmt, &[&seq]).await? {

@@ -48,35 +48,39 @@ CREATE INDEX deliveries_device ON deliveries (device_id, notification);
 -- Deliveries by state per notification, kept by the triggers below in the
 -- transactions that change deliveries: every node reads progress every
 -- `notify.progress_interval`, and counting 100,000 deliveries each time would
--- cost PostgreSQL ~30 ms per node per read. Rows go with their notification.
+-- cost PostgreSQL ~30 ms per node per read. Each connection adds to rows of its
+-- own `shard` (its backend's pid modulo 16), so that the writers of several
+-- nodes do not queue on the same rows; readers add the shards up. Rows go with
+-- their notification.
 CREATE TABLE delivery_counts (
     notification BIGINT NOT NULL REFERENCES notifications (seq) ON DELETE CASCADE,
     state        INTEGER NOT NULL,
+    shard        INTEGER NOT NULL,
     n            BIGINT NOT NULL,
-    PRIMARY KEY (notification, state)
+    PRIMARY KEY (notification, state, shard)
 );
 
 -- Adds each statement's net change by (notification, state), in key order, so
--- that two nodes' transactions take the rows' locks in the same order.
+-- that two transactions on one shard take the rows' locks in the same order.
 CREATE FUNCTION delivery_counts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO delivery_counts (notification, state, n)
-    SELECT notification, state, count(*) FROM new_rows
+    INSERT INTO delivery_counts (notification, state, shard, n)
+    SELECT notification, state, pg_backend_pid() % 16, count(*) FROM new_rows
     GROUP BY notification, state ORDER BY notification, state
-    ON CONFLICT (notification, state) DO UPDATE SET n = delivery_counts.n + excluded.n;
+    ON CONFLICT (notification, state, shard) DO UPDATE SET n = delivery_counts.n + excluded.n;
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION delivery_counts_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO delivery_counts (notification, state, n)
-    SELECT notification, state, sum(d) FROM (
+    INSERT INTO delivery_counts (notification, state, shard, n)
+    SELECT notification, state, pg_backend_pid() % 16, sum(d) FROM (
         SELECT notification, state, 1 AS d FROM new_rows
         UNION ALL
         SELECT notification, state, -1 AS d FROM old_rows
     ) changes
     GROUP BY notification, state HAVING sum(d) <> 0 ORDER BY notification, state
-    ON CONFLICT (notification, state) DO UPDATE SET n = delivery_counts.n + excluded.n;
+    ON CONFLICT (notification, state, shard) DO UPDATE SET n = delivery_counts.n + excluded.n;
     RETURN NULL;
 END $$;
 

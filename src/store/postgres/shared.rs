@@ -46,9 +46,9 @@ impl Shared {
         let client = self.db.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT c.notification, c.state, c.n FROM notifications n
+                "SELECT c.notification, c.state, sum(c.n)::bigint FROM notifications n
                  JOIN delivery_counts c ON c.notification = n.seq
-                 WHERE n.completed_ms IS NULL",
+                 WHERE n.completed_ms IS NULL GROUP BY c.notification, c.state",
             )
             .await?;
         let mut out: BTreeMap<i64, Counts> = BTreeMap::new();
@@ -66,8 +66,8 @@ impl Shared {
         let client = self.db.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT notification, state, n FROM delivery_counts
-                 WHERE notification = ANY($1)",
+                "SELECT notification, state, sum(n)::bigint FROM delivery_counts
+                 WHERE notification = ANY($1) GROUP BY notification, state",
             )
             .await?;
         let mut out: BTreeMap<i64, Counts> = BTreeMap::new();
