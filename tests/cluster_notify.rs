@@ -448,3 +448,77 @@ async fn postgres_over_tls_is_verified_against_the_ca_given() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A device that moves to another node continues its redelivery back-off from
+/// the writes stored so far, and gets what is open for it there: two hubs in
+/// this process on one database, joined by the in-memory bus.
+#[tokio::test]
+async fn a_device_that_moves_keeps_its_back_off() {
+    let store = Postgres::shared_database().await;
+    let network = telehub::hub::bus::memory::Network::new();
+    let settings = |c: &mut telehub::config::Config| {
+        c.store.url = Some(store.clone());
+        c.notify.ack_timeout = Duration::from_millis(300);
+        c.notify.max_retry_interval = Duration::from_secs(30);
+    };
+    let a = common::Hub::with_bus(network.bus(), settings).await;
+    // The second node signs and checks tokens with the first one's key.
+    let data_b = temp_dir("moved-b");
+    std::fs::copy(a.data_dir.join("token.key"), data_b.join("token.key")).expect("token.key");
+    let b = common::Hub::with_bus(network.bus(), |c| {
+        settings(c);
+        c.data_dir = data_b.clone();
+    })
+    .await;
+
+    let mut dev = a.device("mover").await;
+    let created = a
+        .api(telehub::auth::Role::Operator)
+        .create(&common::notification(
+            "critical",
+            common::to_devices(&["mover"]),
+            "moving",
+        ))
+        .await
+        .expect("POST on node A");
+    // Three writes on node A, no ack: 300 ms, then 600 ms between them.
+    for _ in 0..3 {
+        assert_eq!(dev.expect_notification().await.id, created.id);
+    }
+    // The third write is stored once node A's writer commits it.
+    until("the third write stored", PHASE, || async {
+        let s = b
+            .api(telehub::auth::Role::Viewer)
+            .status(&created.id, None, None, 10)
+            .await
+            .ok()?;
+        (s.devices.first()?.attempts == 3).then_some(())
+    })
+    .await;
+    drop(dev);
+
+    // On node B: written again at once (a redelivery), then not before the
+    // fifth write's wait of 8 x 300 ms (± 10 %), instead of starting over.
+    let mut dev = b.device("mover").await;
+    let fourth = dev.expect_notification().await;
+    let at = tokio::time::Instant::now();
+    assert!(fourth.redelivery && fourth.id == created.id, "{fourth:?}");
+    let fifth = dev.expect_notification().await;
+    let waited = at.elapsed();
+    assert_eq!(fifth.id, created.id);
+    assert!(
+        waited >= Duration::from_millis(2100),
+        "node B started the back-off over: resent after {waited:?}"
+    );
+    dev.ack(&created.id).await;
+    until("acknowledged, seen from node A", PHASE, || async {
+        let s = a
+            .api(telehub::auth::Role::Viewer)
+            .status(&created.id, None, None, 10)
+            .await
+            .ok()?;
+        let row = s.devices.first()?;
+        (row.state == "acknowledged" && row.attempts == 5).then_some(())
+    })
+    .await;
+}
