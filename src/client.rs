@@ -103,19 +103,19 @@ impl Api {
     /// `GET /readyz`: the readiness body (an error with status 503 and the body
     /// when the node is not ready).
     pub async fn readyz(&self) -> Result<String, ApiError> {
-        let bytes =
-            tokio::time::timeout(TIMEOUT, self.exchange::<()>(Method::GET, "/readyz", None))
-                .await
-                .map_err(|_| ApiError::Timeout)??;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        self.text("/readyz").await
     }
 
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Result<String, ApiError> {
-        let bytes =
-            tokio::time::timeout(TIMEOUT, self.exchange::<()>(Method::GET, "/metrics", None))
-                .await
-                .map_err(|_| ApiError::Timeout)??;
+        self.text("/metrics").await
+    }
+
+    /// A `GET` whose answer is text, not JSON.
+    async fn text(&self, path: &str) -> Result<String, ApiError> {
+        let bytes = tokio::time::timeout(TIMEOUT, self.exchange::<()>(Method::GET, path, None))
+            .await
+            .map_err(|_| ApiError::Timeout)??;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
