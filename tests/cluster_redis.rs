@@ -240,6 +240,12 @@ async fn a_subscription_gets_the_history_of_devices_on_other_nodes() {
             .send_telemetry("env.t", vec![number("t", f64::from(n), "")])
             .await;
     }
+    // Sent is not yet accepted: wait until both nodes have taken all six.
+    wait_until("the six readings to be accepted", || {
+        a.hub.app().metrics.telemetry_accepted.get() == 3
+            && c.hub.app().metrics.telemetry_accepted.get() == 3
+    })
+    .await;
     // Kept on their own nodes: a dashboard on node 1 replays dev-1's from there
     // and dev-2's from node 3.
     let mut probe = a.hub.dashboard().await;
