@@ -1,5 +1,5 @@
 //! The application: everything connections share (configuration, the hub, the
-//! notifier, metrics, the token key), built from the configuration in one place.
+//! notifier, metrics, the token verifier), built from the configuration in one place.
 //!
 //! [`App::build`] opens the store, gives its registry to the hub's device directory
 //! and its open notifications to the notifier, and joins the hub to its bus;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::{
-    auth::TokenKey,
+    auth::{self, KeySet, Policy, TokenKey, Verifier},
     config::{self, Config},
     hub::{now_ms, Bus, HistoryLimits, Hub, Options},
     metrics::Metrics,
@@ -28,7 +28,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub notifier: Arc<Notifier>,
     pub metrics: Arc<Metrics>,
-    pub tokens: TokenKey,
+    /// Checks every token (upgrades and REST).
+    pub auth: Arc<Verifier>,
     /// Whether shutdown started (for `/healthz`; holds nothing open).
     pub draining: Draining,
 }
@@ -41,8 +42,8 @@ impl App {
         bus: Arc<dyn Bus>,
         draining: Draining,
     ) -> anyhow::Result<Arc<Self>> {
-        let tokens = TokenKey::load_or_create(&config.data_dir)?;
         let metrics = Arc::new(Metrics::new());
+        let auth = Arc::new(verifier(&config, &metrics)?);
         let store_stats = store::Stats {
             ops: metrics.store_ops.clone(),
             commits: metrics.store_commits.clone(),
@@ -92,7 +93,7 @@ impl App {
             hub,
             notifier,
             metrics,
-            tokens,
+            auth,
             draining,
             config: Arc::new(config),
         }))
@@ -108,6 +109,16 @@ impl App {
             trigger.subscribe(),
         ));
         tokio::spawn(self.hub.clone().run_streams(trigger.subscribe()));
+        let a = &self.config.auth;
+        if let Some(url) = &a.jwks_url {
+            tokio::spawn(auth::keep_fresh(
+                self.auth.clone(),
+                url.clone(),
+                a.jwks_ca.clone(),
+                a.jwks_refresh,
+                trigger.subscribe(),
+            ));
+        }
     }
 
     /// Transport limits for one connection, from the configuration.
@@ -132,4 +143,25 @@ impl App {
             client_max_window_bits: c.client_max_window_bits,
         }
     }
+}
+
+/// The hub's secret, the key set file and the token policy, from the configuration.
+fn verifier(config: &Config, metrics: &Metrics) -> anyhow::Result<Verifier> {
+    let key = TokenKey::load_or_create(&config.data_dir)?;
+    let a = &config.auth;
+    let file = match &a.jwks_file {
+        Some(path) => KeySet::load(path)
+            .with_context(|| format!("loading the key set auth.jwks_file {}", path.display()))?,
+        None => KeySet::default(),
+    };
+    if !file.is_empty() {
+        tracing::info!(keys = file.len(), "key set loaded");
+    }
+    let policy = Policy {
+        leeway: a.leeway,
+        legacy: a.legacy_tokens,
+        issuer: a.issuer.clone(),
+        audience: a.audience.clone(),
+    };
+    Ok(Verifier::new(key, policy, file, metrics.auth.clone()))
 }

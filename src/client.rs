@@ -138,38 +138,71 @@ impl Api {
         path: &str,
         body: Option<&B>,
     ) -> Result<Bytes, ApiError> {
-        let http = |e: hyper::Error| ApiError::Http(e.to_string());
-        let stream = self.endpoint.stream(TIMEOUT).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-        // Drives the connection; ends with the response (one request per connection).
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let payload = match body {
             Some(b) => Bytes::from(serde_json::to_vec(b)?),
             None => Bytes::new(),
         };
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, self.endpoint.host_header())
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(payload))
-            .map_err(|e| ApiError::Http(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(http)?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(http)?.to_bytes();
-        if !status.is_success() {
-            return Err(ApiError::Status {
-                status,
-                message: String::from_utf8_lossy(&bytes).trim().to_owned(),
-            });
-        }
-        Ok(bytes)
+        request(
+            &self.endpoint,
+            method,
+            path,
+            Some(&self.token),
+            payload,
+            usize::MAX,
+        )
+        .await
     }
+}
+
+/// `GET path` on `endpoint` without a token: the body of a successful answer, at
+/// most `limit` bytes (for servers other than the hub, e.g. a key set URL).
+pub async fn get(endpoint: &Endpoint, path: &str, limit: usize) -> Result<Bytes, ApiError> {
+    request(endpoint, Method::GET, path, None, Bytes::new(), limit).await
+}
+
+/// One request on a connection of its own; the body of a successful answer.
+async fn request(
+    endpoint: &Endpoint,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    payload: Bytes,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let http = |e: hyper::Error| ApiError::Http(e.to_string());
+    let stream = endpoint.stream(TIMEOUT).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    // Drives the connection; ends with the response (one request per connection).
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, endpoint.host_header())
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Full::new(payload))
+        .map_err(|e| ApiError::Http(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(http)?;
+    let status = resp.status();
+    let bytes = http_body_util::Limited::new(resp.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| ApiError::Http(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(ApiError::Status {
+            status,
+            message: String::from_utf8_lossy(&bytes).trim().to_owned(),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986 §2.3).

@@ -29,6 +29,7 @@ pub struct Config {
     pub notify: Notify,
     pub cluster: Cluster,
     pub store: StoreSettings,
+    pub auth: Auth,
 }
 
 impl Default for Config {
@@ -45,6 +46,7 @@ impl Default for Config {
             notify: Notify::default(),
             cluster: Cluster::default(),
             store: StoreSettings::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -295,6 +297,47 @@ impl std::fmt::Debug for StoreSettings {
     }
 }
 
+/// `[auth]`: which tokens are accepted besides the hub's own (see `auth`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// Clock skew tolerated on a token's `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Accept the deprecated `th1.` tokens of earlier releases.
+    pub legacy_tokens: bool,
+    /// A JWKS file of public keys (RS256, ES256, EdDSA) whose tokens are accepted.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (an identity provider's), fetched at start and refreshed.
+    pub jwks_url: Option<String>,
+    /// For an `https://` `jwks_url`: the CA (PEM) its certificate chains to;
+    /// default: the system's trusted roots.
+    pub jwks_ca: Option<PathBuf>,
+    /// How often `jwks_url` is fetched again (sooner when a token names an
+    /// unknown key, at most once per 10 s).
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// The `iss` tokens of the key set must carry.
+    pub issuer: Option<String>,
+    /// The `aud` tokens of the key set must include.
+    pub audience: Option<String>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            leeway: Duration::from_secs(10),
+            legacy_tokens: true,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_ca: None,
+            jwks_refresh: Duration::from_secs(300),
+            issuer: None,
+            audience: None,
+        }
+    }
+}
+
 /// `[cluster]`: one node of several behind one name, joined through Redis (the
 /// live plane). Off unless `url` is set.
 #[derive(Clone, Deserialize)]
@@ -463,6 +506,21 @@ impl Config {
                     redacted(url)
                 )));
             }
+        }
+        let a = &self.auth;
+        if a.leeway > Duration::from_secs(300) {
+            return bad("auth.leeway must be at most 5m");
+        }
+        if a.jwks_refresh < Duration::from_secs(1) {
+            return bad("auth.jwks_refresh must be at least 1s");
+        }
+        if let Some(url) = &a.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return bad("auth.jwks_url must start with https:// (or http:// on the same host)");
+            }
+        }
+        if a.jwks_ca.is_some() && a.jwks_url.is_none() {
+            return bad("auth.jwks_ca is for an https:// auth.jwks_url");
         }
         if self.store.ca.is_some() && self.store.url.is_none() {
             return bad("store.ca is for a PostgreSQL store.url");

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub connections: Family<RoleLabel, Gauge>,
     pub connections_accepted: Family<RoleLabel, Counter>,
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Token refusals by reason, and the keys held (see `auth`).
+    pub auth: crate::auth::Meters,
     pub frames_in: Family<RoleLabel, Counter>,
     pub frames_out: Family<RoleLabel, Counter>,
     pub bytes_in: Family<BytesLabel, Counter>,
@@ -175,6 +177,21 @@ impl Metrics {
             "telehub_connections_refused",
             "Connections or upgrades refused, by reason",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "telehub_tokens_refused",
+            "Tokens refused, by reason (the token itself is never logged)",
+            m.auth.refused.clone(),
+        );
+        r.register(
+            "telehub_auth_keys_file",
+            "Public keys held from auth.jwks_file",
+            m.auth.keys_file.clone(),
+        );
+        r.register(
+            "telehub_auth_keys_url",
+            "Public keys held from auth.jwks_url (last successful fetch)",
+            m.auth.keys_url.clone(),
         );
         r.register(
             "telehub_frames_in",

@@ -44,6 +44,8 @@ pub enum TlsError {
     },
     #[error("generating development certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("no trusted roots on this system: give the CA certificate")]
+    NoRoots,
     #[error("building the TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -138,16 +140,34 @@ pub fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> 
     Ok(Arc::new(config))
 }
 
+/// The roots a client trusts: the certificate(s) in `ca` (PEM), or the system's.
+pub fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|source| pem_err(path, "certificate", source))?
+            {
+                roots.add(cert.map_err(|source| pem_err(path, "certificate", source))?)?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A system root rustls cannot use is skipped, as every client does.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(TlsError::NoRoots);
+            }
+        }
+    }
+    Ok(roots)
+}
+
 /// A client configuration that trusts exactly the CA certificate(s) in `ca_pem`.
 /// Used by device-sim, the demo fleet and the tests.
 pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_pem)
-        .map_err(|source| pem_err(ca_pem, "certificate", source))?
-    {
-        let cert = cert.map_err(|source| pem_err(ca_pem, "certificate", source))?;
-        roots.add(cert)?;
-    }
+    let roots = roots(Some(ca_pem))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

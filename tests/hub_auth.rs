@@ -8,7 +8,7 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use common::*;
 use hmac::{Hmac, Mac};
 use telehub::{
-    auth::{Role, TokenKey},
+    auth::{Claims, Role, TokenKey},
     ws::{self, client::ClientConfig},
 };
 
@@ -30,8 +30,9 @@ fn with_headers(protocols: &[&str], headers: &[(&str, String)]) -> ClientConfig 
     }
 }
 
-/// A correctly signed token whose expiry is in the past.
-fn expired_token(hub: &Hub) -> String {
+/// A correctly signed token of the deprecated format, whose expiry is in the
+/// past (signed here, independently of the hub's code).
+fn expired_legacy_token(hub: &Hub) -> String {
     let claims = serde_json::json!({
         "sub": "dev-1", "role": "device", "iat": 1_000_000_000u64, "exp": 1_000_000_060u64,
     });
@@ -93,14 +94,21 @@ async fn refusals_before_the_upgrade() {
         status(hub.connect("/v1/device", &device_cfg(&other)).await),
         401
     );
-    // Expired (correctly signed).
-    assert_eq!(
-        status(
-            hub.connect("/v1/device", &device_cfg(&expired_token(&hub)))
-                .await
-        ),
-        401
-    );
+    // Expired (correctly signed), as a JWT and in the deprecated format.
+    let expired = hub.key.sign(&Claims {
+        sub: "dev-1".into(),
+        role: Role::Device,
+        tags: Default::default(),
+        iat: 1_000_000_000,
+        exp: 1_000_000_060,
+        jti: None,
+    });
+    for token in [expired, expired_legacy_token(&hub)] {
+        assert_eq!(
+            status(hub.connect("/v1/device", &device_cfg(&token)).await),
+            401
+        );
+    }
     // Wrong roles.
     for (path, role) in [
         ("/v1/device", Role::Viewer),
@@ -117,7 +125,7 @@ async fn refusals_before_the_upgrade() {
     // Every refusal was counted, and nothing got through.
     let m = hub.scrape().await;
     assert!(
-        m.get("telehub_connections_refused_total{reason=\"unauthorized\"}") >= 7.0,
+        m.get("telehub_connections_refused_total{reason=\"unauthorized\"}") >= 8.0,
         "{}",
         m.text
     );
@@ -129,6 +137,17 @@ async fn refusals_before_the_upgrade() {
         m.get("telehub_connections_accepted_total{role=\"device\"}"),
         0.0
     );
+    // By reason, too.
+    for (reason, n) in [
+        ("missing", 2.0), // none, and a Basic scheme
+        ("malformed", 3.0),
+        ("signature", 2.0), // another hub's, and "th1.." (empty)
+        ("expired", 2.0),
+        ("role", 3.0),
+    ] {
+        let series = format!("telehub_tokens_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(m.get(&series), n, "{series}\n{}", m.text);
+    }
 
     // And the right token still works.
     hub.device("dev-1").await;
@@ -198,7 +217,8 @@ async fn browser_token_sources_and_origin_policy_on_the_dashboard() {
 
 #[tokio::test]
 async fn a_token_that_expires_is_refused() {
-    let hub = Hub::start().await;
+    // No clock-skew leeway, so expiry is exact.
+    let hub = Hub::with(|c| c.auth.leeway = std::time::Duration::ZERO).await;
     // Two seconds: expiry has one-second resolution, so a one-second token
     // issued late in a second may be expired before a busy machine connects.
     let token = hub.key.issue(

@@ -51,7 +51,7 @@ fn authorize(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, A
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
-    app.tokens.authorize(bearer, roles)
+    app.auth.authorize(bearer, roles)
 }
 
 fn unauthorized(e: AuthError) -> Response {

@@ -65,7 +65,7 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
         }
     };
     let claims = match app
-        .tokens
+        .auth
         .authorize(token_from_headers(&parts.headers), roles)
     {
         Ok(c) => c,

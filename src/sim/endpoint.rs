@@ -59,6 +59,34 @@ impl Endpoint {
     /// `https://` and `http://` are accepted as the same as `wss://` and `ws://` (the
     /// hub serves its REST API and its WebSockets on one port).
     pub fn parse(url: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+        Self::parse_with(url, |_| {
+            let ca = ca.with_context(|| {
+                format!("{url:?} is wss://: pass the CA certificate (--ca PEM)")
+            })?;
+            crate::tls::client_config(ca)
+                .with_context(|| format!("loading the CA certificate {}", ca.display()))
+        })
+    }
+
+    /// As [`parse`](Self::parse), but a TLS URL without `ca` is checked against the
+    /// system's trusted roots (for servers other than the hub, e.g. a key set URL).
+    pub fn parse_trusting(url: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+        Self::parse_with(url, |_| {
+            let roots = crate::tls::roots(ca)?;
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(Arc::new(config))
+        })
+    }
+
+    fn parse_with(
+        url: &str,
+        tls_config: impl FnOnce(&str) -> anyhow::Result<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Self> {
         let (tls, rest) = if let Some(rest) = url
             .strip_prefix("wss://")
             .or_else(|| url.strip_prefix("https://"))
@@ -85,11 +113,7 @@ impl Endpoint {
             format!("{host}:{port}")
         };
         let tls = if tls {
-            let ca = ca.with_context(|| {
-                format!("{url:?} is wss://: pass the CA certificate (--ca PEM)")
-            })?;
-            let config = crate::tls::client_config(ca)
-                .with_context(|| format!("loading the CA certificate {}", ca.display()))?;
+            let config = tls_config(&host)?;
             let name = ServerName::try_from(host.clone())
                 .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
             Some((config, name))

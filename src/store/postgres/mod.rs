@@ -17,7 +17,6 @@ mod shared;
 use std::{collections::BTreeMap, path::Path, str::FromStr, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use rustls_pki_types::{pem::PemObject, CertificateDer};
 use tokio_postgres::{config::SslMode, NoTls, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_rustls::rustls;
@@ -340,29 +339,12 @@ impl Db {
 /// trusted roots. No ALPN: PostgreSQL 17 refuses a protocol other than its own.
 fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
     let tls = |e: String| StoreError::Tls(e);
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| tls(format!("{}: {e}", path.display())))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| tls(format!("{}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| tls(format!("{}: {e}", path.display())))?;
-            }
+    let roots = crate::tls::roots(ca).map_err(|e| match e {
+        crate::tls::TlsError::NoRoots => {
+            tls("no trusted roots on this system: give store.ca".into())
         }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                // A system root rustls cannot use is skipped, as every client does.
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(tls("no trusted roots on this system: give store.ca".into()));
-            }
-        }
-    }
+        e => tls(e.to_string()),
+    })?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
