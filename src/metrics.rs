@@ -194,6 +194,11 @@ impl Metrics {
             m.auth.keys_url.clone(),
         );
         r.register(
+            "telehub_auth_key_fetch_errors",
+            "Fetches of auth.jwks_url that failed (the keys held were kept)",
+            m.auth.fetch_errors.clone(),
+        );
+        r.register(
             "telehub_frames_in",
             "WebSocket data messages received",
             m.frames_in.clone(),

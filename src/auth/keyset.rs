@@ -195,6 +195,7 @@ pub async fn keep_fresh(
                 every
             }
             Err(e) => {
+                verifier.fetch_failed();
                 tracing::warn!(error = %e, "key set not refreshed; the keys held are kept");
                 every.min(MIN_REFETCH)
             }

@@ -56,6 +56,8 @@ pub struct Meters {
     /// Keys held, from the file and from the URL.
     pub keys_file: Gauge,
     pub keys_url: Gauge,
+    /// Fetches of the key set URL that failed (the keys held were kept).
+    pub fetch_errors: Counter,
 }
 
 /// Checks tokens against the hub's secret and the key set.
@@ -104,11 +106,16 @@ impl Verifier {
             let mut v = Validation::new(alg);
             v.leeway = policy.leeway.as_secs();
             v.validate_nbf = true;
+            // Configured, a claim is required: a token without it is refused.
             if let Some(iss) = issuer {
                 v.set_issuer(&[iss]);
+                v.required_spec_claims.insert("iss".into());
             }
             match audience {
-                Some(aud) => v.set_audience(&[aud]),
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    v.required_spec_claims.insert("aud".into());
+                }
                 None => v.validate_aud = false,
             }
             v
@@ -138,6 +145,11 @@ impl Verifier {
     pub fn set_fetched(&self, set: KeySet) {
         self.meters.keys_url.set(set.len() as i64);
         *self.fetched.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+    }
+
+    /// Counts a failed fetch of the key set URL.
+    pub(super) fn fetch_failed(&self) {
+        self.meters.fetch_errors.inc();
     }
 
     /// [`verify`](Self::verify) plus a role check; a refusal is counted and logged.

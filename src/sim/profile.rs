@@ -57,7 +57,11 @@ impl Kind {
 /// Token tags for device `index`: its fleet (alternating north/south), model and kind.
 pub fn tags_for(index: usize) -> BTreeMap<String, String> {
     let kind = Kind::for_index(index);
-    let fleet = if index.is_multiple_of(2) { "north" } else { "south" };
+    let fleet = if index.is_multiple_of(2) {
+        "north"
+    } else {
+        "south"
+    };
     BTreeMap::from([
         ("fleet".to_owned(), fleet.to_owned()),
         ("model".to_owned(), kind.model().to_owned()),
