@@ -57,9 +57,15 @@ impl App {
                 Some(url) => format!("opening the store {}", config::redacted(url)),
             })?;
         store.limit_size(config.store.max_bytes);
+        let revoked = store
+            .revocations(now_ms())
+            .await
+            .context("reading the token revocations")?;
+        auth.set_revocations(&revoked);
         tracing::info!(
             store = store.kind(),
             devices = snapshot.devices.len(),
+            revocations = revoked.len(),
             open_notifications = snapshot.campaigns.len(),
             "store opened"
         );
@@ -109,6 +115,12 @@ impl App {
             trigger.subscribe(),
         ));
         tokio::spawn(self.hub.clone().run_streams(trigger.subscribe()));
+        tokio::spawn(sync_revocations(
+            self.auth.clone(),
+            self.hub.clone(),
+            self.notifier.store().clone(),
+            trigger.subscribe(),
+        ));
         let a = &self.config.auth;
         if let Some(url) = &a.jwks_url {
             tokio::spawn(auth::keep_fresh(
@@ -164,4 +176,32 @@ fn verifier(config: &Config, metrics: &Metrics) -> anyhow::Result<Verifier> {
         audience: a.audience.clone(),
     };
     Ok(Verifier::new(key, policy, file, metrics.auth.clone()))
+}
+
+/// How often a node of a cluster reads the revocations again, in case it missed
+/// another node's `RevocationsChanged` (Redis down, a node joining).
+const REVOCATION_SYNC: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Keeps this node's revocations equal to the store's: at once when another node
+/// says it revoked, and every [`REVOCATION_SYNC`] when the store is shared.
+async fn sync_revocations(
+    auth: Arc<Verifier>,
+    hub: Arc<Hub>,
+    store: Store,
+    mut shutdown: crate::shutdown::Shutdown,
+) {
+    let shared = store.shared().is_some();
+    let mut tick = tokio::time::interval(REVOCATION_SYNC);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = hub.revocations_changed().notified() => {}
+            _ = tick.tick(), if shared => {}
+            _ = shutdown.recv() => return,
+        }
+        match store.revocations(now_ms()).await {
+            Ok(list) => auth.set_revocations(&list),
+            Err(e) => tracing::warn!(error = %e, "reading the token revocations"),
+        }
+    }
 }

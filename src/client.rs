@@ -11,8 +11,12 @@ use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    http::api::{CreateBody, CreatedBody, DeviceBody, DeviceOut, DevicesOut, ListBody, StatusBody},
+    http::{
+        api::{CreateBody, CreatedBody, DeviceBody, DeviceOut, DevicesOut, ListBody, StatusBody},
+        revocations::{RevocationsBody, RevokeBody},
+    },
     sim::Endpoint,
+    store::Revocation,
 };
 
 /// Bound on connecting, and on the whole exchange of one request.
@@ -98,6 +102,17 @@ impl Api {
             path.push_str(&format!("&after={}", encode(a)));
         }
         self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `POST /v1/revocations`: the revocation, once in force.
+    pub async fn revoke(&self, body: &RevokeBody) -> Result<Revocation, ApiError> {
+        self.call(Method::POST, "/v1/revocations", Some(body)).await
+    }
+
+    /// `GET /v1/revocations`: those in force, oldest first.
+    pub async fn revocations(&self) -> Result<RevocationsBody, ApiError> {
+        self.call::<(), _>(Method::GET, "/v1/revocations", None)
+            .await
     }
 
     /// `GET /readyz`: the readiness body (an error with status 503 and the body

@@ -321,6 +321,10 @@ pub struct Auth {
     pub issuer: Option<String>,
     /// The `aud` tokens of the key set must include.
     pub audience: Option<String>,
+    /// The longest lifetime tokens are given: a revocation that cannot tell when
+    /// the tokens it covers expire is kept this long.
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Duration,
 }
 
 impl Default for Auth {
@@ -334,6 +338,7 @@ impl Default for Auth {
             jwks_refresh: Duration::from_secs(300),
             issuer: None,
             audience: None,
+            max_token_lifetime: Duration::from_secs(365 * 86_400),
         }
     }
 }

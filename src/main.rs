@@ -56,6 +56,9 @@ enum Command {
     /// Register devices and list the registry.
     #[command(subcommand)]
     Devices(cli::notify::DevicesCommand),
+    /// Revoke tokens on a running hub and list the revocations.
+    #[command(subcommand)]
+    Tokens(cli::tokens::TokensCommand),
 }
 
 /// Flags override the config file, which overrides the defaults.
@@ -174,6 +177,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => runtime.block_on(demo(args)),
         Command::Notify(cmd) => exit_with(runtime.block_on(cli::notify::notify(cmd))),
         Command::Devices(cmd) => exit_with(runtime.block_on(cli::notify::devices(cmd))),
+        Command::Tokens(cmd) => exit_with(runtime.block_on(cli::tokens::tokens(cmd))),
     }
 }
 

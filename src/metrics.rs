@@ -199,6 +199,11 @@ impl Metrics {
             m.auth.fetch_errors.clone(),
         );
         r.register(
+            "telehub_revocations",
+            "Token revocations in force (see auth)",
+            m.auth.revocations.clone(),
+        );
+        r.register(
             "telehub_frames_in",
             "WebSocket data messages received",
             m.frames_in.clone(),

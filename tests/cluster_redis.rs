@@ -563,3 +563,32 @@ async fn nodes_join_over_tls_with_the_ca_they_are_given() {
     let (status, _, _) = untrusting.hub.get("/readyz").await;
     assert_eq!(status, 503);
 }
+
+#[tokio::test]
+async fn a_revocation_on_one_node_closes_connections_on_the_others() {
+    let mut redis = Redis::start();
+    let nodes = cluster(&redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let operator = a.hub.api(telehub::auth::Role::Operator);
+    let revoke = |subject: &str| telehub::http::revocations::RevokeBody {
+        subject: Some(subject.into()),
+        ..Default::default()
+    };
+    // Through Redis: node 2 hears of it at once.
+    let mut device = b.hub.device("dev-b").await;
+    let started = Instant::now();
+    operator.revoke(&revoke("dev-b")).await.expect("revoke");
+    assert_eq!(device.expect_close().await, 4003);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    // Without Redis the frame is lost: node 2 still reads the store within
+    // seconds.
+    let mut other = b.hub.device("dev-c").await;
+    redis.stop();
+    operator.revoke(&revoke("dev-c")).await.expect("revoke");
+    assert_eq!(other.expect_close().await, 4003);
+}

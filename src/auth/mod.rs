@@ -15,6 +15,7 @@
 
 mod key;
 mod keyset;
+mod revocation;
 mod verifier;
 
 use std::{
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use key::{KeyError, TokenKey, SECRET_FILE};
 pub use keyset::{keep_fresh, KeySet, KeySetError, MIN_REFETCH};
+pub use revocation::{Credential, Revoked};
 pub use verifier::{Meters, Policy, Verifier};
 
 /// Longest token accepted; anything longer is refused before any work.
@@ -143,6 +145,8 @@ pub enum AuthError {
     Audience,
     #[error("th1 tokens are no longer accepted here: mint a JWT (`telehub token`)")]
     LegacyDisabled,
+    #[error("token revoked")]
+    Revoked,
     #[error("role {got} may not use this endpoint")]
     WrongRole { got: Role },
 }
@@ -161,6 +165,7 @@ impl AuthError {
         "issuer",
         "audience",
         "legacy_disabled",
+        "revoked",
         "role",
     ];
 
@@ -178,6 +183,7 @@ impl AuthError {
             AuthError::Issuer => "issuer",
             AuthError::Audience => "audience",
             AuthError::LegacyDisabled => "legacy_disabled",
+            AuthError::Revoked => "revoked",
             AuthError::WrongRole { .. } => "role",
         }
     }

@@ -31,9 +31,10 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge}
 use serde::Deserialize;
 
 use super::{
-    key::LEGACY_PREFIX, unix_now, AuthError, Claims, KeySet, Payload, Role, TokenKey, MAX_TOKEN_LEN,
+    key::LEGACY_PREFIX, unix_now, AuthError, Claims, Credential, KeySet, Payload, Revoked, Role,
+    TokenKey, MAX_TOKEN_LEN,
 };
-use crate::metrics::ReasonLabel;
+use crate::{metrics::ReasonLabel, store::Revocation};
 
 /// What tokens are accepted beyond a valid signature.
 #[derive(Clone, Debug)]
@@ -58,6 +59,8 @@ pub struct Meters {
     pub keys_url: Gauge,
     /// Fetches of the key set URL that failed (the keys held were kept).
     pub fetch_errors: Counter,
+    /// Revocations in force.
+    pub revocations: Gauge,
 }
 
 /// Checks tokens against the hub's secret and the key set.
@@ -72,6 +75,9 @@ pub struct Verifier {
     fetched: RwLock<Arc<KeySet>>,
     /// Woken by a token naming a key the set lacks (the URL may have rotated).
     pub(super) unknown_key: tokio::sync::Notify,
+    revoked: RwLock<Arc<Revoked>>,
+    /// Bumped whenever `revoked` changes: live sessions check themselves again.
+    generation: tokio::sync::watch::Sender<u64>,
     meters: Meters,
     log: RefusalLog,
 }
@@ -131,6 +137,8 @@ impl Verifier {
             file: RwLock::new(Arc::new(file)),
             fetched: RwLock::new(Arc::new(KeySet::default())),
             unknown_key: tokio::sync::Notify::new(),
+            revoked: RwLock::new(Arc::new(Revoked::default())),
+            generation: tokio::sync::watch::Sender::new(0),
             meters,
             log: RefusalLog::default(),
         }
@@ -147,6 +155,42 @@ impl Verifier {
         *self.fetched.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
     }
 
+    /// Replaces the revocations in force (all of them, as the store lists them);
+    /// live connections are woken only when that changes something.
+    pub fn set_revocations(&self, list: &[Revocation]) {
+        let new = Revoked::new(list);
+        if **self.revoked.read().unwrap_or_else(|p| p.into_inner()) != new {
+            self.replace_revoked(new);
+        }
+    }
+
+    /// Adds one revocation (just committed by this node).
+    pub fn revoke(&self, rev: &Revocation) {
+        let mut now = (**self.revoked.read().unwrap_or_else(|p| p.into_inner())).clone();
+        now.add(rev);
+        self.replace_revoked(now);
+    }
+
+    fn replace_revoked(&self, revoked: Revoked) {
+        self.meters.revocations.set(revoked.len() as i64);
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(revoked);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Whether a revocation in force covers this token.
+    pub fn is_revoked(&self, credential: &Credential) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .covers(credential)
+    }
+
+    /// Changes whenever the revocations do: a live connection awaits it and then
+    /// checks its own token with [`is_revoked`](Self::is_revoked).
+    pub fn revocations_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// Counts a failed fetch of the key set URL.
     pub(super) fn fetch_failed(&self) {
         self.meters.fetch_errors.inc();
@@ -156,6 +200,9 @@ impl Verifier {
     pub fn authorize(&self, token: Option<&str>, allowed: &[Role]) -> Result<Claims, AuthError> {
         let checked = token.ok_or(AuthError::Missing).and_then(|t| {
             let claims = self.verify(t)?;
+            if self.is_revoked(&Credential::from(&claims)) {
+                return Err(AuthError::Revoked);
+            }
             if !allowed.contains(&claims.role) {
                 return Err(AuthError::WrongRole { got: claims.role });
             }

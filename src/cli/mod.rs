@@ -2,3 +2,4 @@
 //! API (see `telehub::client`).
 
 pub mod notify;
+pub mod tokens;

@@ -37,11 +37,11 @@ pub struct ApiArgs {
     data_dir: Option<PathBuf>,
     /// Print JSON (the API's answer) instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl ApiArgs {
-    fn api(&self) -> anyhow::Result<Api> {
+    pub(crate) fn api(&self) -> anyhow::Result<Api> {
         let token = match (&self.token_file, &self.data_dir) {
             (Some(f), _) => std::fs::read_to_string(f)
                 .with_context(|| format!("reading the token file {}", f.display()))?

@@ -387,6 +387,13 @@ impl Link {
                             )
                             .ignore();
                         }
+                        Out::RevocationsChanged => {
+                            pipe.publish(
+                                self.shared.keys.control(),
+                                self.writer.revocations_changed(),
+                            )
+                            .ignore();
+                        }
                         Out::Leave(done) => {
                             pipe.zrem(self.shared.keys.nodes(), keys::node_name(self.node))
                                 .ignore()

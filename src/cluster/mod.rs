@@ -93,6 +93,8 @@ enum Out {
     Counts(Vec<DeviceStats>),
     /// New notifications in the shared store.
     NotificationsCreated,
+    /// A new revocation in the shared store.
+    RevocationsChanged,
     /// Answers node `to`'s request `id`.
     HistoryReply {
         to: NodeId,
@@ -432,6 +434,10 @@ impl Bus for RedisBus {
 
     fn notifications_created(&self) {
         self.send(Out::NotificationsCreated);
+    }
+
+    fn revocations_changed(&self) {
+        self.send(Out::RevocationsChanged);
     }
 
     fn leave(&self) -> BoxFuture<'_, ()> {

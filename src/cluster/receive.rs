@@ -106,6 +106,7 @@ pub(super) async fn receive(
             }
             Said::Counts(devices) => hub.counters(from, devices),
             Said::NotificationsCreated => hub.notifications_created(from),
+            Said::RevocationsChanged => hub.revocations_changed(from),
             Said::HistoryReply { id, series, last } => {
                 shared.answered(id, Some(from), series, last, None);
             }

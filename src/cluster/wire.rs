@@ -47,6 +47,7 @@ pub enum Said {
     Owned(Vec<(Arc<DeviceInfo>, u64)>),
     Leaving,
     NotificationsCreated,
+    RevocationsChanged,
     HistoryRequest {
         id: u64,
         patterns: Vec<Pattern>,
@@ -124,6 +125,12 @@ impl Writer {
     pub fn notifications_created(&self) -> Vec<u8> {
         self.frame(pb::frame::Body::NotificationsCreated(
             pb::NotificationsCreated {},
+        ))
+    }
+
+    pub fn revocations_changed(&self) -> Vec<u8> {
+        self.frame(pb::frame::Body::RevocationsChanged(
+            pb::RevocationsChanged {},
         ))
     }
 
@@ -248,6 +255,7 @@ impl Reader {
             ),
             pb::frame::Body::Leaving(_) => Said::Leaving,
             pb::frame::Body::NotificationsCreated(_) => Said::NotificationsCreated,
+            pb::frame::Body::RevocationsChanged(_) => Said::RevocationsChanged,
             pb::frame::Body::Counts(c) => Said::Counts(
                 c.devices
                     .into_iter()
@@ -462,6 +470,10 @@ mod tests {
         assert!(matches!(
             r.read(Bytes::from(w.notifications_created())).unwrap().said,
             Said::NotificationsCreated
+        ));
+        assert!(matches!(
+            r.read(Bytes::from(w.revocations_changed())).unwrap().said,
+            Said::RevocationsChanged
         ));
     }
 }

@@ -8,6 +8,7 @@
 //! | `PUT /v1/devices/{id}` | operator | register a device or replace its tags |
 //! | `GET /v1/devices?after=DEV&limit=N` | viewer, operator | the registry, paged |
 //! | `GET /v1/dashboard/settings` | anyone | how the browser page subscribes |
+//! | `POST /v1/revocations`, `GET /v1/revocations` | operator | revoke tokens, list revocations (`revocations`) |
 //!
 //! Only `Authorization: Bearer <token>` authenticates here, never the cookie the
 //! dashboard WebSocket accepts: a cookie would let any web page a logged-in
@@ -42,9 +43,13 @@ const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 
 const READERS: &[Role] = &[Role::Viewer, Role::Operator];
-const OPERATORS: &[Role] = &[Role::Operator];
+pub(super) const OPERATORS: &[Role] = &[Role::Operator];
 
-fn authorize(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, AuthError> {
+pub(super) fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    roles: &[Role],
+) -> Result<Claims, AuthError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -54,7 +59,7 @@ fn authorize(app: &App, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, A
     app.auth.authorize(bearer, roles)
 }
 
-fn unauthorized(e: AuthError) -> Response {
+pub(super) fn unauthorized(e: AuthError) -> Response {
     refuse(e.status(), e)
 }
 
@@ -65,7 +70,7 @@ async fn readable(app: &App, headers: &HeaderMap) -> Result<(), Response> {
     app.notifier.store().barrier().await.map_err(unavailable)
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Response {
+pub(super) fn unavailable(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "store");
     refuse(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod revocations;
 pub mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -57,6 +58,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/devices", get(api::devices))
         .route("/v1/devices/{id}", put(api::put_device))
         .route("/v1/dashboard/settings", get(api::page_settings))
+        .route(
+            "/v1/revocations",
+            get(revocations::list).post(revocations::revoke),
+        )
         .route("/{*file}", get(assets::serve))
         .with_state(app)
 }

@@ -135,6 +135,8 @@ pub struct Hub {
     link_notice: std::sync::Mutex<Option<Arc<Encoded>>>,
     /// Another node created a notification (the notifier reads the shared store).
     notifications: tokio::sync::Notify,
+    /// Another node revoked tokens (the app reads the store's revocations).
+    revocations: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -157,6 +159,7 @@ impl Hub {
             metrics,
             link_notice: std::sync::Mutex::default(),
             notifications: tokio::sync::Notify::new(),
+            revocations: tokio::sync::Notify::new(),
         });
         let events: std::sync::Weak<dyn BusEvents> = Arc::downgrade(&hub) as _;
         hub.bus.attach(hub.node, events, &hub.metrics);
@@ -176,6 +179,12 @@ impl Hub {
     /// is kept while nobody waits).
     pub fn notifications_created(&self) -> &tokio::sync::Notify {
         &self.notifications
+    }
+
+    /// Signalled when another node revoked tokens (at most one wake-up is kept
+    /// while nobody waits).
+    pub fn revocations_changed(&self) -> &tokio::sync::Notify {
+        &self.revocations
     }
 
     pub fn bus(&self) -> &Arc<dyn Bus> {

@@ -62,6 +62,10 @@ impl BusEvents for Hub {
         self.notifications.notify_one();
     }
 
+    fn revocations_changed(&self, _from: NodeId) {
+        self.revocations.notify_one();
+    }
+
     fn link(&self, linked: bool, node: &str, message: &str) {
         self.announce_link(linked, node, message);
     }

@@ -97,6 +97,7 @@ impl Notifier {
                 completed_before_ms: before,
             })
             .await;
+            self.send(Op::PruneRevocations { now_ms: now }).await;
         }
         // The sync that follows reads what the sweep did.
         let _ = self.store.barrier().await;

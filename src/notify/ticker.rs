@@ -80,6 +80,8 @@ impl Notifier {
                             completed_before_ms: prune_before,
                         })
                         .await;
+                        // Revocations whose tokens have all expired, with them.
+                        self.send(Op::PruneRevocations { now_ms: now_ms() }).await;
                     }
                 }
             }

@@ -43,6 +43,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// A newer connection with the same device id took the session over.
     pub const TAKEN_OVER: u16 = 4001;
+    /// The connection's token was revoked (`POST /v1/revocations`).
+    pub const REVOKED: u16 = 4003;
 }
 
 /// Why a session ends.

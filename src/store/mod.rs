@@ -45,7 +45,7 @@ pub use postgres::{Lease, Select, Shared};
 pub use sqlite::FILE;
 pub use types::{
     CampaignRow, Counts, DeliveryRow, DeliveryState, DeviceRow, LoadedCampaign, NewNotification,
-    Snapshot, Status, Summary,
+    Revocation, RevocationKind, Snapshot, Status, Summary,
 };
 pub use writer::Stats;
 
@@ -133,6 +133,12 @@ pub enum Op {
     /// Deletes notifications completed before the instant, with their deliveries.
     Prune {
         completed_before_ms: u64,
+    },
+    /// Records a revocation, or widens the one of the same kind and value.
+    Revoke(Revocation),
+    /// Deletes the revocations that expired at the instant.
+    PruneRevocations {
+        now_ms: u64,
     },
     /// Changes nothing; completes once everything queued before it is committed.
     Barrier,
@@ -349,6 +355,14 @@ impl Store {
                     .await
             }
             Reader::Postgres(db) => db.devices(after.as_deref(), limit).await,
+        }
+    }
+
+    /// The revocations still in force at `now_ms`, oldest first.
+    pub async fn revocations(&self, now_ms: u64) -> Result<Vec<Revocation>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(r) => r.read(move |c| sqlite::revocations(c, now_ms)).await,
+            Reader::Postgres(db) => db.revocations(now_ms).await,
         }
     }
 

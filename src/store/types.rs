@@ -157,3 +157,68 @@ pub struct Summary {
     pub campaign: CampaignRow,
     pub counts: Counts,
 }
+
+/// What a revocation covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationKind {
+    /// One token, by its `jti`.
+    Token,
+    /// Every token of a subject issued before an instant.
+    Subject,
+}
+
+impl RevocationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Subject => "subject",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "token" => Some(Self::Token),
+            "subject" => Some(Self::Subject),
+            _ => None,
+        }
+    }
+}
+
+/// A stored revocation. Kept until `expires_ms`, when the tokens it covers have
+/// expired anyway; one per (kind, value): revoking again widens it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    pub kind: RevocationKind,
+    /// The `jti` (kind `token`) or the subject (kind `subject`).
+    pub value: String,
+    /// Kind `subject`: tokens whose `iat` is before this instant are covered.
+    pub issued_before_ms: u64,
+    pub expires_ms: u64,
+    pub created_ms: u64,
+    /// The operator who revoked.
+    pub created_by: String,
+}
+
+impl Revocation {
+    /// A row as both backends store it.
+    pub(crate) fn from_row(
+        kind: &str,
+        value: String,
+        issued_before_ms: i64,
+        expires_ms: i64,
+        created_ms: i64,
+        created_by: String,
+    ) -> Result<Self, super::StoreError> {
+        let kind = RevocationKind::parse(kind)
+            .ok_or_else(|| super::StoreError::Invalid(format!("revocation kind {kind:?}")))?;
+        Ok(Revocation {
+            kind,
+            value,
+            issued_before_ms: issued_before_ms.max(0) as u64,
+            expires_ms: expires_ms.max(0) as u64,
+            created_ms: created_ms.max(0) as u64,
+            created_by,
+        })
+    }
+}

@@ -28,6 +28,7 @@ enum Event {
     Takeover(Arc<DeviceInfo>, u64),
     Counts(Vec<crate::proto::DeviceStats>),
     NotificationsCreated,
+    RevocationsChanged,
 }
 
 /// A node's queue: events with the node they came from.
@@ -111,6 +112,7 @@ impl Bus for MemoryBus {
                     Event::Takeover(d, at_ms) => hub.takeover(from, d, at_ms),
                     Event::Counts(c) => hub.counters(from, c),
                     Event::NotificationsCreated => hub.notifications_created(from),
+                    Event::RevocationsChanged => hub.revocations_changed(from),
                 }
             }
         });
@@ -134,6 +136,10 @@ impl Bus for MemoryBus {
 
     fn notifications_created(&self) {
         self.send(|| Event::NotificationsCreated);
+    }
+
+    fn revocations_changed(&self) {
+        self.send(|| Event::RevocationsChanged);
     }
 
     fn counters(&self, devices: Vec<crate::proto::DeviceStats>) {

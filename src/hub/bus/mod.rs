@@ -82,6 +82,10 @@ pub trait Bus: Send + Sync + 'static {
     /// nodes read them there and wake their targets.
     fn notifications_created(&self) {}
 
+    /// This node committed a token revocation to the store: the other nodes read
+    /// the revocations there and close what they cover.
+    fn revocations_changed(&self) {}
+
     /// Whether this node is joined to the others (`GET /readyz`).
     fn ready(&self) -> bool {
         true
@@ -135,6 +139,9 @@ pub trait BusEvents: Send + Sync {
 
     /// Node `from` committed new notifications to the shared store.
     fn notifications_created(&self, from: NodeId);
+
+    /// Node `from` committed a token revocation to the store.
+    fn revocations_changed(&self, from: NodeId);
 
     /// The link to the other nodes went down (`linked = false`: nothing arrives
     /// from them) or came back; `node` names this node, `message` says why.

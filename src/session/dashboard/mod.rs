@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     app::App,
-    auth::{Claims, Role},
+    auth::{Claims, Credential, Role},
     hub::{DashboardHandle, Encoded, Pattern, WireFormat},
     metrics::RoleMeters,
     proto::{
@@ -57,7 +57,7 @@ pub async fn run<S>(
     let mut dashboard = Dashboard {
         handle,
         role: claims.role,
-        subject: claims.sub.clone(),
+        credential: Credential::from(&claims),
         format,
         app: app.clone(),
         meters,
@@ -88,7 +88,8 @@ pub(super) struct Dashboard {
     handle: Arc<DashboardHandle>,
     /// Viewers watch; operators may also push notifications.
     role: Role,
-    subject: String,
+    /// Its token, checked again when revocations change.
+    credential: Credential,
     format: WireFormat,
     app: Arc<App>,
     meters: RoleMeters,
@@ -197,10 +198,20 @@ impl Dashboard {
         let mut keepalive = KeepAlive::new(limits.ping_interval, limits.idle_timeout);
         let mut queued: Vec<Arc<Encoded>> = Vec::new();
         let mut batch: Vec<ws::SharedMessage> = Vec::new();
+        // Watched from here on; a revocation since the upgrade's check is seen now.
+        let mut revocations = self.app.auth.revocations_changed();
+        if self.app.auth.is_revoked(&self.credential) {
+            return Some(Close::new(close::REVOKED, "token revoked"));
+        }
         loop {
             tokio::select! {
                 _ = shutdown.recv() => {
                     return Some(Close::new(close::GOING_AWAY, "server shutting down"));
+                }
+                Ok(()) = revocations.changed() => {
+                    if self.app.auth.is_revoked(&self.credential) {
+                        return Some(Close::new(close::REVOKED, "token revoked"));
+                    }
                 }
                 _ = self.handle.outbox.ready() => {
                     let drained = self.handle.outbox.drain(&mut queued);

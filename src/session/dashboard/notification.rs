@@ -45,7 +45,7 @@ impl Dashboard {
             Ok(req) => req,
             Err(e) => return refuse(Code::Malformed, format!("invalid notification: {e}")),
         };
-        match self.app.notifier.create(req, &self.subject).await {
+        match self.app.notifier.create(req, &self.credential.sub).await {
             Ok(created) => Reply::send(Envelope {
                 body: Some(Body::NotificationAccepted(NotificationAccepted {
                     request_id,

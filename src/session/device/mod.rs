@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     app::App,
-    auth::Claims,
+    auth::{Claims, Credential},
     hub::{DeviceInfo, DeviceSession},
     metrics::RoleMeters,
     proto::{envelope::Body, error::Code, Ack, Envelope, Telemetry, Welcome},
@@ -72,6 +72,8 @@ pub(super) struct Device {
     telemetry: telemetry::Telemetry,
     strikes: Strikes,
     deliveries: Deliveries,
+    /// Its token, checked again when revocations change.
+    credential: Credential,
 }
 
 /// What a device may send, parsed.
@@ -117,6 +119,7 @@ impl Device {
         app: Arc<App>,
         meters: RoleMeters,
     ) -> Option<Device> {
+        let credential = Credential::from(&claims);
         let info = Arc::new(DeviceInfo {
             id: claims.sub,
             tags: claims.tags,
@@ -138,6 +141,7 @@ impl Device {
         // Before the first look at what is open for it (see `notify::shared`).
         app.notifier.device_connected(&session.info.id).await;
         Some(Device {
+            credential,
             deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
             telemetry: telemetry::Telemetry::new(&app.config),
             strikes: Strikes::new(app.config.limits.max_malformed),
@@ -160,6 +164,11 @@ impl Device {
         let limits = &self.app.config.limits;
         let mut keepalive = KeepAlive::new(limits.ping_interval, limits.idle_timeout);
         let (kick, wake) = (self.session.kick.clone(), self.session.wake.clone());
+        // Watched from here on; a revocation since the upgrade's check is seen now.
+        let mut revocations = self.app.auth.revocations_changed();
+        if self.app.auth.is_revoked(&self.credential) {
+            return Some(Close::new(close::REVOKED, "token revoked"));
+        }
         loop {
             let next_due = self.deliveries.next_due();
             tokio::select! {
@@ -178,6 +187,11 @@ impl Device {
                 }
                 _ = kick.notified() => {
                     return Some(Close::new(close::TAKEN_OVER, "a newer connection took this device over"));
+                }
+                Ok(()) = revocations.changed() => {
+                    if self.app.auth.is_revoked(&self.credential) {
+                        return Some(Close::new(close::REVOKED, "token revoked"));
+                    }
                 }
                 _ = keepalive.ticker.tick() => {
                     if let Err(end) = keepalive.on_tick(writer).await {

@@ -51,6 +51,14 @@ const COMPLETE_DONE: &str = "UPDATE notifications n SET completed_ms = $1
      WHERE n.completed_ms IS NULL AND NOT EXISTS (
          SELECT 1 FROM deliveries d WHERE d.notification = n.seq
            AND (d.state = 0 OR (d.state = 1 AND n.severity = $2)))";
+const REVOKE: &str = "INSERT INTO revocations
+         (kind, value, issued_before_ms, expires_ms, created_ms, created_by)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (kind, value) DO UPDATE SET
+         issued_before_ms = greatest(revocations.issued_before_ms, excluded.issued_before_ms),
+         expires_ms = greatest(revocations.expires_ms, excluded.expires_ms),
+         created_ms = excluded.created_ms, created_by = excluded.created_by";
+const PRUNE_REVOCATIONS: &str = "DELETE FROM revocations WHERE expires_ms <= $1";
 const PRUNE: &str =
     "DELETE FROM notifications WHERE completed_ms IS NOT NULL AND completed_ms < $1";
 
@@ -160,7 +168,10 @@ fn steps<'a>(ops: &[&'a Op]) -> Vec<Step<'a>> {
                     .entry((*seq, device.as_str()))
                     .or_insert(*at_ms as i64);
             }
-            Op::Device { .. } | Op::Barrier => out.push(Step::One(i, op)),
+            // Other tables: they commute with writes and acks.
+            Op::Device { .. } | Op::Revoke(_) | Op::PruneRevocations { .. } | Op::Barrier => {
+                out.push(Step::One(i, op))
+            }
             _ => {
                 flush(&mut out, &mut sent, &mut acked);
                 out.push(Step::One(i, op));
@@ -265,6 +276,8 @@ fn sql(op: &Op) -> Option<&'static str> {
         Op::ExpireDue { .. } => EXPIRE_DUE,
         Op::CompleteDone { .. } => COMPLETE_DONE,
         Op::Prune { .. } => PRUNE,
+        Op::Revoke(_) => REVOKE,
+        Op::PruneRevocations { .. } => PRUNE_REVOCATIONS,
         Op::Barrier => return None,
     })
 }
@@ -331,6 +344,22 @@ async fn apply(
         Op::Prune {
             completed_before_ms,
         } => rows(tx.execute(stmt, &[&ms(*completed_before_ms)]).await?),
+        Op::Revoke(r) => {
+            tx.execute(
+                stmt,
+                &[
+                    &r.kind.as_str(),
+                    &r.value,
+                    &ms(r.issued_before_ms),
+                    &ms(r.expires_ms),
+                    &ms(r.created_ms),
+                    &r.created_by,
+                ],
+            )
+            .await?;
+            Done::Nothing
+        }
+        Op::PruneRevocations { now_ms } => rows(tx.execute(stmt, &[&ms(*now_ms)]).await?),
         Op::Barrier => Done::Nothing,
     })
 }

@@ -23,14 +23,24 @@ use tokio_rustls::rustls;
 
 use super::{
     CampaignRow, Counts, DeliveryRow, DeliveryState, DeviceRow, LoadedCampaign, NewNotification,
-    Snapshot, Status, StoreError, Summary,
+    Revocation, Snapshot, Status, StoreError, Summary,
 };
 
 pub use shared::{Lease, Select, Shared};
 
 /// Current schema version (the `telehub_schema` table).
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 const SCHEMA_V1: &str = include_str!("schema.sql");
+/// Version 2: token revocations (see `auth`).
+const SCHEMA_V2: &str = "CREATE TABLE revocations (
+    kind             TEXT NOT NULL CHECK (kind IN ('token', 'subject')),
+    value            TEXT NOT NULL,
+    issued_before_ms BIGINT NOT NULL,
+    expires_ms       BIGINT NOT NULL,
+    created_ms       BIGINT NOT NULL,
+    created_by       TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+)";
 /// The advisory lock migrations hold ("telehub" and 1).
 const MIGRATE_LOCK: i64 = 0x7465_6c65_6875_6201;
 /// Connections: the writer, the lease holder, reads.
@@ -114,9 +124,15 @@ impl Db {
                     supported: VERSION,
                 })
             }
-            Some(_) => {}
-            None => {
-                tx.batch_execute(SCHEMA_V1).await?;
+            Some(VERSION) => {}
+            found => {
+                let found = found.unwrap_or(0);
+                if found < 1 {
+                    tx.batch_execute(SCHEMA_V1).await?;
+                }
+                if found < 2 {
+                    tx.batch_execute(SCHEMA_V2).await?;
+                }
                 tx.execute(
                     "INSERT INTO telehub_schema (version) VALUES ($1)",
                     &[&VERSION],
@@ -312,6 +328,24 @@ impl Db {
             .await?
             .iter()
             .map(device_row)
+            .collect()
+    }
+
+    pub(super) async fn revocations(&self, now_ms: u64) -> Result<Vec<Revocation>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT kind, value, issued_before_ms, expires_ms, created_ms, created_by
+                 FROM revocations WHERE expires_ms > $1 ORDER BY created_ms, kind, value",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&(now_ms as i64)])
+            .await?
+            .into_iter()
+            .map(|r| {
+                Revocation::from_row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
+            })
             .collect()
     }
 

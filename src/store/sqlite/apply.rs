@@ -165,6 +165,32 @@ pub(super) fn apply(tx: &Connection, op: &Op) -> Result<Done, StoreError> {
                 .execute(params![*completed_before_ms as i64])?;
             Ok(Done::Rows(n))
         }
+        Op::Revoke(r) => {
+            tx.prepare_cached(
+                "INSERT INTO revocations
+                     (kind, value, issued_before_ms, expires_ms, created_ms, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(kind, value) DO UPDATE SET
+                     issued_before_ms = max(issued_before_ms, excluded.issued_before_ms),
+                     expires_ms = max(expires_ms, excluded.expires_ms),
+                     created_ms = excluded.created_ms, created_by = excluded.created_by",
+            )?
+            .execute(params![
+                r.kind.as_str(),
+                r.value,
+                r.issued_before_ms as i64,
+                r.expires_ms as i64,
+                r.created_ms as i64,
+                r.created_by,
+            ])?;
+            Ok(Done::Nothing)
+        }
+        Op::PruneRevocations { now_ms } => {
+            let n = tx
+                .prepare_cached("DELETE FROM revocations WHERE expires_ms <= ?1")?
+                .execute(params![*now_ms as i64])?;
+            Ok(Done::Rows(n))
+        }
         Op::Barrier => Ok(Done::Nothing),
     }
 }

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 
 use super::{writer::Backend, Done, Health, Op, Snapshot, StoreError};
 
-pub(super) use queries::{delivery, devices, recent, status};
+pub(super) use queries::{delivery, devices, recent, revocations, status};
 pub use schema::FILE;
 
 /// SQLite's page size (its default, which the store keeps).

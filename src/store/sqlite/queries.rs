@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::store::{
     CampaignRow, Counts, DeliveryRow, DeliveryState, DeviceRow, LoadedCampaign, NewNotification,
-    Snapshot, Status, StoreError, Summary,
+    Revocation, Snapshot, Status, StoreError, Summary,
 };
 
 const CAMPAIGN_COLUMNS: &str = "seq, id, severity, title, body, payload, targets, created_by, created_ms, expires_ms, completed_ms";
@@ -184,6 +184,30 @@ pub fn delivery(
         Ok((r.get(0)?, r.get(1)?, state(r.get(2)?)?))
     })
     .optional()?)
+}
+
+pub fn revocations(c: &Connection, now_ms: u64) -> Result<Vec<Revocation>, StoreError> {
+    let rows = c
+        .prepare_cached(
+            "SELECT kind, value, issued_before_ms, expires_ms, created_ms, created_by
+             FROM revocations WHERE expires_ms > ?1 ORDER BY created_ms, kind, value",
+        )?
+        .query_map(params![now_ms as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(kind, value, before, expires, created, by)| {
+            Revocation::from_row(&kind, value, before, expires, created, by)
+        })
+        .collect()
 }
 
 #[cfg(test)]

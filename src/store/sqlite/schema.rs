@@ -16,7 +16,7 @@ use crate::store::StoreError;
 pub const FILE: &str = "telehub.db";
 
 /// Current schema version.
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE devices (
@@ -59,6 +59,20 @@ CREATE TABLE deliveries (
 CREATE INDEX notifications_open ON notifications(seq) WHERE completed_ms IS NULL;
 ";
 
+/// Version 2: token revocations (see `auth`).
+const SCHEMA_V2: &str = "
+CREATE TABLE revocations (
+    -- 'token' (value: a jti) or 'subject' (value: a token subject).
+    kind             TEXT NOT NULL,
+    value            TEXT NOT NULL,
+    issued_before_ms INTEGER NOT NULL,
+    expires_ms       INTEGER NOT NULL,
+    created_ms       INTEGER NOT NULL,
+    created_by       TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
+";
+
 /// Opens (creating if needed) the database in `data_dir` with the settings above.
 pub fn open(data_dir: &Path) -> Result<Connection, StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
@@ -83,9 +97,14 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             supported: VERSION,
         });
     }
-    if version < 1 {
+    if version < VERSION {
         let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA_V1)?;
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1)?;
+        }
+        if version < 2 {
+            tx.execute_batch(SCHEMA_V2)?;
+        }
         tx.pragma_update(None, "user_version", VERSION)?;
         tx.commit()?;
     }
