@@ -32,6 +32,8 @@ pub struct App {
     pub auth: Arc<Verifier>,
     /// Whether shutdown started (for `/healthz`; holds nothing open).
     pub draining: Draining,
+    /// The listener's TLS configuration (`None` in plaintext mode).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl App {
@@ -41,6 +43,7 @@ impl App {
         config: Config,
         bus: Arc<dyn Bus>,
         draining: Draining,
+        tls: Option<Arc<crate::tls::ServerTls>>,
     ) -> anyhow::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         let auth = Arc::new(verifier(&config, &metrics)?);
@@ -101,6 +104,7 @@ impl App {
             metrics,
             auth,
             draining,
+            tls,
             config: Arc::new(config),
         }))
     }

@@ -30,6 +30,7 @@ pub struct Config {
     pub cluster: Cluster,
     pub store: StoreSettings,
     pub auth: Auth,
+    pub tls: Tls,
 }
 
 impl Default for Config {
@@ -47,6 +48,7 @@ impl Default for Config {
             cluster: Cluster::default(),
             store: StoreSettings::default(),
             auth: Auth::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -343,6 +345,35 @@ impl Default for Auth {
     }
 }
 
+/// `[tls]`: devices authenticating with a client certificate (see `tls::server`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// The CA (PEM) device certificates chain to; set, devices may present a
+    /// certificate instead of a token. Dashboards and REST never need one.
+    pub device_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) of the device CA.
+    pub device_crl: Vec<PathBuf>,
+    /// Where a certificate carries the device id.
+    pub device_id: DeviceIdField,
+    /// Tags of certificate-authenticated devices (over those of the registry).
+    pub device_tags: std::collections::BTreeMap<String, String>,
+}
+
+/// The field of a device certificate that names the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceIdField {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first DNS name of the subject alternative names.
+    SanDns,
+    /// The first URI of the subject alternative names (`urn:telehub:device:` is
+    /// taken off if it starts with it).
+    SanUri,
+}
+
 /// `[cluster]`: one node of several behind one name, joined through Redis (the
 /// live plane). Off unless `url` is set.
 #[derive(Clone, Deserialize)]
@@ -526,6 +557,12 @@ impl Config {
         }
         if a.jwks_ca.is_some() && a.jwks_url.is_none() {
             return bad("auth.jwks_ca is for an https:// auth.jwks_url");
+        }
+        if !self.tls.device_crl.is_empty() && self.tls.device_ca.is_none() {
+            return bad("tls.device_crl goes with tls.device_ca");
+        }
+        if self.tls.device_ca.is_some() && self.plaintext {
+            return bad("tls.device_ca needs TLS: it cannot be used with plaintext");
         }
         if self.store.ca.is_some() && self.store.url.is_none() {
             return bad("store.ca is for a PostgreSQL store.url");

@@ -59,6 +59,9 @@ enum Command {
     /// Revoke tokens on a running hub and list the revocations.
     #[command(subcommand)]
     Tokens(cli::tokens::TokensCommand),
+    /// Development certificates for devices.
+    #[command(subcommand)]
+    Certs(CertsCommand),
 }
 
 /// Flags override the config file, which overrides the defaults.
@@ -125,6 +128,29 @@ struct TokenArgs {
     ttl: Duration,
 }
 
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Issue a device certificate and key from the development device CA
+    /// (CERTS_DIR/device-ca.pem, created on first use).
+    IssueDevice(IssueDeviceArgs),
+}
+
+#[derive(Args)]
+struct IssueDeviceArgs {
+    /// The device id, written in the CN and a SAN URI urn:telehub:device:ID.
+    #[arg(long)]
+    subject: String,
+    /// Where the device CA lives (the hub's certs dir).
+    #[arg(long, default_value = "certs")]
+    certs_dir: PathBuf,
+    /// Where ID.pem and ID.key go (default: CERTS_DIR/devices).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Validity, e.g. 365d.
+    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+    valid_for: Duration,
+}
+
 #[derive(Args)]
 struct DemoArgs {
     /// Simulated devices.
@@ -178,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         Command::Notify(cmd) => exit_with(runtime.block_on(cli::notify::notify(cmd))),
         Command::Devices(cmd) => exit_with(runtime.block_on(cli::notify::devices(cmd))),
         Command::Tokens(cmd) => exit_with(runtime.block_on(cli::tokens::tokens(cmd))),
+        Command::Certs(CertsCommand::IssueDevice(args)) => issue_device(args),
     }
 }
 
@@ -263,6 +290,20 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let key = TokenKey::load_or_create(&args.data_dir)?;
     let tags: BTreeMap<String, String> = args.tags.into_iter().collect();
     println!("{}", key.issue(&args.subject, args.role, tags, args.ttl));
+    Ok(())
+}
+
+fn issue_device(args: IssueDeviceArgs) -> anyhow::Result<()> {
+    let out = args.out.unwrap_or_else(|| args.certs_dir.join("devices"));
+    let (cert, key) =
+        tls::device::issue_files(&args.certs_dir, &args.subject, args.valid_for, &out)
+            .context("issuing the device certificate")?;
+    println!("certificate: {}", cert.display());
+    println!("key:         {}", key.display());
+    println!(
+        "the hub trusts it with [tls] device_ca = \"{}\"",
+        args.certs_dir.join(tls::device::DEVICE_CA_CERT).display()
+    );
     Ok(())
 }
 

@@ -91,7 +91,6 @@ impl Drop for ConnGuard {
 pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
-    tls: Option<TlsAcceptor>,
     trigger: Trigger,
     caps: Arc<Caps>,
 }
@@ -118,7 +117,9 @@ impl Server {
                     config.certs_dir.join(tls::CA_CERT).display()
                 ),
             }
-            Some(TlsAcceptor::from(tls::server_config(&config.certs_dir)?))
+            let tls = tls::ServerTls::load(&config.certs_dir, &config.tls)
+                .context("loading the TLS configuration")?;
+            Some(Arc::new(tls))
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -129,11 +130,10 @@ impl Server {
             per_ip: Mutex::default(),
             max_per_ip: config.limits.max_connections_per_ip,
         });
-        let app = App::build(config, bus, trigger.draining()).await?;
+        let app = App::build(config, bus, trigger.draining(), tls).await?;
         Ok(Self {
             listener,
             app,
-            tls,
             trigger,
             caps,
         })
@@ -152,7 +152,6 @@ impl Server {
         let Server {
             listener,
             app,
-            tls,
             trigger,
             caps,
         } = self;
@@ -186,13 +185,9 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let info = ConnInfo::new(peer, trigger.subscribe(), guard);
-            tokio::spawn(serve_tcp(
-                tcp,
-                info,
-                tls.clone(),
-                router.clone(),
-                app.clone(),
-            ));
+            // The configuration in force now (SIGHUP may swap it).
+            let tls = app.tls.as_ref().map(|t| t.acceptor());
+            tokio::spawn(serve_tcp(tcp, info, tls, router.clone(), app.clone()));
         }
         tracing::info!("shutting down: closing every connection with 1001");
         drop(listener);
@@ -221,7 +216,7 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn serve_tcp(
     tcp: TcpStream,
-    info: ConnInfo,
+    mut info: ConnInfo,
     tls: Option<TlsAcceptor>,
     router: axum::Router,
     app: Arc<App>,
@@ -230,7 +225,19 @@ async fn serve_tcp(
     match tls {
         None => serve_http(tcp, info, router, app).await,
         Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_http(stream, info, router, app).await,
+            Ok(Ok(stream)) => {
+                // Verified against the device CA by the handshake; named here.
+                if let Some(cert) = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                {
+                    let named = tls::device::identify(cert, app.config.tls.device_id);
+                    info.device_cert = Some(Arc::new(named));
+                }
+                serve_http(stream, info, router, app).await
+            }
             Ok(Err(e)) => {
                 app.metrics.refused("tls_handshake");
                 tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed");

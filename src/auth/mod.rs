@@ -147,6 +147,8 @@ pub enum AuthError {
     LegacyDisabled,
     #[error("token revoked")]
     Revoked,
+    #[error("client certificate refused: {0}")]
+    Certificate(String),
     #[error("role {got} may not use this endpoint")]
     WrongRole { got: Role },
 }
@@ -166,6 +168,7 @@ impl AuthError {
         "audience",
         "legacy_disabled",
         "revoked",
+        "certificate",
         "role",
     ];
 
@@ -184,6 +187,7 @@ impl AuthError {
             AuthError::Audience => "audience",
             AuthError::LegacyDisabled => "legacy_disabled",
             AuthError::Revoked => "revoked",
+            AuthError::Certificate(_) => "certificate",
             AuthError::WrongRole { .. } => "role",
         }
     }

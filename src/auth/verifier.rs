@@ -214,6 +214,36 @@ impl Verifier {
         checked
     }
 
+    /// A device authenticated by a verified client certificate: `named` is the
+    /// device it names (or why it names none). Counted and logged as tokens are;
+    /// a subject revocation covers certificates issued (`notBefore`) before it.
+    pub fn authorize_certificate(
+        &self,
+        named: &Result<crate::tls::device::DeviceCert, String>,
+    ) -> Result<Claims, AuthError> {
+        let checked = match named {
+            Err(why) => Err(AuthError::Certificate(why.clone())),
+            Ok(cert) => {
+                let claims = Claims {
+                    sub: cert.id.clone(),
+                    role: Role::Device,
+                    tags: Default::default(),
+                    iat: cert.not_before,
+                    exp: u64::MAX,
+                    jti: None,
+                };
+                match self.is_revoked(&Credential::from(&claims)) {
+                    true => Err(AuthError::Revoked),
+                    false => Ok(claims),
+                }
+            }
+        };
+        if let Err(e) = &checked {
+            self.refused(e);
+        }
+        checked
+    }
+
     fn refused(&self, e: &AuthError) {
         let reason = e.reason();
         self.meters

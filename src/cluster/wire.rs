@@ -180,6 +180,7 @@ fn device(info: &DeviceInfo) -> pb::Device {
     pb::Device {
         id: info.id.clone(),
         tags: info.tags.clone(),
+        certificate: info.by_certificate,
     }
 }
 
@@ -317,7 +318,7 @@ impl Reader {
 
     fn device(&mut self, d: pb::Device) -> Arc<DeviceInfo> {
         if let Some(known) = self.devices.get(&d.id) {
-            if known.tags == d.tags {
+            if known.tags == d.tags && known.by_certificate == d.certificate {
                 return known.clone();
             }
         }
@@ -327,6 +328,7 @@ impl Reader {
         let info = Arc::new(DeviceInfo {
             id: d.id,
             tags: d.tags,
+            by_certificate: d.certificate,
         });
         self.devices.insert(info.id.clone(), info.clone());
         info
@@ -342,6 +344,7 @@ mod tests {
         Arc::new(DeviceInfo {
             id: id.into(),
             tags: [("fleet".to_owned(), "north".to_owned())].into(),
+            ..Default::default()
         })
     }
 

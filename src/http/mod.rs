@@ -33,6 +33,8 @@ pub struct ConnInfo {
     /// Whatever holds the connection's place under the listener's caps; released
     /// when the connection and any session upgraded from it are gone.
     _place: Arc<dyn Send + Sync>,
+    /// The device a verified client certificate names (or why it names none).
+    pub device_cert: Option<Arc<Result<crate::tls::device::DeviceCert, String>>>,
 }
 
 impl ConnInfo {
@@ -41,6 +43,7 @@ impl ConnInfo {
             peer,
             shutdown,
             _place: Arc::new(place),
+            device_cert: None,
         }
     }
 }

@@ -64,10 +64,26 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
             return resp;
         }
     };
-    let claims = match app
-        .auth
-        .authorize(token_from_headers(&parts.headers), roles)
-    {
+    // A device without a token authenticates with its client certificate, if it
+    // presented one the device CA verified.
+    let token = token_from_headers(&parts.headers);
+    let device_cert = match endpoint {
+        Endpoint::Device if token.is_none() => parts
+            .extensions
+            .get::<ConnInfo>()
+            .and_then(|c| c.device_cert.clone()),
+        _ => None,
+    };
+    let by_certificate = device_cert.is_some();
+    let checked = match &device_cert {
+        Some(named) => app.auth.authorize_certificate(named).map(|mut c| {
+            c.tags = app.hub.registered_tags(&c.sub);
+            c.tags.extend(app.config.tls.device_tags.clone());
+            c
+        }),
+        None => app.auth.authorize(token, roles),
+    };
+    let claims = match checked {
         Ok(c) => c,
         Err(e) => {
             app.metrics.refused(match e.status() {
@@ -77,6 +93,24 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
             return refuse(e.status(), &e);
         }
     };
+    // A certificate may not take over a device connected with a token, nor a
+    // token one connected with a certificate.
+    if let (Endpoint::Device, Some(held)) = (endpoint, app.hub.held_by_certificate(&claims.sub)) {
+        if held != by_certificate {
+            app.metrics.refused("conflict");
+            let (now, then) = match held {
+                true => ("a client certificate", "a token"),
+                false => ("a token", "a client certificate"),
+            };
+            return refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "device {:?} is connected with {now}: a connection with {then} cannot take it over",
+                    claims.sub
+                ),
+            );
+        }
+    }
     if let Endpoint::Dashboard = endpoint {
         if let Err(msg) = check_origin(&parts.headers, &app.config.dashboard.allowed_origins) {
             app.metrics.refused("origin");
@@ -133,7 +167,13 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
             })
             .inc();
         let shutdown = conn.shutdown.clone();
-        run_session(conn_ws, claims, endpoint, format, app, meters, shutdown).await;
+        let session = Session {
+            claims,
+            endpoint,
+            format,
+            by_certificate,
+        };
+        run_session(conn_ws, session, app, meters, shutdown).await;
         drop(conn);
     });
     let mut resp = Response::new(axum::body::Body::empty());
@@ -142,11 +182,23 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
     resp
 }
 
-async fn run_session<S>(
-    conn: ws::Connection<S>,
+/// Who the upgrade authenticated, and for what.
+struct Session {
     claims: Claims,
     endpoint: Endpoint,
     format: WireFormat,
+    /// The device authenticated with a client certificate.
+    by_certificate: bool,
+}
+
+async fn run_session<S>(
+    conn: ws::Connection<S>,
+    Session {
+        claims,
+        endpoint,
+        format,
+        by_certificate,
+    }: Session,
     app: Arc<App>,
     meters: RoleMeters,
     shutdown: Shutdown,
@@ -163,6 +215,7 @@ async fn run_session<S>(
             Box::pin(session::device::run(
                 conn,
                 claims,
+                by_certificate,
                 app,
                 meters.clone(),
                 shutdown,

@@ -582,11 +582,14 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// Tags as the hub keeps them.
 pub type Tags = BTreeMap<String, String>;
 
-/// A device as the hub knows it from its connection's token.
-#[derive(Debug, PartialEq, Eq)]
+/// A device as the hub knows it from its connection's token or certificate.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
     pub id: String,
     pub tags: Tags,
+    /// Authenticated by a client certificate (not a token): a connection
+    /// authenticated the other way may not take this one over.
+    pub by_certificate: bool,
 }
 
 #[cfg(test)]

@@ -38,6 +38,17 @@ impl Hub {
             })
     }
 
+    /// How the connection holding device `id` authenticated, if it is online
+    /// (`Some(true)`: a client certificate), on any node.
+    pub fn held_by_certificate(&self, id: &str) -> Option<bool> {
+        self.directory.held_by_certificate(id)
+    }
+
+    /// The registry's tags of a device (empty when it is not registered).
+    pub fn registered_tags(&self, id: &str) -> super::Tags {
+        self.directory.registered_tags(id)
+    }
+
     /// A device session on this node ended: the device goes offline unless a newer
     /// connection (on any node) took it over.
     pub fn device_offline(&self, session: &DeviceSession) {

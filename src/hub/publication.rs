@@ -118,6 +118,7 @@ mod tests {
         let device = Arc::new(DeviceInfo {
             id: "d1".into(),
             tags: Default::default(),
+            ..Default::default()
         });
         let t = Telemetry {
             device_id: "forged".into(),

@@ -540,6 +540,7 @@ mod tests {
             Arc::new(DeviceInfo {
                 id: device.into(),
                 tags: Default::default(),
+                ..Default::default()
             }),
             Telemetry {
                 category: "env.t".into(),
@@ -739,6 +740,7 @@ mod tests {
                 Arc::new(DeviceInfo {
                     id: "d".into(),
                     tags: Default::default(),
+                    ..Default::default()
                 }),
                 Telemetry {
                     category: "env.t".into(),

@@ -27,6 +27,7 @@ fn info(id: &str, tags: &[(&str, &str)]) -> Arc<DeviceInfo> {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        ..Default::default()
     })
 }
 

@@ -218,6 +218,7 @@ impl Directory {
                 let mut entry = Entry::new(Arc::new(DeviceInfo {
                     id: row.id.clone(),
                     tags: row.tags.clone(),
+                    ..Default::default()
                 }));
                 entry.activity = row
                     .last_seen_ms
@@ -333,6 +334,23 @@ impl Directory {
         f(&mut online)
     }
 
+    /// How the connection holding `id` now authenticated (`Some(true)`: by a
+    /// client certificate), on any node; `None` while it is offline.
+    pub fn held_by_certificate(&self, id: &str) -> Option<bool> {
+        let entries = self.read();
+        let entry = entries.get(id)?;
+        entry.owner.as_ref().map(|_| entry.info.by_certificate)
+    }
+
+    /// The registry's tags of `id` (empty when it is not registered).
+    pub fn registered_tags(&self, id: &str) -> Tags {
+        self.read()
+            .get(id)
+            .and_then(|e| e.registration.as_ref())
+            .map(|r| r.tags.clone())
+            .unwrap_or_default()
+    }
+
     /// Devices online on any node.
     pub fn online(&self) -> usize {
         self.read().values().filter(|e| e.owner.is_some()).count()
@@ -346,6 +364,7 @@ impl Directory {
             Entry::new(Arc::new(DeviceInfo {
                 id: id.clone(),
                 tags: Tags::new(),
+                ..Default::default()
             }))
         });
         let registration = entry.registration(now_ms);

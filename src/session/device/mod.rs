@@ -44,6 +44,7 @@ use delivery::Deliveries;
 pub async fn run<S>(
     conn: ws::Connection<S>,
     claims: Claims,
+    by_certificate: bool,
     app: Arc<App>,
     meters: RoleMeters,
     shutdown: Shutdown,
@@ -51,7 +52,8 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut reader, mut writer) = conn.split();
-    let Some(mut device) = Box::pin(Device::start(&mut writer, claims, app, meters)).await else {
+    let start = Device::start(&mut writer, claims, by_certificate, app, meters);
+    let Some(mut device) = Box::pin(start).await else {
         return;
     };
     let close = device.serve(&mut reader, &mut writer, shutdown).await;
@@ -116,6 +118,7 @@ impl Device {
     async fn start<W: AsyncWrite + Unpin>(
         writer: &mut ws::Writer<W>,
         claims: Claims,
+        by_certificate: bool,
         app: Arc<App>,
         meters: RoleMeters,
     ) -> Option<Device> {
@@ -123,6 +126,7 @@ impl Device {
         let info = Arc::new(DeviceInfo {
             id: claims.sub,
             tags: claims.tags,
+            by_certificate,
         });
         let welcome = Envelope {
             body: Some(Body::Welcome(Welcome {

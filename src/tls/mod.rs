@@ -1,6 +1,8 @@
 //! TLS for the one listener: loads `server.pem` + `server.key` from the certs
 //! directory, or generates a development CA and a localhost server certificate when
-//! they are missing.
+//! they are missing; the swappable server configuration, device CA included
+//! ([`server`]); device certificates: the id they carry and a development device
+//! CA that issues them ([`device`]).
 //!
 //! Invariants: private keys are written with mode 0600 and never overwritten; an
 //! existing CA (`ca.pem` + `ca.key`) is reused to issue a new server certificate so
@@ -17,8 +19,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
-use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{pem::PemObject, CertificateDer};
 use tokio_rustls::rustls;
+
+pub mod device;
+pub mod server;
+
+pub use server::ServerTls;
 
 /// File names inside the certs directory.
 pub const CA_CERT: &str = "ca.pem";
@@ -102,42 +109,6 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<CertSource, TlsError> {
     let chain = format!("{}{}", cert.pem(), read(&ca_cert_path)?);
     write_public(&server_cert, chain.as_bytes())?;
     Ok(CertSource::Generated { new_ca })
-}
-
-/// Builds the rustls server configuration from `server.pem` + `server.key`.
-pub fn server_config(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let cert_path = dir.join(SERVER_CERT);
-    let key_path = dir.join(SERVER_KEY);
-    let certs = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| pem_err(&cert_path, "certificate", source))?;
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|source| pem_err(&key_path, "private key", source))?;
-    let mut provider = rustls::crypto::ring::default_provider();
-    // TLS 1.3 with AES-128-GCM first, in the server's order: its key schedule hashes
-    // with SHA-256, several times cheaper here than the SHA-384 of AES-256-GCM, the
-    // usual first choice of clients (6 % of the hub's CPU in a reconnect storm).
-    // Every suite of the default provider is still offered.
-    provider
-        .cipher_suites
-        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.ignore_client_order = true;
-    // WebSockets upgrade over HTTP/1.1 only (RFC 8441 is not supported).
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Session resumption with stateless tickets (RFC 8446 §2.2): a device that
-    // reconnects skips the certificate and its signature, so a fleet reconnecting
-    // at once (after a network blip or a hub restart behind a balancer) costs the
-    // hub far less. The ticket keys live only in this process and rotate; the hub
-    // keeps nothing per session, and after a restart the next handshake of each
-    // device is simply a full one. One ticket per handshake: a device resumes once
-    // per connection.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    config.send_tls13_tickets = 1;
-    Ok(Arc::new(config))
 }
 
 /// The roots a client trusts: the certificate(s) in `ca` (PEM), or the system's.
@@ -258,7 +229,10 @@ mod tests {
             CertSource::Generated { new_ca: false }
         );
         assert_eq!(fs::read(dir.join(CA_CERT)).unwrap(), ca);
-        let server = server_config(&dir).unwrap();
+        let acceptor = ServerTls::load(&dir, &Default::default())
+            .unwrap()
+            .acceptor();
+        let server = acceptor.config();
         assert!(
             server.ticketer.enabled(),
             "stateless tickets: resumption whatever the fleet size, nothing kept per session"
