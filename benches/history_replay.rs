@@ -50,6 +50,7 @@ fn main() {
             let info = Arc::new(DeviceInfo {
                 id: format!("dev-{d:05}"),
                 tags: Default::default(),
+                by_certificate: false,
             });
             let session = hub.device_online(info.clone()).session;
             for seq in 0..per_series {
