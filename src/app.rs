@@ -34,6 +34,8 @@ pub struct App {
     pub draining: Draining,
     /// The listener's TLS configuration (`None` in plaintext mode).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The settings a reload changes for new connections (see `reload`).
+    pub(crate) live: std::sync::RwLock<Arc<crate::reload::Live>>,
 }
 
 impl App {
@@ -105,6 +107,7 @@ impl App {
             auth,
             draining,
             tls,
+            live: std::sync::RwLock::new(Arc::new(crate::reload::Live::from_config(&config))),
             config: Arc::new(config),
         }))
     }

@@ -98,6 +98,16 @@ impl Default for Limits {
     }
 }
 
+impl RateLimit {
+    /// The token bucket of one device connection.
+    pub fn quota(&self) -> governor::Quota {
+        // validate() guarantees both are non-zero; fall back to 1 rather than panic.
+        let rate = NonZeroU32::new(self.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
+        governor::Quota::per_second(rate).allow_burst(burst)
+    }
+}
+
 /// Per-device telemetry rate limit (a token bucket per connection).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -608,13 +618,6 @@ impl Config {
             return bad("cluster.node_id must be 1..=128 bytes");
         }
         Ok(())
-    }
-
-    pub fn rate_quota(&self) -> governor::Quota {
-        // validate() guarantees both are non-zero; fall back to 1 rather than panic.
-        let rate = NonZeroU32::new(self.rate.per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(self.rate.burst).unwrap_or(NonZeroU32::MIN);
-        governor::Quota::per_second(rate).allow_burst(burst)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod metrics;
 pub mod notify;
 pub mod proto;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod shutdown;

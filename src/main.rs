@@ -228,7 +228,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The configuration `serve` runs with: the file, then the command line and the
+/// environment over it. Read again on SIGHUP.
+fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -236,11 +238,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.listen {
         config.listen = v;
     }
-    if let Some(v) = args.data_dir {
-        config.data_dir = v;
+    if let Some(v) = &args.data_dir {
+        config.data_dir = v.clone();
     }
-    if let Some(v) = args.certs_dir {
-        config.certs_dir = v;
+    if let Some(v) = &args.certs_dir {
+        config.certs_dir = v.clone();
     }
     if args.plaintext {
         config.plaintext = true;
@@ -251,24 +253,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.burst {
         config.rate.burst = v;
     }
-    if let Some(v) = args.dashboard_dir {
-        config.dashboard.assets_dir = Some(v);
+    if let Some(v) = &args.dashboard_dir {
+        config.dashboard.assets_dir = Some(v.clone());
     }
-    if let Some(v) = args.cluster {
-        config.cluster.url = Some(v);
+    if let Some(v) = &args.cluster {
+        config.cluster.url = Some(v.clone());
     }
-    if let Some(v) = args.node_id {
-        config.cluster.node_id = Some(v);
+    if let Some(v) = &args.node_id {
+        config.cluster.node_id = Some(v.clone());
     }
-    if let Some(v) = args.cluster_ca {
-        config.cluster.ca = Some(v);
+    if let Some(v) = &args.cluster_ca {
+        config.cluster.ca = Some(v.clone());
     }
-    if let Some(v) = args.store {
-        config.store.url = Some(v);
+    if let Some(v) = &args.store {
+        config.store.url = Some(v.clone());
     }
-    if let Some(v) = args.store_ca {
-        config.store.ca = Some(v);
+    if let Some(v) = &args.store_ca {
+        config.store.ca = Some(v.clone());
     }
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = serve_config(&args)?;
     let server = if config.cluster.url.is_some() {
         config.validate()?;
         let bus = telehub::cluster::RedisBus::new(&config.cluster, config.listen)?;
@@ -283,7 +290,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "https"
     };
     tracing::info!(%addr, "telehub listening: {scheme}://{addr}/ (devices: /v1/device, dashboards: /v1/dashboard)");
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(args, server.app().clone()));
     server.run(shutdown_signal()).await
+}
+
+/// On each SIGHUP: reads the configuration again and reloads what can be (see
+/// `telehub::reload`); a file that does not read keeps everything as it was.
+#[cfg(unix)]
+async fn reload_on_sighup(args: ServeArgs, app: Arc<telehub::app::App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reloading is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading");
+        match serve_config(&args) {
+            Ok(config) => {
+                app.reload(&config);
+            }
+            Err(e) => {
+                app.metrics.reloads("error");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "reload: the configuration does not read; nothing changed"
+                );
+            }
+        }
+    }
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

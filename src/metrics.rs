@@ -27,6 +27,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     /// `batched` or `conflated`.
     pub kind: &'static str,
@@ -63,6 +69,8 @@ pub struct Metrics {
     pub connections: Family<RoleLabel, Gauge>,
     pub connections_accepted: Family<RoleLabel, Counter>,
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Reloads (SIGHUP) by result.
+    pub reloads: Family<ResultLabel, Counter>,
     /// Token refusals by reason, and the keys held (see `auth`).
     pub auth: crate::auth::Meters,
     pub frames_in: Family<RoleLabel, Counter>,
@@ -177,6 +185,14 @@ impl Metrics {
             "telehub_connections_refused",
             "Connections or upgrades refused, by reason",
             m.connections_refused.clone(),
+        );
+        for result in ["ok", "error"] {
+            let _ = m.reloads.get_or_create(&ResultLabel { result });
+        }
+        r.register(
+            "telehub_reloads",
+            "Configuration reloads (SIGHUP) by result (error: a part kept its state)",
+            m.reloads.clone(),
         );
         r.register(
             "telehub_tokens_refused",
@@ -404,6 +420,11 @@ impl Metrics {
         self.batches_queued
             .get_or_create(&KindLabel { kind })
             .clone()
+    }
+
+    /// A reload (SIGHUP) ended: `ok`, or `error` when a part kept its state.
+    pub fn reloads(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn refused(&self, reason: &'static str) {

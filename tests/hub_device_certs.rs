@@ -7,12 +7,10 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use common::*;
-use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use telehub::{
     auth::Role,
     config::{Config, DeviceIdField},
@@ -20,7 +18,6 @@ use telehub::{
     tls::device::{issue, revocation_list, Issued, DEVICE_CA_CERT},
     ws,
 };
-use tokio_rustls::{rustls, TlsConnector};
 
 struct Dir(PathBuf);
 
@@ -42,29 +39,8 @@ async fn tls_with(
     hub: &Hub,
     cert: Option<&Issued>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(hub.certs_dir.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match cert {
-        None => builder.with_no_client_auth(),
-        Some(c) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = hub.tcp(None, None).await;
-    TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
+    let cert = cert.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()));
+    tls_presenting(hub.addr, &hub.certs_dir.join("ca.pem"), cert).await
 }
 
 /// Upgrades to `/v1/device` presenting `cert` and, optionally, a token: the

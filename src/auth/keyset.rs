@@ -206,6 +206,7 @@ pub async fn keep_fresh(
                 verifier.unknown_key.notified().await;
                 tokio::time::sleep(MIN_REFETCH.min(wait)).await;
             } => {}
+            _ = verifier.refetch.notified() => {}
             _ = shutdown.recv() => return,
         }
     }

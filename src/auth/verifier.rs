@@ -75,6 +75,8 @@ pub struct Verifier {
     fetched: RwLock<Arc<KeySet>>,
     /// Woken by a token naming a key the set lacks (the URL may have rotated).
     pub(super) unknown_key: tokio::sync::Notify,
+    /// Woken by a reload: fetch at once.
+    pub(super) refetch: tokio::sync::Notify,
     revoked: RwLock<Arc<Revoked>>,
     /// Bumped whenever `revoked` changes: live sessions check themselves again.
     generation: tokio::sync::watch::Sender<u64>,
@@ -137,6 +139,7 @@ impl Verifier {
             file: RwLock::new(Arc::new(file)),
             fetched: RwLock::new(Arc::new(KeySet::default())),
             unknown_key: tokio::sync::Notify::new(),
+            refetch: tokio::sync::Notify::new(),
             revoked: RwLock::new(Arc::new(Revoked::default())),
             generation: tokio::sync::watch::Sender::new(0),
             meters,
@@ -147,6 +150,17 @@ impl Verifier {
     /// The hub's own secret (to mint tokens).
     pub fn key(&self) -> &TokenKey {
         &self.key
+    }
+
+    /// Replaces the keys read from the file.
+    pub fn set_file_keys(&self, set: KeySet) {
+        self.meters.keys_file.set(set.len() as i64);
+        *self.file.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+    }
+
+    /// Asks the URL's task to fetch the key set again now.
+    pub fn refetch(&self) {
+        self.refetch.notify_one();
     }
 
     /// Replaces the keys fetched from the URL.

@@ -78,7 +78,7 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
     let checked = match &device_cert {
         Some(named) => app.auth.authorize_certificate(named).map(|mut c| {
             c.tags = app.hub.registered_tags(&c.sub);
-            c.tags.extend(app.config.tls.device_tags.clone());
+            c.tags.extend(app.live().device_tags.clone());
             c
         }),
         None => app.auth.authorize(token, roles),
@@ -112,7 +112,7 @@ async fn upgrade(app: Arc<App>, req: Request, endpoint: Endpoint) -> Response {
         }
     }
     if let Endpoint::Dashboard = endpoint {
-        if let Err(msg) = check_origin(&parts.headers, &app.config.dashboard.allowed_origins) {
+        if let Err(msg) = check_origin(&parts.headers, &app.live().allowed_origins) {
             app.metrics.refused("origin");
             return refuse(StatusCode::FORBIDDEN, msg);
         }

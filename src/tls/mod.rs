@@ -49,6 +49,8 @@ pub enum TlsError {
         what: &'static str,
         source: rustls_pki_types::pem::Error,
     },
+    #[error("{path}: no {what} in it")]
+    Missing { path: PathBuf, what: &'static str },
     #[error("generating development certificates: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("no trusted roots on this system: give the CA certificate")]

@@ -134,6 +134,12 @@ fn build(
     let certs = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|source| pem_err(&cert_path, "certificate", source))?;
+    if certs.is_empty() {
+        return Err(TlsError::Missing {
+            path: cert_path,
+            what: "PEM certificate",
+        });
+    }
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|source| pem_err(&key_path, "private key", source))?;
     let mut provider = rustls::crypto::ring::default_provider();

@@ -40,6 +40,42 @@ pub async fn tls_to(addr: SocketAddr, ca_pem: &Path) -> TlsStream<TcpStream> {
         .expect("TLS handshake")
 }
 
+/// A TLS connection to `addr` trusting `ca_pem` and presenting a client
+/// certificate and key (PEM) when given; `Err` if the handshake fails.
+pub async fn tls_presenting(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    cert: Option<(&str, &str)>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let roots = telehub::tls::roots(Some(ca_pem)).expect("CA");
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("certificate")],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+            )
+            .expect("client certificate"),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = timeout(T, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other("TCP connect timed out"))??;
+    let name = ServerName::try_from("localhost").expect("server name");
+    timeout(
+        T,
+        TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
 /// A client configuration with a bearer token (if any) and the given subprotocols.
 /// Offers permessage-deflate, as real devices do.
 pub fn client_config(token: Option<&str>, protocols: &[&str]) -> ClientConfig {

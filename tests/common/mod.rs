@@ -38,7 +38,7 @@ mod redis;
 #[allow(unused_imports)]
 pub use self::{
     campaign::{acking_fleet, acknowledged, acks_kept, each_saw_once, rows, until, Seen},
-    client::{client_config, tls_to, Client, Event},
+    client::{client_config, tls_presenting, tls_to, Client, Event},
     envelopes::{code, incompressible, number, raw, telemetry},
     http::{parse_http_response, Metrics},
     hub::{secret, temp_dir, Hub},

@@ -128,13 +128,15 @@ impl Device {
             tags: claims.tags,
             by_certificate,
         });
+        // The rate limits in force now hold for this connection's life.
+        let live = app.live();
         let welcome = Envelope {
             body: Some(Body::Welcome(Welcome {
                 subject: info.id.clone(),
                 role: "device".into(),
                 max_message_bytes: app.config.limits.max_message_bytes as u32,
-                rate_per_second: app.config.rate.per_second,
-                burst: app.config.rate.burst,
+                rate_per_second: live.rate.per_second,
+                burst: live.rate.burst,
                 server_version: env!("CARGO_PKG_VERSION").into(),
             })),
         };
@@ -147,7 +149,7 @@ impl Device {
         Some(Device {
             credential,
             deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
-            telemetry: telemetry::Telemetry::new(&app.config),
+            telemetry: telemetry::Telemetry::new(&live.rate),
             strikes: Strikes::new(app.config.limits.max_malformed),
             session,
             app,

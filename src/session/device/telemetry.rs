@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::Device;
 use crate::{
-    config::Config,
+    config::RateLimit,
     hub::{category, now_ms, Publication},
     proto::{error::Code, Telemetry as TelemetryMsg},
     session::{
@@ -32,18 +32,20 @@ use crate::{
 /// A device connection's telemetry state.
 pub struct Telemetry {
     limiter: DefaultDirectRateLimiter,
+    /// The limits in force when the device connected (a reload changes those of
+    /// later connections only).
+    rate: RateLimit,
     limited: Refusals,
     /// `received_ms` of the previous accepted message.
     last_received_ms: u64,
 }
 
 impl Telemetry {
-    pub fn new(config: &Config) -> Self {
+    /// Under the rate limits in force when the device connected.
+    pub fn new(rate: &RateLimit) -> Self {
         Self {
-            limiter: RateLimiter::direct_with_clock(
-                config.rate_quota(),
-                crate::session::limiter_clock(),
-            ),
+            limiter: RateLimiter::direct_with_clock(rate.quota(), crate::session::limiter_clock()),
+            rate: rate.clone(),
             limited: Refusals::default(),
             last_received_ms: 0,
         }
@@ -136,7 +138,7 @@ impl Device {
         self.session.rate_limited();
         let now = Instant::now();
         let seconds = self.telemetry.limited.record(now);
-        let rate = &self.app.config.rate;
+        let rate = &self.telemetry.rate;
         if seconds >= u64::from(rate.abuse_seconds) {
             return Reply::Close(Close::new(
                 close::POLICY_VIOLATION,
