@@ -9,8 +9,9 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use telehub::{
-    auth::{parse_tag, Role, TokenKey},
+    auth::{parse_tag, Role, Scope, TokenKey},
     config::Config,
+    hub::category::Pattern,
     server::Server,
     sim::{run_fleet, FleetConfig, FleetStats, TokenSource},
     tls,
@@ -126,6 +127,20 @@ struct TokenArgs {
     /// Validity, e.g. 24h, 30d.
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// Devices: a category pattern it may publish to (repeatable; none: any).
+    #[arg(long = "publish", value_parser = parse_pattern)]
+    publish: Vec<Pattern>,
+    /// Dashboards: a pattern its subscriptions must fall within (repeatable; none: any).
+    #[arg(long = "subscribe", value_parser = parse_pattern)]
+    subscribe: Vec<Pattern>,
+    /// Viewers and operators: see and notify only devices with this tag, K=V
+    /// (repeatable: all must match; none: every device).
+    #[arg(long = "device-tag", value_parser = parse_tag)]
+    device_tags: Vec<(String, String)>,
+}
+
+fn parse_pattern(s: &str) -> Result<Pattern, String> {
+    Pattern::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -324,7 +339,15 @@ async fn reload_on_sighup(args: ServeArgs, app: Arc<telehub::app::App>) {
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let key = TokenKey::load_or_create(&args.data_dir)?;
     let tags: BTreeMap<String, String> = args.tags.into_iter().collect();
-    println!("{}", key.issue(&args.subject, args.role, tags, args.ttl));
+    let scope = Scope {
+        publish: (!args.publish.is_empty()).then_some(args.publish),
+        subscribe: (!args.subscribe.is_empty()).then_some(args.subscribe),
+        device_tags: (!args.device_tags.is_empty()).then(|| args.device_tags.into_iter().collect()),
+    };
+    println!(
+        "{}",
+        key.issue_scoped(&args.subject, args.role, tags, scope, args.ttl)
+    );
     Ok(())
 }
 

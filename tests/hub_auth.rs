@@ -102,6 +102,7 @@ async fn refusals_before_the_upgrade() {
         iat: 1_000_000_000,
         exp: 1_000_000_060,
         jti: None,
+        scope: Default::default(),
     });
     for token in [expired, expired_legacy_token(&hub)] {
         assert_eq!(

@@ -164,6 +164,7 @@ async fn bad_revocations_are_refused_with_their_reason() {
         iat: 1,
         exp: 2,
         jti: Some("old".into()),
+        scope: Default::default(),
     });
     let no_jti = hub.key.sign(&Claims {
         sub: "d".into(),
@@ -172,6 +173,7 @@ async fn bad_revocations_are_refused_with_their_reason() {
         iat: now_s(),
         exp: now_s() + 60,
         jti: None,
+        scope: Default::default(),
     });
     for (token, why) in [
         ("garbage".to_string(), "not a token"),

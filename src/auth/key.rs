@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use sha2::Sha256;
 
-use super::{unix_now, AuthError, Claims, Payload, Role};
+use super::{unix_now, AuthError, Claims, Payload, Role, Scope};
 
 /// File in the data dir holding the signing secret.
 pub const SECRET_FILE: &str = "token.key";
@@ -95,6 +95,18 @@ impl TokenKey {
         tags: BTreeMap<String, String>,
         ttl: Duration,
     ) -> String {
+        self.issue_scoped(subject, role, tags, Scope::default(), ttl)
+    }
+
+    /// The same, limited to `scope` (see `auth::scope`).
+    pub fn issue_scoped(
+        &self,
+        subject: &str,
+        role: Role,
+        tags: BTreeMap<String, String>,
+        scope: Scope,
+        ttl: Duration,
+    ) -> String {
         let iat = unix_now();
         let claims = Claims {
             sub: subject.to_owned(),
@@ -103,6 +115,7 @@ impl TokenKey {
             iat,
             exp: iat.saturating_add(ttl.as_secs().max(1)),
             jti: Some(format!("{:032x}", rand::random::<u128>())),
+            scope,
         };
         self.sign(&claims)
     }
@@ -146,7 +159,7 @@ impl TokenKey {
         if payload.exp <= unix_now() {
             return Err(AuthError::Expired);
         }
-        Ok(payload.into())
+        payload.try_into()
     }
 
     fn mac(&self) -> Hmac<Sha256> {

@@ -16,6 +16,7 @@
 mod key;
 mod keyset;
 mod revocation;
+mod scope;
 mod verifier;
 
 use std::{
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use key::{KeyError, TokenKey, SECRET_FILE};
 pub use keyset::{keep_fresh, KeySet, KeySetError, MIN_REFETCH};
 pub use revocation::{Credential, Revoked};
+pub use scope::{narrow, within, Scope};
 pub use verifier::{Meters, Policy, Verifier};
 
 /// Longest token accepted; anything longer is refused before any work.
@@ -75,6 +77,8 @@ pub struct Claims {
     pub exp: u64,
     /// The token's own id, when it has one (revocation of one token names it).
     pub jti: Option<String>,
+    /// What it may publish, subscribe to and see (see `scope`).
+    pub scope: Scope,
 }
 
 /// The JSON of a token's claims, as signed (unknown claims are ignored).
@@ -89,6 +93,8 @@ struct Payload {
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     jti: Option<String>,
+    #[serde(flatten)]
+    scope: scope::ScopeClaims,
 }
 
 impl From<&Claims> for Payload {
@@ -100,20 +106,25 @@ impl From<&Claims> for Payload {
             iat: Some(c.iat),
             exp: c.exp,
             jti: c.jti.clone(),
+            scope: c.scope.claims(),
         }
     }
 }
 
-impl From<Payload> for Claims {
-    fn from(p: Payload) -> Self {
-        Claims {
+impl TryFrom<Payload> for Claims {
+    type Error = AuthError;
+
+    /// Fails on a scope pattern that does not parse.
+    fn try_from(p: Payload) -> Result<Self, AuthError> {
+        Ok(Claims {
             sub: p.sub,
             role: p.role,
             tags: p.tags,
             iat: p.iat.unwrap_or(0),
             exp: p.exp,
             jti: p.jti,
-        }
+            scope: Scope::parse(p.scope).map_err(|_| AuthError::Malformed)?,
+        })
     }
 }
 

@@ -245,6 +245,7 @@ impl Verifier {
                     iat: cert.not_before,
                     exp: u64::MAX,
                     jti: None,
+                    scope: Default::default(),
                 };
                 match self.is_revoked(&Credential::from(&claims)) {
                     true => Err(AuthError::Revoked),
@@ -321,7 +322,7 @@ impl Verifier {
             }
             decode(token, key, validation)?
         };
-        Ok(payload.into())
+        payload.try_into()
     }
 }
 
@@ -433,6 +434,7 @@ mod tests {
             iat: unix_now(),
             exp,
             jti: Some("j1".into()),
+            scope: Default::default(),
         }
     }
 

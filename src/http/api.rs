@@ -65,9 +65,21 @@ pub(super) fn unauthorized(e: AuthError) -> Response {
 
 /// What every read does first: checks the token is a viewer's or an operator's,
 /// and waits until everything the hub did before this request is in the store.
-async fn readable(app: &App, headers: &HeaderMap) -> Result<(), Response> {
-    authorize(app, headers, READERS).map_err(unauthorized)?;
-    app.notifier.store().barrier().await.map_err(unavailable)
+/// Returns the caller's claims: a scoped token reads only what concerns its
+/// devices.
+async fn readable(app: &App, headers: &HeaderMap) -> Result<Claims, Response> {
+    let claims = authorize(app, headers, READERS).map_err(unauthorized)?;
+    app.notifier.store().barrier().await.map_err(unavailable)?;
+    Ok(claims)
+}
+
+/// Whether a scoped caller may read about a notification with these targets.
+fn sees_notification(claims: &Claims, targets_json: &str) -> bool {
+    match &claims.scope.device_tags {
+        None => true,
+        Some(want) => crate::notify::selector(targets_json)
+            .is_some_and(|targets| crate::auth::within(want, &targets)),
+    }
 }
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> Response {
@@ -165,7 +177,8 @@ pub async fn create(
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
-    match app.notifier.create(req, &claims.sub).await {
+    let scope = claims.scope.device_tags.as_ref();
+    match app.notifier.create(req, &claims.sub, scope).await {
         Ok(c) => (
             StatusCode::CREATED,
             [(header::LOCATION, format!("/v1/notifications/{}", c.id))],
@@ -182,6 +195,7 @@ pub async fn create(
             refuse(StatusCode::UNPROCESSABLE_ENTITY, e)
         }
         Err(e @ CreateError::Invalid(_)) => refuse(StatusCode::BAD_REQUEST, e),
+        Err(e @ CreateError::Forbidden(_)) => refuse(StatusCode::FORBIDDEN, e),
     }
 }
 
@@ -314,23 +328,26 @@ pub async fn status(
             )
         }
     };
-    if let Err(r) = readable(&app, &headers).await {
-        return r;
-    }
+    let claims = match readable(&app, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     match app
         .notifier
         .store()
         .status(id.clone(), state, q.after, page_limit(q.limit))
         .await
     {
-        Ok(Some(s)) => Json(StatusBody {
-            payload: STANDARD.encode(&s.campaign.notification.payload),
-            summary: SummaryBody::new(s.campaign, s.counts),
-            devices: s.devices.into_iter().map(Into::into).collect(),
-            next: s.next,
-        })
-        .into_response(),
-        Ok(None) => refuse(StatusCode::NOT_FOUND, format!("no notification {id:?}")),
+        Ok(Some(s)) if sees_notification(&claims, &s.campaign.notification.targets_json) => {
+            Json(StatusBody {
+                payload: STANDARD.encode(&s.campaign.notification.payload),
+                summary: SummaryBody::new(s.campaign, s.counts),
+                devices: s.devices.into_iter().map(Into::into).collect(),
+                next: s.next,
+            })
+            .into_response()
+        }
+        Ok(_) => refuse(StatusCode::NOT_FOUND, format!("no notification {id:?}")),
         Err(e) => unavailable(e),
     }
 }
@@ -352,13 +369,15 @@ pub async fn list(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(r) = readable(&app, &headers).await {
-        return r;
-    }
+    let claims = match readable(&app, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     match app.notifier.store().recent(page_limit(q.limit)).await {
         Ok(rows) => Json(ListBody {
             notifications: rows
                 .into_iter()
+                .filter(|s| sees_notification(&claims, &s.campaign.notification.targets_json))
                 .map(|s| SummaryBody::new(s.campaign, s.counts))
                 .collect(),
         })
@@ -444,21 +463,32 @@ pub async fn devices(
     headers: HeaderMap,
     Query(q): Query<DevicesQuery>,
 ) -> Response {
-    if let Err(r) = readable(&app, &headers).await {
-        return r;
+    let claims = match readable(&app, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let limit = page_limit(q.limit);
+    let store = app.notifier.store();
+    // A scoped caller's page holds only its devices: read on until it is full.
+    let mut out = Vec::new();
+    let mut after = q.after;
+    loop {
+        let rows = match store.devices(after.clone(), limit).await {
+            Ok(rows) => rows,
+            Err(e) => return unavailable(e),
+        };
+        let exhausted = rows.len() < limit;
+        after = rows.last().map(|r| r.id.clone());
+        out.extend(rows.into_iter().filter(|r| claims.scope.sees(&r.tags)));
+        if exhausted || out.len() >= limit {
+            break;
+        }
     }
-    match app
-        .notifier
-        .store()
-        .devices(q.after, page_limit(q.limit))
-        .await
-    {
-        Ok(rows) => Json(DevicesOut {
-            devices: rows.into_iter().map(Into::into).collect(),
-        })
-        .into_response(),
-        Err(e) => unavailable(e),
-    }
+    out.truncate(limit);
+    Json(DevicesOut {
+        devices: out.into_iter().map(Into::into).collect(),
+    })
+    .into_response()
 }
 
 /// `GET /v1/dashboard/settings` answer: how the browser page subscribes, from the

@@ -63,6 +63,22 @@ impl Pattern {
         Ok(Pattern::Exact(s.to_owned()))
     }
 
+    /// Whether every category `other` matches, this one matches too.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        match (self, other) {
+            (Pattern::All, _) => true,
+            (_, Pattern::All) => false,
+            (Pattern::Exact(a), Pattern::Exact(b)) => a == b,
+            (Pattern::Exact(_), Pattern::Prefix(_)) => false,
+            (Pattern::Prefix(_), Pattern::Exact(c)) => self.matches(c),
+            (Pattern::Prefix(p), Pattern::Prefix(q)) => {
+                q == p
+                    || q.strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }
+        }
+    }
+
     pub fn matches(&self, category: &str) -> bool {
         match self {
             Pattern::All => true,

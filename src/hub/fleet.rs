@@ -128,6 +128,8 @@ fn stats(d: &Device, rate: f64) -> DeviceStats {
 /// The last statistics sent for a device, to send only changes.
 struct Reported {
     stats: DeviceStats,
+    /// Its tags, for scoped watchers.
+    tags: super::Tags,
     /// `messages` at the previous tick, for the rate.
     messages: u64,
 }
@@ -164,8 +166,12 @@ impl Fleet {
         if ticks.watchers.contains_key(&handle.id) {
             return;
         }
-        let mut devices: Vec<DeviceStats> =
-            ticks.reported.values().map(|r| r.stats.clone()).collect();
+        let mut devices: Vec<DeviceStats> = ticks
+            .reported
+            .values()
+            .filter(|r| handle.sees(&r.tags))
+            .map(|r| r.stats.clone())
+            .collect();
         devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         handle.outbox.push_control(Encoded::new(Envelope {
             body: Some(Body::FleetStats(FleetStats {
@@ -222,30 +228,66 @@ impl Fleet {
             if d.local {
                 local.push(stats.clone());
             }
-            ticks
-                .reported
-                .insert(d.info.id.clone(), Reported { stats, messages });
+            let tags = d.info.tags.clone();
+            ticks.reported.insert(
+                d.info.id.clone(),
+                Reported {
+                    stats,
+                    tags,
+                    messages,
+                },
+            );
         }
         // A device forgotten that reconnected since is in `changed`, not gone.
         forgotten.retain(|id| !changed.iter().any(|s| &s.device_id == id));
-        let forgotten: Vec<String> = forgotten
+        let forgotten: Vec<(String, super::Tags)> = forgotten
             .into_iter()
-            .filter(|id| ticks.reported.remove(id).is_some())
+            .filter_map(|id| ticks.reported.remove(&id).map(|r| (id, r.tags)))
             .collect();
         if changed.is_empty() && forgotten.is_empty() {
             return (None, local);
         }
         changed.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        let msg = Encoded::new(Envelope {
-            body: Some(Body::FleetStats(FleetStats {
+        let delta = |sees: &dyn Fn(&super::Tags) -> bool| {
+            let tags_of = |id: &str| ticks.reported.get(id).map(|r| &r.tags);
+            FleetStats {
                 at_ms: now,
                 full: false,
-                devices: changed,
-                forgotten,
-            })),
-        });
+                devices: changed
+                    .iter()
+                    .filter(|s| tags_of(&s.device_id).is_some_and(sees))
+                    .cloned()
+                    .collect(),
+                forgotten: forgotten
+                    .iter()
+                    .filter(|(_, tags)| sees(tags))
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+            }
+        };
+        let encode = |f: FleetStats| {
+            Encoded::new(Envelope {
+                body: Some(Body::FleetStats(f)),
+            })
+        };
+        let msg = encode(delta(&|_| true));
+        // Scoped watchers get their own part, encoded once per selector.
+        let mut scoped: HashMap<&super::Tags, Option<Arc<Encoded>>> = HashMap::new();
         for w in ticks.watchers.values() {
-            w.outbox.push_control(msg.clone());
+            let part = match &w.sees {
+                None => Some(msg.clone()),
+                Some(selector) => scoped
+                    .entry(selector)
+                    .or_insert_with(|| {
+                        let part = delta(&|tags| w.sees(tags));
+                        (!part.devices.is_empty() || !part.forgotten.is_empty())
+                            .then(|| encode(part))
+                    })
+                    .clone(),
+            };
+            if let Some(part) = part {
+                w.outbox.push_control(part);
+            }
         }
         (Some(msg), local)
     }

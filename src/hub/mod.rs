@@ -68,11 +68,32 @@ pub struct DashboardHandle {
     /// write lock). Only dashboards with more than one can match a message twice,
     /// so only they pay for de-duplication in the fan-out.
     patterns: AtomicUsize,
+    /// A scoped token's device selector: nothing about a device outside it
+    /// (presence, fleet statistics, notification progress) is queued here.
+    sees: Option<Tags>,
 }
 
 impl DashboardHandle {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether this dashboard may hear of a device with these tags.
+    pub fn sees(&self, tags: &Tags) -> bool {
+        self.sees
+            .as_ref()
+            .is_none_or(|want| crate::auth::within(want, tags))
+    }
+
+    /// Whether it may hear of a notification whose targets are the devices with
+    /// `selector` (`None`: device ids or every device): only when they are all
+    /// within its own selector.
+    pub fn sees_targets(&self, selector: Option<&Tags>) -> bool {
+        match (&self.sees, selector) {
+            (None, _) => true,
+            (Some(want), Some(targets)) => crate::auth::within(want, targets),
+            (Some(_), None) => false,
+        }
     }
 }
 
@@ -203,6 +224,16 @@ impl Hub {
     /// between its snapshot and its registration, and announcements reach every
     /// dashboard in the order the changes happened.
     pub fn register_dashboard(&self, queue_len: usize, format: WireFormat) -> Arc<DashboardHandle> {
+        self.register_scoped_dashboard(queue_len, format, None)
+    }
+
+    /// The same for a dashboard that may hear only of the devices `sees` selects.
+    pub fn register_scoped_dashboard(
+        &self,
+        queue_len: usize,
+        format: WireFormat,
+        sees: Option<Tags>,
+    ) -> Arc<DashboardHandle> {
         let handle = Arc::new(DashboardHandle {
             id: self.next_dashboard.fetch_add(1, Ordering::Relaxed),
             outbox: Outbox::bounded(
@@ -215,9 +246,10 @@ impl Hub {
                 },
             ),
             patterns: AtomicUsize::new(0),
+            sees,
         });
         self.directory.with_online(|online| {
-            for (info, since_ms) in online {
+            for (info, since_ms) in online.filter(|(info, _)| handle.sees(&info.tags)) {
                 handle.outbox.push_latest(
                     &presence_key(&info.id),
                     presence_message(info, true, since_ms),
@@ -273,10 +305,19 @@ impl Hub {
 
     /// Queues a notification progress update to every watching dashboard: the
     /// latest value per notification, never dropped (see `outbox`).
-    pub fn announce_progress(&self, notification_id: &str, msg: Arc<Encoded>) {
+    /// `selector`: the tags of the devices it targets (see
+    /// [`DashboardHandle::sees_targets`]).
+    pub fn announce_progress(
+        &self,
+        notification_id: &str,
+        msg: Arc<Encoded>,
+        selector: Option<&Tags>,
+    ) {
         let key = progress_key(notification_id);
         for d in read(&self.watchers).values() {
-            d.outbox.push_latest(&key, msg.clone());
+            if d.sees_targets(selector) {
+                d.outbox.push_latest(&key, msg.clone());
+            }
         }
     }
 

@@ -68,7 +68,9 @@ impl Hub {
         let key = presence_key(&info.id);
         let msg = presence_message(info, online, at_ms);
         for d in read(&self.dashboards).values() {
-            d.outbox.push_latest(&key, msg.clone());
+            if d.sees(&info.tags) {
+                d.outbox.push_latest(&key, msg.clone());
+            }
         }
     }
 

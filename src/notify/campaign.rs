@@ -38,6 +38,9 @@ pub struct Meta {
     pub created_ms: u64,
     pub expires_ms: u64,
     pub targets: u32,
+    /// The tags its targets were selected by, if they were (scoped dashboards
+    /// hear of it only when these are within their own selector).
+    pub selector: Option<Arc<crate::hub::Tags>>,
     /// The envelope as first sent, encoded (and compressed, framed) once for all.
     pub first: SharedMessage,
     /// The same with `redelivery` set.
@@ -74,6 +77,7 @@ impl Meta {
             created_ms: n.created_ms,
             expires_ms: n.expires_ms,
             targets,
+            selector: selector(&n.targets_json).map(Arc::new),
             first: encode(false),
             again: encode(true),
         }
@@ -198,12 +202,23 @@ pub enum AckOutcome {
     Unknown,
 }
 
+/// The tags a notification's targets were selected by (from its stored targets
+/// JSON), if they were selected by tags.
+pub fn selector(targets_json: &str) -> Option<crate::hub::Tags> {
+    let v: serde_json::Value = serde_json::from_str(targets_json).ok()?;
+    serde_json::from_value(v.get("tags")?.clone()).ok()
+}
+
+/// A notification's id, its progress message, and the tags its targets were
+/// selected by (see [`Meta::selector`]).
+pub type Progress = (String, Arc<Encoded>, Option<Arc<crate::hub::Tags>>);
+
 /// What one [`Book::expire_and_report`] found.
 pub struct Reported {
     /// (sequence, critical, devices expired) of every campaign that expired.
     pub expired: Vec<(i64, bool, usize)>,
-    /// (notification id, progress) of every campaign that changed.
-    pub progress: Vec<(String, Arc<Encoded>)>,
+    /// Progress of every campaign that changed.
+    pub progress: Vec<Progress>,
     /// Campaigns that completed: to be [`Book::retire`]d once their final states
     /// are queued to the store.
     pub completed: Vec<i64>,
@@ -464,14 +479,14 @@ impl Book {
 
     /// The progress of every campaign that changed since the last report, and
     /// those of them that are complete.
-    pub fn report(&mut self) -> (Vec<(String, Arc<Encoded>)>, Vec<i64>) {
+    pub fn report(&mut self) -> (Vec<Progress>, Vec<i64>) {
         let mut progress = Vec::new();
         let mut completed = Vec::new();
         for seq in std::mem::take(&mut self.dirty) {
             let Some(c) = self.campaigns.get(&seq) else {
                 continue;
             };
-            progress.push((c.meta.id.clone(), c.progress()));
+            progress.push((c.meta.id.clone(), c.progress(), c.meta.selector.clone()));
             if c.complete() {
                 completed.push(seq);
             }
@@ -494,10 +509,10 @@ impl Book {
     }
 
     /// Progress of every open notification, by id.
-    pub fn progress_all(&self) -> Vec<(String, Arc<Encoded>)> {
+    pub fn progress_all(&self) -> Vec<Progress> {
         self.campaigns
             .values()
-            .map(|c| (c.meta.id.clone(), c.progress()))
+            .map(|c| (c.meta.id.clone(), c.progress(), c.meta.selector.clone()))
             .collect()
     }
 

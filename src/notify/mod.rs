@@ -46,7 +46,7 @@ use std::{
 
 use crate::{
     config,
-    hub::{now_ms, Encoded, Hub, Tags},
+    hub::{now_ms, Hub, Tags},
     metrics::{Metrics, SeverityLabel},
     store::{
         DeliveryState, DeviceRow, Done, LoadedCampaign, NewNotification, Op, Shared, Store,
@@ -54,6 +54,7 @@ use crate::{
     },
 };
 
+pub use campaign::selector;
 pub use campaign::{AckOutcome, Meta, Pending, Retry};
 pub use request::{Invalid, Request, Target};
 
@@ -78,6 +79,9 @@ pub enum CreateError {
     TooManyTargets(usize, usize),
     #[error("storing the notification failed: {0}")]
     Store(#[from] StoreError),
+    /// A scoped operator's targets reach outside its `device_tags`.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 pub struct Notifier {
@@ -225,7 +229,18 @@ impl Notifier {
 
     /// Stores a new notification, then starts delivering it. Returns once it is
     /// durable.
-    pub async fn create(&self, req: Request, created_by: &str) -> Result<Created, CreateError> {
+    /// `scope`: a scoped operator's `device_tags`: the targets are narrowed to
+    /// them (tags and `all`), or must lie within them (device ids, which must then
+    /// be registered with those tags).
+    pub async fn create(
+        &self,
+        mut req: Request,
+        created_by: &str,
+        scope: Option<&Tags>,
+    ) -> Result<Created, CreateError> {
+        if let Some(scope) = scope {
+            req = self.within(req, scope).await?;
+        }
         let devices = self.resolve(&req).await?;
         if devices.is_empty() {
             return Err(CreateError::NoTargets);
@@ -313,7 +328,39 @@ impl Notifier {
 
     /// Progress of every open notification, by id (for a dashboard that starts
     /// watching).
-    pub fn progress_all(&self) -> Vec<(String, Arc<Encoded>)> {
+    /// `req` with its targets inside `scope`, or why they cannot be.
+    async fn within(&self, mut req: Request, scope: &Tags) -> Result<Request, CreateError> {
+        let outside = |what: String| {
+            let scope: Vec<String> = scope.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            CreateError::Forbidden(format!(
+                "this token notifies only devices with {}: {what}",
+                scope.join(", ")
+            ))
+        };
+        let target = std::mem::replace(&mut req.target, Target::All);
+        req.target = match target {
+            Target::All => Target::Tags(scope.clone()),
+            Target::Tags(tags) => Target::Tags(
+                crate::auth::narrow(&tags, Some(scope))
+                    .map_err(|k| outside(format!("the targets ask for another {k}")))?,
+            ),
+            Target::DeviceIds(ids) => {
+                let mine = Request {
+                    target: Target::Tags(scope.clone()),
+                    ..req.clone()
+                };
+                let allowed: std::collections::HashSet<String> =
+                    self.resolve(&mine).await?.into_iter().collect();
+                if let Some(id) = ids.iter().find(|id| !allowed.contains(*id)) {
+                    return Err(outside(format!("{id:?} is not one of them")));
+                }
+                Target::DeviceIds(ids)
+            }
+        };
+        Ok(req)
+    }
+
+    pub fn progress_all(&self) -> Vec<campaign::Progress> {
         self.lock().progress_all()
     }
 
@@ -383,7 +430,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
         let n = notifier(&dir).await;
         let created = n
-            .create(request(&["a", "b", "c"], Severity::Critical), "op")
+            .create(request(&["a", "b", "c"], Severity::Critical), "op", None)
             .await
             .unwrap();
         assert_eq!(created.targets, 3);
@@ -466,11 +513,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
         let n = notifier(&dir).await;
         let info = n
-            .create(request(&["a", "b"], Severity::Info), "op")
+            .create(request(&["a", "b"], Severity::Info), "op", None)
             .await
             .unwrap();
         let crit = n
-            .create(request(&["a", "b"], Severity::Critical), "op")
+            .create(request(&["a", "b"], Severity::Critical), "op", None)
             .await
             .unwrap();
         let order: Vec<String> = n
@@ -536,7 +583,7 @@ mod tests {
         };
         let n = notifier_with(&dir, config.clone()).await;
         let created = n
-            .create(request(&["a"], Severity::Critical), "op")
+            .create(request(&["a"], Severity::Critical), "op", None)
             .await
             .unwrap();
         let meta = n.pending("a", |_| false).pop().unwrap().meta;
@@ -565,7 +612,7 @@ mod tests {
     async fn info_writes_need_no_retry() {
         let dir = std::env::temp_dir().join(format!("telehub-notify-{}", rand::random::<u64>()));
         let n = notifier(&dir).await;
-        n.create(request(&["a"], Severity::Info), "op")
+        n.create(request(&["a"], Severity::Info), "op", None)
             .await
             .unwrap();
         let meta = n.pending("a", |_| false).pop().unwrap().meta;

@@ -70,8 +70,8 @@ impl Notifier {
             }
             book.report()
         };
-        for (id, p) in progress {
-            self.hub.announce_progress(&id, p);
+        for (id, p, selector) in progress {
+            self.hub.announce_progress(&id, p, selector.as_deref());
         }
         self.retire(&gone);
         if !targets.is_empty() {

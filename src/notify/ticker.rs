@@ -8,11 +8,7 @@ use std::{
 };
 
 use super::{shared::Sweeper, Notifier};
-use crate::{
-    hub::{now_ms, Encoded},
-    shutdown::Shutdown,
-    store::Op,
-};
+use crate::{hub::now_ms, shutdown::Shutdown, store::Op};
 
 /// Completed notifications are pruned at least this often (and as often as
 /// `notify.retention` when that is shorter), so none outlives its retention by more
@@ -22,8 +18,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// What one tick has to do outside the lock.
 pub(super) struct Tick {
     pub ops: Vec<Op>,
-    /// (notification id, progress)
-    pub progress: Vec<(String, Arc<Encoded>)>,
+    pub progress: Vec<super::campaign::Progress>,
     pub completed: Vec<i64>,
 }
 
@@ -70,8 +65,8 @@ impl Notifier {
                     for op in tick.ops {
                         self.send(op).await;
                     }
-                    for (id, p) in tick.progress {
-                        self.hub.announce_progress(&id, p);
+                    for (id, p, selector) in tick.progress {
+                        self.hub.announce_progress(&id, p, selector.as_deref());
                     }
                     self.retire(&tick.completed);
                     if prune {

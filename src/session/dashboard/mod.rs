@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     app::App,
-    auth::{Claims, Credential, Role},
+    auth::{Claims, Credential, Role, Scope},
     hub::{DashboardHandle, Encoded, Pattern, WireFormat},
     metrics::RoleMeters,
     proto::{
@@ -51,13 +51,16 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut reader, mut writer) = conn.split();
-    let handle = app
-        .hub
-        .register_dashboard(app.config.dashboard.queue_len, format);
+    let handle = app.hub.register_scoped_dashboard(
+        app.config.dashboard.queue_len,
+        format,
+        claims.scope.device_tags.clone(),
+    );
     let mut dashboard = Dashboard {
         handle,
         role: claims.role,
         credential: Credential::from(&claims),
+        scope: claims.scope.clone(),
         format,
         app: app.clone(),
         meters,
@@ -90,6 +93,8 @@ pub(super) struct Dashboard {
     role: Role,
     /// Its token, checked again when revocations change.
     credential: Credential,
+    /// What its token lets it subscribe to and see.
+    scope: Scope,
     format: WireFormat,
     app: Arc<App>,
     meters: RoleMeters,

@@ -45,7 +45,13 @@ impl Dashboard {
             Ok(req) => req,
             Err(e) => return refuse(Code::Malformed, format!("invalid notification: {e}")),
         };
-        match self.app.notifier.create(req, &self.credential.sub).await {
+        let scope = self.scope.device_tags.as_ref();
+        match self
+            .app
+            .notifier
+            .create(req, &self.credential.sub, scope)
+            .await
+        {
             Ok(created) => Reply::send(Envelope {
                 body: Some(Body::NotificationAccepted(NotificationAccepted {
                     request_id,
@@ -63,6 +69,7 @@ impl Dashboard {
                     request_id,
                 )))
             }
+            Err(e @ CreateError::Forbidden(_)) => refuse(Code::Forbidden, e.to_string()),
             Err(e) => refuse(Code::Malformed, e.to_string()),
         }
     }

@@ -120,9 +120,32 @@ impl Dashboard {
         }
         let max = self.app.config.dashboard.max_subscriptions;
         let held = |p: &str| self.patterns.contains_key(p);
-        let sub = match Subscription::parse(s, held, self.patterns.len(), max) {
+        let mut sub = match Subscription::parse(s, held, self.patterns.len(), max) {
             Ok(sub) => sub,
             Err(refusal) => return refusal.into(),
+        };
+        // Within the token's scope, or nothing of it is applied.
+        let forbidden = |message: String| {
+            Reply::from(Refusal::new(
+                close::POLICY_VIOLATION,
+                Code::Forbidden,
+                message,
+            ))
+        };
+        if let Some(p) = sub.patterns.iter().find(|p| !self.scope.may_subscribe(p)) {
+            return forbidden(format!(
+                "this token may not subscribe to {p}; nothing of this Subscribe was applied"
+            ));
+        }
+        let scope_tags = self.scope.device_tags.as_ref();
+        sub.filter.tags = match crate::auth::narrow(&sub.filter.tags, scope_tags) {
+            Ok(tags) => tags,
+            Err(k) => return forbidden(format!(
+                "this token sees only devices with {k}={}; nothing of this Subscribe was applied",
+                scope_tags
+                    .and_then(|t| t.get(&k))
+                    .map_or("", String::as_str)
+            )),
         };
         let history = self
             .app

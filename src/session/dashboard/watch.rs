@@ -14,8 +14,10 @@ impl Dashboard {
     pub(super) fn on_watch_notifications(&mut self, w: WatchNotifications) -> Reply {
         self.app.hub.watch_notifications(&self.handle, w.watch);
         if w.watch {
-            for (id, p) in self.app.notifier.progress_all() {
-                self.handle.outbox.push_latest(&progress_key(&id), p);
+            for (id, p, selector) in self.app.notifier.progress_all() {
+                if self.handle.sees_targets(selector.as_deref()) {
+                    self.handle.outbox.push_latest(&progress_key(&id), p);
+                }
             }
         }
         Reply::none()

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     app::App,
-    auth::{Claims, Credential},
+    auth::{Claims, Credential, Scope},
     hub::{DeviceInfo, DeviceSession},
     metrics::RoleMeters,
     proto::{envelope::Body, error::Code, Ack, Envelope, Telemetry, Welcome},
@@ -76,6 +76,8 @@ pub(super) struct Device {
     deliveries: Deliveries,
     /// Its token, checked again when revocations change.
     credential: Credential,
+    /// What its token lets it publish.
+    scope: Scope,
 }
 
 /// What a device may send, parsed.
@@ -123,6 +125,7 @@ impl Device {
         meters: RoleMeters,
     ) -> Option<Device> {
         let credential = Credential::from(&claims);
+        let scope = claims.scope.clone();
         let info = Arc::new(DeviceInfo {
             id: claims.sub,
             tags: claims.tags,
@@ -148,6 +151,7 @@ impl Device {
         app.notifier.device_connected(&session.info.id).await;
         Some(Device {
             credential,
+            scope,
             deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
             telemetry: telemetry::Telemetry::new(&live.rate),
             strikes: Strikes::new(app.config.limits.max_malformed),

@@ -109,6 +109,14 @@ impl Device {
             )
             .into();
         }
+        if !self.scope.may_publish(&t.category) {
+            return Refusal::new(
+                close::POLICY_VIOLATION,
+                Code::Forbidden,
+                format!("this token may not publish to {:?}", t.category),
+            )
+            .into();
+        }
         let max_readings = self.app.config.limits.max_readings;
         if t.readings.len() > max_readings {
             return Refusal::new(
