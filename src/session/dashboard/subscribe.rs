@@ -140,12 +140,14 @@ impl Dashboard {
         let scope_tags = self.scope.device_tags.as_ref();
         sub.filter.tags = match crate::auth::narrow(&sub.filter.tags, scope_tags) {
             Ok(tags) => tags,
-            Err(k) => return forbidden(format!(
+            Err(k) => {
+                return forbidden(format!(
                 "this token sees only devices with {k}={}; nothing of this Subscribe was applied",
                 scope_tags
                     .and_then(|t| t.get(&k))
                     .map_or("", String::as_str)
-            )),
+            ))
+            }
         };
         let history = self
             .app
