@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -18,14 +18,6 @@ use telehub::{
     tls::device::{issue, revocation_list, Issued, DEVICE_CA_CERT},
     ws,
 };
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -74,7 +66,7 @@ async fn hub_trusting(certs: &Path, tweak: impl FnOnce(&mut Config)) -> Hub {
 
 #[tokio::test]
 async fn a_certificate_names_its_device_and_nothing_else_needs_one() {
-    let dir = Dir(temp_dir("mtls"));
+    let dir = Dir::new("mtls");
     let certs = dir.0.join("certs");
     let sensor = valid(&certs, "sensor-1");
     let hub = hub_trusting(&certs, |_| {}).await;
@@ -125,7 +117,7 @@ async fn a_certificate_names_its_device_and_nothing_else_needs_one() {
 
 #[tokio::test]
 async fn certificates_from_another_ca_expired_or_revoked_are_refused() {
-    let dir = Dir(temp_dir("mtls-refused"));
+    let dir = Dir::new("mtls-refused");
     let certs = dir.0.join("certs");
     let good = valid(&certs, "good");
     let revoked = valid(&certs, "stolen");
@@ -170,7 +162,7 @@ async fn certificates_from_another_ca_expired_or_revoked_are_refused() {
 
 #[tokio::test]
 async fn a_certificate_cannot_take_over_a_token_device_nor_the_reverse() {
-    let dir = Dir(temp_dir("mtls-collide"));
+    let dir = Dir::new("mtls-collide");
     let certs = dir.0.join("certs");
     let cert = valid(&certs, "dev-1");
     let hub = hub_trusting(&certs, |_| {}).await;
@@ -210,7 +202,7 @@ async fn a_certificate_cannot_take_over_a_token_device_nor_the_reverse() {
 
 #[tokio::test]
 async fn a_certificate_without_the_configured_field_or_of_a_revoked_subject_is_refused() {
-    let dir = Dir(temp_dir("mtls-field"));
+    let dir = Dir::new("mtls-field");
     let certs = dir.0.join("certs");
     let no_dns = valid(&certs, "dev_1");
     let named = valid(&certs, "dev-2");

@@ -15,14 +15,6 @@ use telehub::{
     ws,
 };
 
-struct Dir(std::path::PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn refused(m: &Metrics) -> f64 {
     m.get("telehub_tokens_refused_total{reason=\"revoked\"}")
 }
@@ -39,7 +31,7 @@ async fn status_of(hub: &Hub, path: &str, token: &str) -> u16 {
 }
 
 async fn a_revoked_token_is_closed_live_refused_next_and_kept_across_a_restart() {
-    let dir = Dir(temp_dir("revoke"));
+    let dir = Dir::new("revoke");
     let (data, certs) = (dir.0.join("data"), dir.0.join("certs"));
     let on_dirs = |c: &mut telehub::config::Config| {
         c.data_dir = data.clone();

@@ -307,6 +307,24 @@ async fn a_scoped_operator_notifies_only_its_devices() {
             other => panic!("{targets:?}: {other:?}"),
         }
     }
+    // The registry: only its own devices, kept its own.
+    let put = |id: &'static str, fleet: &'static str| {
+        let api = api.clone();
+        async move {
+            let tags = [("fleet".to_string(), fleet.to_string())].into();
+            api.put_device(id, &telehub::http::api::DeviceBody { tags })
+                .await
+        }
+    };
+    assert!(put("north-9", "north").await.is_ok());
+    for (id, fleet) in [("south-9", "south"), ("south-1", "north")] {
+        match put(id, fleet).await {
+            Err(telehub::client::ApiError::Status { status, .. }) => {
+                assert_eq!(status, 403, "{id}")
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
     // On the dashboard WebSocket too.
     let mut d = hub
         .dashboard_with(&client_config(Some(&token), &[PROTOCOL]))

@@ -3,22 +3,14 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use telehub::{auth::Role, http::api::DeviceBody};
 
 /// A directory that outlives the hubs started on it.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn a_restarted_hub_delivers_what_was_accepted_before() {
-    let dir = Dir(temp_dir("restart"));
+    let dir = Dir::new("restart");
     let (data, certs) = (dir.0.join("data"), dir.0.join("certs"));
     let on_dirs = |c: &mut telehub::config::Config| {
         c.data_dir = data.clone();

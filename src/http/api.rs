@@ -59,6 +59,22 @@ pub(super) fn authorize(
     app.auth.authorize(bearer, roles)
 }
 
+/// What every operator's write does first: checks the token, then reads the JSON
+/// body (400 with its reason when it does not parse). The error is the answer
+/// itself, returned at once: its size does not matter.
+#[allow(clippy::result_large_err)]
+pub(super) fn operator_body<T>(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<(Claims, T), Response> {
+    let claims = authorize(app, headers, OPERATORS).map_err(unauthorized)?;
+    match body {
+        Ok(Json(b)) => Ok((claims, b)),
+        Err(e) => Err(refuse(StatusCode::BAD_REQUEST, e.body_text())),
+    }
+}
+
 pub(super) fn unauthorized(e: AuthError) -> Response {
     refuse(e.status(), e)
 }
@@ -134,13 +150,9 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Response {
-    let claims = match authorize(&app, &headers, OPERATORS) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e),
-    };
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.body_text()),
+    let (claims, b) = match operator_body(&app, &headers, body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let Some(severity) = request::parse_severity(&b.severity) else {
         return refuse(
@@ -419,13 +431,21 @@ pub async fn put_device(
     Path(id): Path<String>,
     body: Result<Json<DeviceBody>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&app, &headers, OPERATORS) {
-        return unauthorized(e);
-    }
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.body_text()),
+    let (claims, b) = match operator_body(&app, &headers, body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
+    // A scoped operator registers only its own devices, and keeps them its own.
+    if let Some(scope) = &claims.scope.device_tags {
+        let before = app.hub.registered_tags(&id);
+        let own = |tags: &BTreeMap<String, String>| crate::auth::within(scope, tags);
+        if !own(&b.tags) || !(before.is_empty() || own(&before)) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "this token registers only devices within its device_tags, with those tags",
+            );
+        }
+    }
     if id.is_empty() || id.len() > request::MAX_ID {
         return refuse(
             StatusCode::BAD_REQUEST,

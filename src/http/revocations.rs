@@ -20,7 +20,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    api::{authorize, unauthorized, unavailable, OPERATORS},
+    api::{authorize, operator_body, unauthorized, unavailable, OPERATORS},
     refuse,
 };
 use crate::{
@@ -67,13 +67,9 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Response {
-    let claims = match authorize(&app, &headers, OPERATORS) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(e),
-    };
-    let Json(b) = match body {
-        Ok(b) => b,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.body_text()),
+    let (claims, b) = match operator_body(&app, &headers, body) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let revocation = match revocation(&app, b, claims.sub) {
         Ok(r) => r,

@@ -71,16 +71,7 @@ impl Endpoint {
     /// As [`parse`](Self::parse), but a TLS URL without `ca` is checked against the
     /// system's trusted roots (for servers other than the hub, e.g. a key set URL).
     pub fn parse_trusting(url: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
-        Self::parse_with(url, |_| {
-            let roots = crate::tls::roots(ca)?;
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Ok(Arc::new(config))
-        })
+        Self::parse_with(url, |_| Ok(crate::tls::client_config_trusting(ca)?))
     }
 
     fn parse_with(
@@ -142,6 +133,33 @@ impl Endpoint {
         own
     }
 
+    /// The same endpoint presenting a client certificate and key (PEM) in its TLS
+    /// handshakes, trusting the CA in `ca`: a device authenticating with a
+    /// certificate (connect it with an empty token). Its TLS sessions are its own.
+    pub fn with_client_cert(
+        &self,
+        ca: &Path,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<Endpoint> {
+        use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let mut own = self.clone();
+        let Some((config, _)) = &mut own.tls else {
+            bail!("a client certificate needs a wss:// URL");
+        };
+        let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes())?];
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(crate::tls::roots(Some(ca))?)
+            .with_client_auth_cert(chain, key)?;
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+        *config = Arc::new(c);
+        Ok(own)
+    }
+
     /// The same endpoint, connecting from local address `source` (its port chosen by
     /// the kernel). A benchmark on one machine spreads thousands of connections over
     /// several loopback addresses, as real devices come from many addresses: toward
@@ -180,7 +198,11 @@ impl Endpoint {
             ws: ws::Config::default(),
             offer_deflate: compression.then(ClientDeflateOffer::default),
             protocols: vec![SUBPROTOCOL.to_owned()],
-            headers: vec![("Authorization".to_owned(), format!("Bearer {token}"))],
+            // No token: a device that authenticates with its TLS client certificate.
+            headers: match token {
+                "" => Vec::new(),
+                t => vec![("Authorization".to_owned(), format!("Bearer {t}"))],
+            },
         };
         tokio::time::timeout(
             timeout,

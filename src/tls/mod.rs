@@ -33,6 +33,9 @@ pub const CA_KEY: &str = "ca.key";
 pub const SERVER_CERT: &str = "server.pem";
 pub const SERVER_KEY: &str = "server.key";
 
+/// The development CA's name.
+const CA_NAME: &str = "telehub development CA";
+
 /// The DNS names and addresses the development server certificate is valid for.
 const DEV_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
@@ -85,14 +88,14 @@ pub fn ensure_dev_certificates(dir: &Path) -> Result<CertSource, TlsError> {
         (KeyPair::from_pem(&pem)?, false)
     } else {
         let key = KeyPair::generate()?;
-        let cert = ca_params().self_signed(&key)?;
+        let cert = ca_params(CA_NAME).self_signed(&key)?;
         write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
         write_public(&ca_cert_path, cert.pem().as_bytes())?;
         (key, true)
     };
     // The issuer is rebuilt from the same parameters and key as the CA certificate,
     // so its name and key identifier match the `ca.pem` clients trust.
-    let issuer = Issuer::new(ca_params(), &ca_key);
+    let issuer = Issuer::new(ca_params(CA_NAME), &ca_key);
 
     let mut params = CertificateParams::new(DEV_NAMES.map(String::from).to_vec())?;
     params
@@ -140,7 +143,12 @@ pub fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
 /// A client configuration that trusts exactly the CA certificate(s) in `ca_pem`.
 /// Used by device-sim, the demo fleet and the tests.
 pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let roots = roots(Some(ca_pem))?;
+    client_config_trusting(Some(ca_pem))
+}
+
+/// A client configuration that trusts the CA in `ca`, or the system's roots.
+pub fn client_config_trusting(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = roots(ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -150,10 +158,11 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, TlsErro
     Ok(Arc::new(config))
 }
 
-fn ca_params() -> CertificateParams {
+/// A development CA's parameters, named `common_name`.
+fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "telehub development CA");
+    dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "telehub");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -37,6 +37,21 @@ use super::{
 };
 
 /// A fresh, unique directory under the system temp dir (removed by its owner's Drop).
+/// A temp dir removed when dropped.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    pub fn new(label: &str) -> Self {
+        Dir(temp_dir(label))
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn temp_dir(label: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(

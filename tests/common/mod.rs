@@ -41,7 +41,7 @@ pub use self::{
     client::{client_config, tls_presenting, tls_to, Client, Event},
     envelopes::{code, incompressible, number, raw, telemetry},
     http::{parse_http_response, Metrics},
-    hub::{secret, temp_dir, Hub},
+    hub::{secret, temp_dir, Dir, Hub},
     nodes::{free_port, metric, wait_for, Node, Planes},
     notify::{
         notification, row, status_of, tag_map, to_devices, to_tags, wait_registered, wait_status,

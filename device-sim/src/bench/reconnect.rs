@@ -50,6 +50,25 @@ pub struct ReconnectArgs {
     /// toward the hub's one port costs the generator more CPU than TLS does.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=200))]
     sources: u8,
+    /// How devices authenticate: an HS256 JWT (`token`), the deprecated `th1.`
+    /// format (`legacy`), an ES256 JWT from the key set (`es256`: the hub needs
+    /// `[auth] jwks_file` = DEVICE_KEYS/jwks.json), or a client certificate issued
+    /// from the development device CA in DEVICE_KEYS (`certificate`: the hub needs
+    /// `[tls] device_ca` = DEVICE_KEYS/device-ca.pem).
+    #[arg(long, value_enum, default_value = "token")]
+    auth: Auth,
+    /// Where the device CA and the ES256 key live (created when missing).
+    #[arg(long, required_if_eq_any = [("auth", "certificate"), ("auth", "es256")])]
+    device_keys: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Auth {
+    Token,
+    Legacy,
+    Es256,
+    Certificate,
 }
 
 #[derive(Serialize, Debug)]
@@ -72,6 +91,7 @@ struct ReconnectReport {
     parallel: usize,
     tls: bool,
     resume: bool,
+    auth: Auth,
     /// Every device's first connection.
     first: Wave,
     /// Every connection dropped at once, every device reconnecting at once.
@@ -90,24 +110,20 @@ pub async fn reconnect(a: ReconnectArgs) -> anyhow::Result<()> {
         eprintln!("note: a ws:// hub: no TLS, nothing to resume");
     }
     let spread = a.sources > 1 && hub_on_loopback(&setup.endpoint).await;
-    let endpoint = |i: usize| {
-        let own = setup.endpoint.with_own_sessions();
-        if spread {
+    let credentials = Credentials::new(&a, &setup)?;
+    let endpoint = |i: usize| -> anyhow::Result<Endpoint> {
+        let own = credentials.endpoint(&setup.endpoint, i)?;
+        Ok(if spread {
             // 127.0.0.2 onwards: 127.0.0.1 stays the kernel's default.
             let n = 2 + (i % usize::from(a.sources)) as u8;
             own.with_source(Ipv4Addr::new(127, 0, 0, n).into())
         } else {
             own
-        }
+        })
     };
     let devices: Vec<Arc<(Endpoint, String)>> = (0..a.devices)
-        .map(|i| {
-            Arc::new((
-                endpoint(i),
-                setup.token(&format!("storm-{i:05}"), Role::Device),
-            ))
-        })
-        .collect();
+        .map(|i| anyhow::Ok(Arc::new((endpoint(i)?, credentials.token(i)))))
+        .collect::<anyhow::Result<_>>()?;
     let (first, conns) = wave(&a, &devices).await?;
     // Everyone drops at once: no Close handshake, as when a network path fails.
     drop(conns);
@@ -115,8 +131,8 @@ pub async fn reconnect(a: ReconnectArgs) -> anyhow::Result<()> {
         devices
             .iter()
             .enumerate()
-            .map(|(i, d)| Arc::new((endpoint(i), d.1.clone())))
-            .collect()
+            .map(|(i, d)| anyhow::Ok(Arc::new((endpoint(i)?, d.1.clone()))))
+            .collect::<anyhow::Result<_>>()?
     } else {
         devices
     };
@@ -129,6 +145,7 @@ pub async fn reconnect(a: ReconnectArgs) -> anyhow::Result<()> {
         parallel: a.parallel,
         tls: setup.endpoint.is_tls(),
         resume: !a.no_resume,
+        auth: a.auth,
         first,
         storm,
     };
@@ -138,6 +155,112 @@ pub async fn reconnect(a: ReconnectArgs) -> anyhow::Result<()> {
         println!("{report:#?}");
     }
     Ok(())
+}
+
+/// What each device presents: a token, or a certificate (and an empty token).
+struct Credentials<'a> {
+    auth: Auth,
+    setup: &'a Setup,
+    ca: Option<std::path::PathBuf>,
+    /// `certificate`: each device's certificate and key (PEM).
+    certs: Vec<(String, String)>,
+    /// `es256`: the issuer's key.
+    es256: Option<jsonwebtoken::EncodingKey>,
+}
+
+impl<'a> Credentials<'a> {
+    fn new(a: &ReconnectArgs, setup: &'a Setup) -> anyhow::Result<Self> {
+        let dir = a.device_keys.as_deref();
+        let mut certs = Vec::new();
+        let mut es256 = None;
+        match (a.auth, dir) {
+            (Auth::Certificate, Some(dir)) => {
+                let now = std::time::SystemTime::now();
+                let (from, until) = (
+                    now - Duration::from_secs(60),
+                    now + Duration::from_secs(86_400),
+                );
+                for i in 0..a.devices {
+                    let c = telehub::tls::device::issue(dir, &device_id(i), from, until)?;
+                    certs.push((c.cert_pem, c.key_pem));
+                }
+            }
+            (Auth::Es256, Some(dir)) => es256 = Some(es256_key(dir)?),
+            _ => {}
+        }
+        Ok(Credentials {
+            auth: a.auth,
+            setup,
+            ca: a.common.ca.clone(),
+            certs,
+            es256,
+        })
+    }
+
+    /// Device `i`'s endpoint, with a TLS session cache of its own.
+    fn endpoint(&self, base: &Endpoint, i: usize) -> anyhow::Result<Endpoint> {
+        match (self.certs.get(i), &self.ca) {
+            (Some((cert, key)), Some(ca)) => base.with_client_cert(ca, cert, key),
+            (Some(_), None) => bail!("--auth certificate needs --ca"),
+            (None, _) => Ok(base.with_own_sessions()),
+        }
+    }
+
+    fn token(&self, i: usize) -> String {
+        let id = device_id(i);
+        let key = &self.setup.key;
+        match (self.auth, &self.es256) {
+            (Auth::Certificate, _) => String::new(),
+            (Auth::Legacy, _) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                key.issue_legacy(&telehub::auth::Claims {
+                    sub: id,
+                    role: Role::Device,
+                    tags: Default::default(),
+                    iat: now,
+                    exp: now + 3600,
+                    jti: None,
+                    scope: Default::default(),
+                })
+            }
+            (Auth::Es256, Some(es)) => {
+                let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                header.kid = Some(ES256_KID.into());
+                let exp = jsonwebtoken::get_current_timestamp() + 3600;
+                let claims = serde_json::json!({"sub": id, "role": "device", "exp": exp});
+                jsonwebtoken::encode(&header, &claims, es).unwrap_or_default()
+            }
+            _ => self.setup.token(&id, Role::Device),
+        }
+    }
+}
+
+fn device_id(i: usize) -> String {
+    format!("storm-{i:05}")
+}
+
+const ES256_KID: &str = "bench-es256";
+
+/// The bench's ES256 issuer key in `dir` (`bench-es256.der`, PKCS#8), created with
+/// its `jwks.json` when missing.
+fn es256_key(dir: &std::path::Path) -> anyhow::Result<jsonwebtoken::EncodingKey> {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let path = dir.join("bench-es256.der");
+    if !path.exists() {
+        std::fs::create_dir_all(dir)?;
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let raw = pair.public_key_raw();
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": ES256_KID,
+            "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..])}]});
+        std::fs::write(dir.join("jwks.json"), jwks.to_string())?;
+        std::fs::write(&path, pair.serialize_der())?;
+    }
+    Ok(jsonwebtoken::EncodingKey::from_ec_der(&std::fs::read(
+        &path,
+    )?))
 }
 
 /// Whether every address the hub's name resolves to is IPv4 loopback.
