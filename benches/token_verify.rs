@@ -26,6 +26,7 @@ const RUNS: usize = 5;
 const CHECKS: usize = 20_000;
 
 fn main() {
+    telehub::auth::crypto::install();
     let dir = std::env::temp_dir().join(format!("telehub-bench-verify-{}", std::process::id()));
     let key = TokenKey::load_or_create(&dir).expect("token key");
     let es = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256");

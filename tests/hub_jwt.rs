@@ -60,6 +60,7 @@ impl Issuer {
 
     /// A token with these claims, signed by this key and naming it.
     fn sign(&self, claims: &Value) -> String {
+        telehub::auth::crypto::install();
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.key).unwrap()
@@ -163,6 +164,7 @@ async fn key_set_tokens_are_accepted_and_every_forgery_is_refused() {
     let unsigned = format!("{}.{payload}.", b64(&json!({"alg": "none", "typ": "JWT"})));
     // Algorithm confusion: HS256 "signed" with the ES256 key's public JWK.
     let confused = {
+        telehub::auth::crypto::install();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("es-1".into());
         let secret = EncodingKey::from_secret(es.jwk.to_string().as_bytes()).unwrap();

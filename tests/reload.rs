@@ -68,6 +68,7 @@ impl EsKey {
     }
 
     fn token(&self, sub: &str) -> String {
+        telehub::auth::crypto::install();
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         let exp = SystemTime::now()

@@ -122,6 +122,7 @@ impl TokenKey {
 
     /// Signs `claims` as they are (tests use it to craft expired tokens).
     pub fn sign(&self, claims: &Claims) -> String {
+        super::crypto::install();
         let header = Header::new(Algorithm::HS256);
         // A non-empty secret is a valid HMAC key, and HS256 over a struct of
         // strings and integers cannot fail.

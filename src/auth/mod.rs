@@ -13,6 +13,7 @@
 //! refusal is an [`AuthError`] that maps to 401 (who are you?) or 403 (not
 //! allowed), is counted by reason and logged by reason, never with the token.
 
+pub mod crypto;
 mod key;
 mod keyset;
 mod revocation;

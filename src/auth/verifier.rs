@@ -106,6 +106,7 @@ impl Verifier {
     /// A verifier of the hub's own tokens and of `file`'s keys (more may come from
     /// a URL, see [`set_fetched`](Self::set_fetched)).
     pub fn new(key: TokenKey, policy: Policy, file: KeySet, meters: Meters) -> Self {
+        super::crypto::install();
         for reason in AuthError::REASONS {
             let _ = meters.refused.get_or_create(&ReasonLabel { reason });
         }

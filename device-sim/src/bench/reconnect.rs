@@ -170,6 +170,7 @@ struct Credentials<'a> {
 
 impl<'a> Credentials<'a> {
     fn new(a: &ReconnectArgs, setup: &'a Setup) -> anyhow::Result<Self> {
+        telehub::auth::crypto::install();
         let dir = a.device_keys.as_deref();
         let mut certs = Vec::new();
         let mut es256 = None;
