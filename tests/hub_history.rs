@@ -320,10 +320,10 @@ async fn fleet_statistics_count_messages_refusals_and_presence() {
 /// `forget_after` (offline until they reconnect), from the device registry.
 #[tokio::test]
 async fn a_restarted_hub_lists_recently_seen_devices_offline() {
-    let root = common::temp_dir("fleet-restart");
+    let root = common::Dir::new("fleet-restart");
+    let dirs = root.hub_dirs();
     let on_dirs = |c: &mut telehub::config::Config| {
-        c.data_dir = root.join("data");
-        c.certs_dir = root.join("certs");
+        dirs(c);
         c.dashboard.fleet_interval = Duration::from_millis(100);
     };
     let hub = Hub::with(on_dirs).await;
@@ -343,5 +343,4 @@ async fn a_restarted_hub_lists_recently_seen_devices_offline() {
     assert!(s.last_seen_ms > 0);
     assert_eq!(s.tags.get("fleet").map(String::as_str), Some("north"));
     hub.stop().await;
-    let _ = std::fs::remove_dir_all(&root);
 }

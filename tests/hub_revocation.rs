@@ -32,11 +32,7 @@ async fn status_of(hub: &Hub, path: &str, token: &str) -> u16 {
 
 async fn a_revoked_token_is_closed_live_refused_next_and_kept_across_a_restart() {
     let dir = Dir::new("revoke");
-    let (data, certs) = (dir.0.join("data"), dir.0.join("certs"));
-    let on_dirs = |c: &mut telehub::config::Config| {
-        c.data_dir = data.clone();
-        c.certs_dir = certs.clone();
-    };
+    let on_dirs = dir.hub_dirs();
     let hub = Hub::with(on_dirs).await;
     let api = hub.api(Role::Operator);
     let leaked = hub.token("dev-1", Role::Device, &[]);

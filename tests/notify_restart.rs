@@ -8,14 +8,10 @@ use std::time::Duration;
 use common::*;
 use telehub::{auth::Role, http::api::DeviceBody};
 
-/// A directory that outlives the hubs started on it.
+/// What a hub accepted is delivered by the next one on the same directory.
 async fn a_restarted_hub_delivers_what_was_accepted_before() {
     let dir = Dir::new("restart");
-    let (data, certs) = (dir.0.join("data"), dir.0.join("certs"));
-    let on_dirs = |c: &mut telehub::config::Config| {
-        c.data_dir = data.clone();
-        c.certs_dir = certs.clone();
-    };
+    let on_dirs = dir.hub_dirs();
 
     let hub = Hub::with(on_dirs).await;
     let api = hub.api(Role::Operator);

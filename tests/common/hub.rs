@@ -44,6 +44,15 @@ impl Dir {
     pub fn new(label: &str) -> Self {
         Dir(temp_dir(label))
     }
+
+    /// A configuration tweak that puts a hub's data and certificates here, so a
+    /// hub started again with it finds what the previous one left.
+    pub fn hub_dirs(&self) -> impl Fn(&mut telehub::config::Config) + Copy + '_ {
+        move |c| {
+            c.data_dir = self.0.join("data");
+            c.certs_dir = self.0.join("certs");
+        }
+    }
 }
 
 impl Drop for Dir {
