@@ -30,6 +30,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Checks every token (upgrades and REST).
     pub auth: Arc<Verifier>,
+    /// Each device's confirmed telemetry (uplink confirmations).
+    pub uplinks: crate::hub::Uplinks,
     /// Whether shutdown started (for `/healthz`; holds nothing open).
     pub draining: Draining,
     /// The listener's TLS configuration (`None` in plaintext mode).
@@ -105,6 +107,7 @@ impl App {
             notifier,
             metrics,
             auth,
+            uplinks: Default::default(),
             draining,
             tls,
             live: std::sync::RwLock::new(Arc::new(crate::reload::Live::from_config(&config))),

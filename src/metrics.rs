@@ -79,6 +79,12 @@ pub struct Metrics {
     pub bytes_out: Family<BytesLabel, Counter>,
     pub telemetry_accepted: Counter,
     pub rate_limited: Counter,
+    /// Resent telemetry already accepted (uplink confirmations), dropped.
+    pub telemetry_duplicates: Counter,
+    /// TelemetryConfirmed messages sent.
+    pub confirmations: Counter,
+    /// Rate-limited seqs given up waiting for their resend (see `hub::uplink`).
+    pub confirm_given_up: Counter,
     pub deliveries: Counter,
     pub dropped_deliveries: Counter,
     pub batches_built: Family<KindLabel, Counter>,
@@ -248,6 +254,21 @@ impl Metrics {
             "telehub_rate_limited",
             "Telemetry messages refused by a device's rate limit",
             m.rate_limited.clone(),
+        );
+        r.register(
+            "telehub_telemetry_duplicates",
+            "Resent telemetry messages already accepted, dropped (uplink confirmations)",
+            m.telemetry_duplicates.clone(),
+        );
+        r.register(
+            "telehub_telemetry_confirmations",
+            "TelemetryConfirmed messages sent to devices",
+            m.confirmations.clone(),
+        );
+        r.register(
+            "telehub_telemetry_confirm_given_up",
+            "Rate-limited telemetry seqs no longer awaited for a resend (over 256 pending per device)",
+            m.confirm_given_up.clone(),
         );
         r.register(
             "telehub_deliveries",

@@ -80,6 +80,11 @@ pub struct Limits {
     /// what a message costs the hub besides its bytes: a 64 KiB message could
     /// otherwise carry some 30,000 empty readings.
     pub max_readings: usize,
+    /// How long the hub remembers a device's confirmed telemetry (uplink
+    /// confirmations) after its last connection ended: resends within it are
+    /// recognised as duplicates.
+    #[serde(with = "humantime_serde")]
+    pub confirm_window: Duration,
 }
 
 impl Default for Limits {
@@ -94,6 +99,7 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             max_malformed: 5,
             max_readings: 1024,
+            confirm_window: Duration::from_secs(3600),
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod presence;
 pub mod publication;
 mod replay;
 pub mod stream;
+pub mod uplink;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -61,6 +62,7 @@ use presence::{presence_key, presence_message, LINK_KEY};
 pub use publication::{Publication, Published};
 pub use replay::HistoryJob;
 pub use stream::Delivery;
+pub use uplink::Uplinks;
 
 /// How a hub is built.
 pub struct Options {

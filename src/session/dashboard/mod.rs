@@ -76,6 +76,7 @@ pub async fn run<S>(
             rate_per_second: 0,
             burst: 0,
             server_version: env!("CARGO_PKG_VERSION").into(),
+            confirmations: false,
         })),
     };
     let close = match send(&mut writer, &encode(format, &welcome), &dashboard.meters).await {

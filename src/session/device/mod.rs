@@ -7,6 +7,7 @@
 //! reply carries and counts strikes in one place (`session::reply::Strikes`).
 
 pub mod ack;
+pub mod confirm;
 pub mod delivery;
 pub mod telemetry;
 
@@ -29,7 +30,7 @@ use crate::{
     auth::{Claims, Credential, Scope},
     hub::{DeviceInfo, DeviceSession},
     metrics::RoleMeters,
-    proto::{envelope::Body, error::Code, Ack, Envelope, Telemetry, Welcome},
+    proto::{envelope::Body, error::Code, Ack, ConfirmTelemetry, Envelope, Telemetry, Welcome},
     shutdown::Shutdown,
     ws,
 };
@@ -78,12 +79,15 @@ pub(super) struct Device {
     credential: Credential,
     /// What its token lets it publish.
     scope: Scope,
+    /// Uplink confirmations, once the device asked for them.
+    confirm: Option<confirm::Confirmations>,
 }
 
 /// What a device may send, parsed.
 pub(super) enum Command {
     Telemetry(Telemetry),
     Ack(Ack),
+    Confirm(ConfirmTelemetry),
 }
 
 impl Command {
@@ -100,10 +104,11 @@ impl Command {
         match envelope.body {
             Some(Body::Telemetry(t)) => Ok(Command::Telemetry(t)),
             Some(Body::Ack(a)) => Ok(Command::Ack(a)),
+            Some(Body::ConfirmTelemetry(c)) => Ok(Command::Confirm(c)),
             Some(_) => Err(Refusal::new(
                 close::POLICY_VIOLATION,
                 Code::Malformed,
-                "devices may send only Telemetry and Ack",
+                "devices may send only Telemetry, Ack and ConfirmTelemetry",
             )),
             None => Err(Refusal::new(
                 close::POLICY_VIOLATION,
@@ -141,6 +146,7 @@ impl Device {
                 rate_per_second: live.rate.per_second,
                 burst: live.rate.burst,
                 server_version: env!("CARGO_PKG_VERSION").into(),
+                confirmations: true,
             })),
         };
         send(writer, &binary(&welcome), &meters).await.ok()?;
@@ -152,6 +158,7 @@ impl Device {
         Some(Device {
             credential,
             scope,
+            confirm: None,
             deliveries: Deliveries::new(app.notifier.clone(), session.info.id.clone()),
             telemetry: telemetry::Telemetry::new(&live.rate),
             strikes: Strikes::new(app.config.limits.max_malformed),
@@ -181,7 +188,13 @@ impl Device {
         }
         loop {
             let next_due = self.deliveries.next_due();
+            let confirm_due = self.confirm.as_ref().and_then(|c| c.due());
             tokio::select! {
+                _ = tokio::time::sleep_until(confirm_due.unwrap_or_else(Instant::now)), if confirm_due.is_some() => {
+                    if self.send_confirmation(writer).await.is_err() {
+                        return None;
+                    }
+                }
                 _ = wake.notified() => {
                     if Box::pin(self.deliveries.send_new(writer, &self.meters)).await.is_err() {
                         return None;
@@ -227,6 +240,11 @@ impl Device {
                     if let Err(end) = self.strikes.answer(reply, writer, binary, &self.meters).await {
                         return end;
                     }
+                    if self.confirm.as_ref().is_some_and(|c| c.due_now())
+                        && self.send_confirmation(writer).await.is_err()
+                    {
+                        return None;
+                    }
                 }
             }
         }
@@ -236,7 +254,23 @@ impl Device {
         match command {
             Command::Telemetry(t) => self.on_telemetry(t),
             Command::Ack(a) => Box::pin(self.on_ack(a)).await,
+            Command::Confirm(c) => self.on_confirm(c),
         }
+    }
+
+    /// Sends the due `TelemetryConfirmed`. Boxed like every rare write (see `run`).
+    async fn send_confirmation<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut ws::Writer<W>,
+    ) -> Result<(), ()> {
+        let Some(confirm) = &mut self.confirm else {
+            return Ok(());
+        };
+        let envelope = confirm.take();
+        self.app.metrics.confirmations.inc();
+        Box::pin(send(writer, &binary(&envelope), &self.meters))
+            .await
+            .map_err(|_| ())
     }
 }
 

@@ -8,6 +8,10 @@
 //! the hub one small decode per frame, and a flooding device only ever delays
 //! itself: its frames are refused in its own task, never queued anywhere shared.
 //!
+//! With uplink confirmations (see `confirm`), a resend of an accepted message is
+//! dropped before the rate limiter, and every outcome is recorded for the next
+//! `TelemetryConfirmed`.
+//!
 //! An accepted message is stamped (the device id from the token, `received_ms`
 //! never earlier than the device's previous message) and handed to the hub as a
 //! `Publication`.
@@ -20,7 +24,7 @@ use tokio::time::Instant;
 use super::Device;
 use crate::{
     config::RateLimit,
-    hub::{category, now_ms, Publication},
+    hub::{category, now_ms, uplink::Verdict, Publication},
     proto::{error::Code, Telemetry as TelemetryMsg},
     session::{
         close, error_envelope,
@@ -98,9 +102,35 @@ impl Refusals {
 
 impl Device {
     pub(super) fn on_telemetry(&mut self, t: TelemetryMsg) -> Reply {
-        if let Err(not_until) = self.telemetry.limiter.check() {
-            return self.rate_limited(not_until);
+        let seq = t.seq;
+        if let Some(confirm) = &mut self.confirm {
+            if seq == 0 {
+                return Refusal::new(
+                    close::POLICY_VIOLATION,
+                    Code::Malformed,
+                    "with confirmations, telemetry seq must be above 0",
+                )
+                .into();
+            }
+            if confirm.judge(seq) == Verdict::Duplicate {
+                self.app.metrics.telemetry_duplicates.inc();
+                confirm.duplicate();
+                return Reply::none();
+            }
         }
+        if let Err(not_until) = self.telemetry.limiter.check() {
+            return self.rate_limited(seq, not_until);
+        }
+        let reply = self.accept(t);
+        // Accepted, or invalid (never accepted): settled either way.
+        if let Some(confirm) = &mut self.confirm {
+            confirm.settle(seq);
+        }
+        reply
+    }
+
+    /// Validates a message within the rate limit and publishes it.
+    fn accept(&mut self, t: TelemetryMsg) -> Reply {
         if let Err(e) = category::validate(&t.category) {
             return Refusal::new(
                 close::POLICY_VIOLATION,
@@ -140,10 +170,17 @@ impl Device {
 
     fn rate_limited(
         &mut self,
+        seq: u64,
         not_until: governor::NotUntil<governor::clock::QuantaInstant>,
     ) -> Reply {
         self.app.metrics.rate_limited.inc();
         self.session.rate_limited();
+        let wait = not_until.wait_time_from(crate::session::limiter_clock().now());
+        let retry_after_ms = wait.as_millis().clamp(1, u32::MAX as u128) as u32;
+        if let Some(confirm) = &mut self.confirm {
+            let given_up = confirm.rate_limited(seq, retry_after_ms);
+            self.app.metrics.confirm_given_up.inc_by(given_up);
+        }
         let now = Instant::now();
         let seconds = self.telemetry.limited.record(now);
         let rate = &self.telemetry.rate;
@@ -156,14 +193,13 @@ impl Device {
         if !self.telemetry.limited.should_tell(now) {
             return Reply::Held(None);
         }
-        let wait = not_until.wait_time_from(crate::session::limiter_clock().now());
         Reply::Held(Some(error_envelope(
             Code::RateLimited,
             format!(
                 "over the rate limit of {}/s (burst {})",
                 rate.per_second, rate.burst
             ),
-            wait.as_millis().clamp(1, u32::MAX as u128) as u32,
+            retry_after_ms,
         )))
     }
 }
