@@ -60,6 +60,10 @@ enum Command {
     /// Revoke tokens on a running hub and list the revocations.
     #[command(subcommand)]
     Tokens(cli::tokens::TokensCommand),
+    /// Publish telemetry as a device (waits for the hub's confirmations).
+    Pub(cli::pubsub::PubArgs),
+    /// Print a dashboard's telemetry stream, one line per message, until interrupted.
+    Sub(cli::pubsub::SubArgs),
     /// Development certificates for devices.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -205,7 +209,20 @@ struct DemoArgs {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the process with status 1 and one line, `Error: what: why: cause`:
+/// never a backtrace, even with `RUST_BACKTRACE=1` set, because they are the
+/// user's to fix (a refused token, a port in use), not the program's.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -219,6 +236,8 @@ fn main() -> anyhow::Result<()> {
         Command::Notify(cmd) => exit_with(runtime.block_on(cli::notify::notify(cmd))),
         Command::Devices(cmd) => exit_with(runtime.block_on(cli::notify::devices(cmd))),
         Command::Tokens(cmd) => exit_with(runtime.block_on(cli::tokens::tokens(cmd))),
+        Command::Pub(args) => exit_with(runtime.block_on(cli::pubsub::publish(args))),
+        Command::Sub(args) => exit_with(runtime.block_on(cli::pubsub::subscribe(args))),
         Command::Certs(CertsCommand::IssueDevice(args)) => issue_device(args),
     }
 }

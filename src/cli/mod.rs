@@ -2,4 +2,5 @@
 //! API (see `telehub::client`).
 
 pub mod notify;
+pub mod pubsub;
 pub mod tokens;

@@ -19,30 +19,30 @@ use telehub::{
     tls,
 };
 
-/// How to reach the hub and who we are.
+/// How to reach the hub and who we are (every subcommand that talks to a hub).
 #[derive(Args, Debug)]
-pub struct ApiArgs {
+pub struct HubArgs {
     /// The hub.
     #[arg(long, env = "TELEHUB_URL", default_value = "https://127.0.0.1:8443")]
     url: String,
     /// CA certificate (PEM) to trust; default: certs/ca.pem.
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// File holding an operator (or, for reading, viewer) token.
+    /// File holding a token (an operator's for changes, a viewer's for reading, a
+    /// device's for `pub`).
     #[arg(long, env = "TELEHUB_TOKEN_FILE", conflicts_with = "data_dir")]
     token_file: Option<PathBuf>,
-    /// Development: mint a 10-minute operator token with the hub's key from its data
-    /// dir instead of --token-file.
+    /// Development: mint a 10-minute token with the hub's key from its data dir
+    /// instead of --token-file.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Print JSON (the API's answer) instead of text.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
-impl ApiArgs {
-    pub(crate) fn api(&self) -> anyhow::Result<Api> {
-        let token = match (&self.token_file, &self.data_dir) {
+impl HubArgs {
+    /// The token from --token-file, or one minted for `role` and `subject` with the
+    /// key in --data-dir.
+    pub(crate) fn token(&self, role: Role, subject: &str) -> anyhow::Result<String> {
+        Ok(match (&self.token_file, &self.data_dir) {
             (Some(f), _) => std::fs::read_to_string(f)
                 .with_context(|| format!("reading the token file {}", f.display()))?
                 .trim()
@@ -55,8 +55,8 @@ impl ApiArgs {
                     );
                 }
                 TokenKey::load_or_create(dir)?.issue(
-                    "cli",
-                    Role::Operator,
+                    subject,
+                    role,
                     BTreeMap::new(),
                     Duration::from_secs(600),
                 )
@@ -64,13 +64,36 @@ impl ApiArgs {
             (None, None) => {
                 bail!("pass --token-file FILE (or --data-dir DIR on the hub's machine)")
             }
-        };
+        })
+    }
+
+    /// --ca, or certs/ca.pem when it exists.
+    pub(crate) fn ca(&self) -> Option<PathBuf> {
         let default_ca = PathBuf::from("certs").join(tls::CA_CERT);
-        let ca = self
-            .ca
+        self.ca
             .clone()
-            .or_else(|| default_ca.exists().then_some(default_ca));
-        Api::new(&self.url, ca.as_deref(), token)
+            .or_else(|| default_ca.exists().then_some(default_ca))
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// The REST API's address and credentials, and how to print its answers.
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// Print JSON (the API's answer) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl ApiArgs {
+    pub(crate) fn api(&self) -> anyhow::Result<Api> {
+        let token = self.hub.token(Role::Operator, "cli")?;
+        Api::new(&self.hub.url, self.hub.ca().as_deref(), token)
     }
 }
 
