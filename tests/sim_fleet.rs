@@ -106,6 +106,14 @@ async fn fleet_streams_and_resends_its_backlog_after_a_hub_restart() {
         summary.sent > 0 && summary.auth_failures == 0,
         "{summary:?}"
     );
+    // Uplink confirmations: every message sent is confirmed or counted as not (the
+    // stop can cut the last ones off), and most are confirmed.
+    assert_eq!(
+        summary.confirmed + summary.unconfirmed,
+        summary.sent,
+        "{summary:?}"
+    );
+    assert!(summary.confirmed * 10 >= summary.sent * 9, "{summary:?}");
     hub.stop().await;
     let _ = std::fs::remove_dir_all(&root);
 }

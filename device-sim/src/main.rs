@@ -92,6 +92,10 @@ struct RunArgs {
     /// Send as generated even above the hub's announced rate limit (to exercise it).
     #[arg(long)]
     ignore_rate_limit: bool,
+    /// Do not ask the hub to confirm telemetry: what is in flight when a connection
+    /// drops is lost instead of sent again.
+    #[arg(long)]
+    no_confirm: bool,
     /// Wait this long before acknowledging a notification (e.g. 2s).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     ack_delay: Duration,
@@ -156,6 +160,7 @@ async fn fleet(args: RunArgs) -> anyhow::Result<()> {
     cfg.compression = !args.no_compression;
     cfg.backlog = args.backlog;
     cfg.pace_to_limit = !args.ignore_rate_limit;
+    cfg.confirm = !args.no_confirm;
     cfg.ack_delay = args.ack_delay;
     cfg.ack_loss = args.ack_loss;
     let devices = cfg.devices;
@@ -242,6 +247,10 @@ fn print_summary(s: &Summary) {
     println!("devices              {}", s.devices);
     println!("elapsed              {:.1} s", s.elapsed_s);
     println!("sent                 {} ({:.1}/s)", s.sent, s.sent_per_s);
+    println!(
+        "confirmed            {} ({} unconfirmed, {} resent)",
+        s.confirmed, s.unconfirmed, s.resent
+    );
     println!("rate limited         {}", s.rate_limited);
     println!("reconnects           {}", s.reconnects);
     println!(

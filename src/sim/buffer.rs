@@ -1,7 +1,7 @@
 //! The bounded store-and-forward buffer a device keeps while it cannot send
 //! (disconnected, or paused by `RATE_LIMITED`): readings keep being generated, the
 //! oldest are dropped once the buffer is full, and everything left is flushed in
-//! order on reconnect.
+//! order on reconnect. Also the bounded set of notification ids a device has seen.
 
 use std::collections::VecDeque;
 
@@ -65,6 +65,34 @@ impl<T> Backlog<T> {
     /// Items dropped to make room, in total.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+}
+
+/// Notification ids a device remembers for de-duplication; older ones are
+/// forgotten first (a hub redelivers only until expiry, so this is generous).
+const SEEN_IDS: usize = 4096;
+
+/// A bounded set of recently seen notification ids.
+#[derive(Default)]
+pub(crate) struct Seen {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Seen {
+    /// True the first time an id is offered.
+    pub(crate) fn insert(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() == SEEN_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        self.ids.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
     }
 }
 

@@ -18,11 +18,19 @@ use tokio::{
 };
 
 use super::{
-    backoff::Backoff, buffer::Backlog, endpoint::Endpoint, pacer::Pacer, profile::Profile,
+    backoff::Backoff,
+    buffer::{Backlog, Seen},
+    endpoint::Endpoint,
+    inflight::{Inflight, Next},
+    pacer::Pacer,
+    profile::Profile,
     FleetStats,
 };
 use crate::{
-    proto::{envelope::Body, error::Code, Ack, Envelope, Notification, Telemetry, Welcome},
+    proto::{
+        envelope::Body, error::Code, Ack, ConfirmTelemetry, Envelope, Notification, Telemetry,
+        Welcome,
+    },
     ws,
 };
 
@@ -46,16 +54,14 @@ pub(crate) struct Shared {
     pub compression: bool,
     pub backlog: usize,
     pub pace_to_limit: bool,
+    /// Ask for uplink confirmations (when the hub offers them).
+    pub confirm: bool,
     /// Initial connects are spread uniformly over this window.
     pub stagger: Duration,
     pub ack_delay: Duration,
     pub ack_loss: f64,
     pub on_notification: Option<super::NotificationHook>,
 }
-
-/// Notification ids a device remembers for de-duplication; older ones are
-/// forgotten first (a hub redelivers only until expiry, so this is generous).
-const SEEN_IDS: usize = 4096;
 
 /// How a session ended, which decides the back-off.
 enum End {
@@ -77,34 +83,14 @@ pub(crate) struct Device {
     token: String,
     profile: Profile,
     backlog: Backlog<Telemetry>,
+    /// Sent, not yet confirmed (uplink confirmations).
+    inflight: Inflight,
+    /// This run's boot id for confirmations: its seqs start at 1.
+    boot_id: u64,
     last_tick: Instant,
     rng: StdRng,
     /// Notification ids already handed to the application, oldest first.
     seen: Seen,
-}
-
-/// A bounded set of recently seen notification ids.
-#[derive(Default)]
-struct Seen {
-    ids: std::collections::HashSet<String>,
-    order: std::collections::VecDeque<String>,
-}
-
-impl Seen {
-    /// True the first time an id is offered.
-    fn insert(&mut self, id: &str) -> bool {
-        if self.ids.contains(id) {
-            return false;
-        }
-        if self.order.len() == SEEN_IDS {
-            if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
-            }
-        }
-        self.ids.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
-        true
-    }
 }
 
 /// The two things every wait of a device also waits for, kept apart from [`Device`] so
@@ -138,6 +124,8 @@ impl Device {
             current: index % shared.endpoints.len().max(1),
             profile: Profile::new(super::profile::Kind::for_index(index), &mut rng),
             backlog: Backlog::new(shared.backlog),
+            inflight: Inflight::new(shared.backlog),
+            boot_id: rng.random::<u64>().max(1),
             shared,
             token,
             last_tick: Instant::now(),
@@ -328,6 +316,23 @@ impl Device {
         };
         let mut paused_until: Option<Instant> = None;
         let mut buf = Vec::with_capacity(256);
+        // With confirmations, nothing goes out before the hub's first answer says
+        // what it already has.
+        let confirming = self.shared.confirm && welcome.confirmations;
+        let mut resumed = !confirming;
+        if confirming {
+            self.inflight.reconnected();
+            let ask = Envelope {
+                body: Some(Body::ConfirmTelemetry(ConfirmTelemetry {
+                    boot_id: self.boot_id,
+                })),
+            };
+            let msg = ws::Message::Binary(Bytes::from(ask.encode_to_vec()));
+            if !matches!(timeout(SEND_TIMEOUT, writer.send(&msg)).await, Ok(Ok(()))) {
+                FleetStats::inc(&stats.errors);
+                return End::Failed;
+            }
+        }
         // Acks waiting for `ack_delay`, in the order they fall due. Lost with the
         // session: the hub redelivers what was not acknowledged.
         let mut acks: VecDeque<(Instant, String)> = VecDeque::new();
@@ -349,9 +354,12 @@ impl Device {
                 FleetStats::inc(&stats.acks_sent);
             }
             let next_ack = acks.front().map(|(due, _)| *due);
-            // Flush what we may.
+            // Flush what we may: resends first, then the backlog.
             let mut wake = None;
-            while let Some(t) = self.backlog.front() {
+            loop {
+                if !resumed {
+                    break;
+                }
                 let now = Instant::now();
                 if let Some(until) = paused_until {
                     if now < until {
@@ -360,21 +368,33 @@ impl Device {
                     }
                     paused_until = None;
                 }
+                buf.clear();
+                let resend = match confirming.then(|| self.inflight.next(now)) {
+                    Some(Next::Resend(t)) => {
+                        encode_telemetry(t, &mut buf);
+                        Some(t.seq)
+                    }
+                    Some(Next::Wait(at)) => {
+                        wake = at;
+                        break;
+                    }
+                    Some(Next::New) | None => match self.backlog.front() {
+                        Some(t) => {
+                            encode_telemetry(t, &mut buf);
+                            None
+                        }
+                        None => break,
+                    },
+                };
                 if let Some(p) = pacer.as_mut() {
                     if !p.try_take(now) {
                         wake = Some(p.next_available(now));
                         break;
                     }
                 }
-                buf.clear();
-                encode_telemetry(t, &mut buf);
                 let msg = ws::Message::Binary(Bytes::copy_from_slice(&buf));
                 match timeout(SEND_TIMEOUT, writer.send(&msg)).await {
-                    Ok(Ok(())) => {
-                        self.backlog.pop();
-                        FleetStats::dec(&stats.buffered);
-                        FleetStats::inc(&stats.sent);
-                    }
+                    Ok(Ok(())) => self.sent(resend, confirming),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "send failed");
                         FleetStats::inc(&stats.errors);
@@ -389,6 +409,9 @@ impl Device {
             }
             tokio::select! {
                 _ = stopped(&mut sig.stop) => {
+                    if confirming {
+                        self.await_confirmations(reader, writer).await;
+                    }
                     close(reader, writer).await;
                     return End::Stopped;
                 }
@@ -407,6 +430,10 @@ impl Device {
                             Ok(Some(Body::Error(e))) => {
                                 FleetStats::inc(&stats.server_errors);
                                 tracing::debug!(code = e.code, message = %e.message, "hub error");
+                            }
+                            Ok(Some(Body::TelemetryConfirmed(c))) if confirming && c.boot_id == self.boot_id => {
+                                resumed = true;
+                                self.on_confirmed(&c);
                             }
                             Ok(Some(Body::Notification(n))) => {
                                 if let Some(id) = self.on_notification(&welcome.subject, n) {
@@ -447,6 +474,75 @@ impl Device {
 }
 
 impl Device {
+    /// Stopping: waits (at most [`CLOSE_TIMEOUT`]) for the hub to confirm what is
+    /// in flight, as a device that powers down cleanly would.
+    async fn await_confirmations<R, W>(
+        &mut self,
+        reader: &mut ws::Reader<R>,
+        writer: &mut ws::Writer<W>,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        while !self.inflight.is_empty() {
+            let Ok(incoming) = tokio::time::timeout_at(deadline, reader.next()).await else {
+                return;
+            };
+            match incoming {
+                Ok(ws::Incoming::Message(ws::Message::Binary(data))) => {
+                    if let Ok(Some(Body::TelemetryConfirmed(c))) =
+                        Envelope::decode(data).map(|e| e.body)
+                    {
+                        if c.boot_id == self.boot_id {
+                            self.on_confirmed(&c);
+                        }
+                    }
+                }
+                Ok(ws::Incoming::Ping(p)) => {
+                    let _ = writer.pong(&p).await;
+                }
+                Ok(ws::Incoming::Close(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A message went out: a resend of `resend`, or the backlog's oldest.
+    fn sent(&mut self, resend: Option<u64>, confirming: bool) {
+        let stats = &self.shared.stats;
+        if let Some(seq) = resend {
+            self.inflight.resent(seq);
+            FleetStats::inc(&stats.resent);
+            return;
+        }
+        let Some(t) = self.backlog.pop() else {
+            return;
+        };
+        FleetStats::dec(&stats.buffered);
+        FleetStats::inc(&stats.sent);
+        if confirming {
+            self.inflight.push(t);
+            FleetStats::inc(&stats.unconfirmed);
+        }
+    }
+
+    fn on_confirmed(&mut self, c: &crate::proto::TelemetryConfirmed) {
+        let stats = &self.shared.stats;
+        let n = self.inflight.confirm(c.through_seq) as u64;
+        stats
+            .confirmed
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .unconfirmed
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        if !c.rate_limited.is_empty() {
+            let retry = Duration::from_millis(c.retry_after_ms.into()).min(MAX_PAUSE);
+            self.inflight
+                .rate_limited(&c.rate_limited, retry, Instant::now());
+        }
+    }
+
     /// De-duplicates a received notification, hands a new one to the application,
     /// and returns the id to acknowledge unless this ack is to be withheld.
     fn on_notification(&mut self, device_id: &str, n: Notification) -> Option<String> {

@@ -37,6 +37,7 @@ mod backoff;
 mod buffer;
 mod device;
 mod endpoint;
+mod inflight;
 mod pacer;
 pub mod profile;
 mod stats;
@@ -135,6 +136,9 @@ pub struct FleetConfig {
     /// Stay under the rate limit announced in `Welcome`. Default true; turn off to
     /// exercise the hub's rate limiting.
     pub pace_to_limit: bool,
+    /// Ask the hub to confirm telemetry (uplink confirmations) and send again what
+    /// it did not confirm. Default true.
+    pub confirm: bool,
     /// Initial connects are spread uniformly over this window. Default: 1 ms per
     /// device, at most 2 s.
     pub stagger: Option<Duration>,
@@ -175,6 +179,7 @@ impl FleetConfig {
             compression: true,
             backlog: 1000,
             pace_to_limit: true,
+            confirm: true,
             stagger: None,
             ack_delay: Duration::ZERO,
             ack_loss: 0.0,
@@ -273,6 +278,7 @@ pub async fn run_fleet(
         compression: cfg.compression,
         backlog: cfg.backlog,
         pace_to_limit: cfg.pace_to_limit,
+        confirm: cfg.confirm,
         stagger: cfg.stagger.unwrap_or_else(|| {
             Duration::from_millis(cfg.devices as u64).min(Duration::from_secs(2))
         }),

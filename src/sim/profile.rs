@@ -73,7 +73,8 @@ pub fn tags_for(index: usize) -> BTreeMap<String, String> {
 #[derive(Clone, Debug)]
 pub struct Profile {
     kind: Kind,
-    /// Next `Telemetry.seq`; increases by one per generated message, across reconnects.
+    /// Next `Telemetry.seq`: from 1 (as uplink confirmations require), one more per
+    /// generated message, across reconnects.
     seq: u64,
     state: State,
 }
@@ -123,7 +124,7 @@ impl Profile {
         };
         Profile {
             kind,
-            seq: 0,
+            seq: 1,
             state,
         }
     }
@@ -243,7 +244,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         for i in 0..3 {
             let mut p = Profile::new(Kind::for_index(i), &mut rng);
-            for n in 0..10_000u64 {
+            for n in 1..=10_000u64 {
                 let t = p.next(1.0, &mut rng);
                 assert_eq!(t.seq, n);
                 assert_eq!(t.category, Kind::for_index(i).category());

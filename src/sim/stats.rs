@@ -13,8 +13,14 @@ use serde::Serialize;
 pub struct FleetStats {
     /// When the fleet started (for rates in [`Summary`]).
     started: Instant,
-    /// Telemetry messages written to the hub.
+    /// Telemetry messages written to the hub (first sends; resends are `resent`).
     pub sent: AtomicU64,
+    /// Of those, confirmed by the hub (uplink confirmations).
+    pub confirmed: AtomicU64,
+    /// Sent and not confirmed yet (a gauge); after the fleet stopped: never confirmed.
+    pub unconfirmed: AtomicU64,
+    /// Messages sent again: unconfirmed when a connection ended, or rate-limited.
+    pub resent: AtomicU64,
     /// `RATE_LIMITED` errors received (the hub sends at most one per second per device).
     pub rate_limited: AtomicU64,
     /// Connection attempts after a device's first one.
@@ -50,6 +56,9 @@ impl Default for FleetStats {
         FleetStats {
             started: Instant::now(),
             sent: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            unconfirmed: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -75,6 +84,9 @@ pub struct Summary {
     pub sent: u64,
     /// `sent / elapsed_s`.
     pub sent_per_s: f64,
+    pub confirmed: u64,
+    pub unconfirmed: u64,
+    pub resent: u64,
     pub rate_limited: u64,
     pub reconnects: u64,
     pub errors: u64,
@@ -108,6 +120,9 @@ impl FleetStats {
             } else {
                 0.0
             },
+            confirmed: self.confirmed.load(Relaxed),
+            unconfirmed: self.unconfirmed.load(Relaxed),
+            resent: self.resent.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
             errors: self.errors.load(Relaxed),

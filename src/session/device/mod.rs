@@ -59,6 +59,11 @@ pub async fn run<S>(
     };
     let close = device.serve(&mut reader, &mut writer, shutdown).await;
     device.app.hub.device_offline(&device.session);
+    // Closing on purpose (shutdown, takeover, revocation): what was accepted is
+    // confirmed first, so the device need not send it again.
+    if close.is_some() && device.confirm.as_ref().is_some_and(|c| c.due().is_some()) {
+        let _ = device.send_confirmation(&mut writer).await;
+    }
     if let Some(c) = &close {
         tracing::debug!(device = %device.session.info.id, code = c.code, reason = %c.reason, "device session closing");
     }
