@@ -160,6 +160,7 @@ pub async fn campaign(a: CampaignArgs) -> anyhow::Result<()> {
             format!("bench.c{i}"),
             200,
             Some(a.telemetry_rate / a.publishers as f64),
+            false,
             counters.clone(),
             stop.subscribe(),
         ));

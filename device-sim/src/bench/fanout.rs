@@ -66,6 +66,10 @@ pub struct FanoutArgs {
     /// hub's memory (peak RSS, with --hub-pid) shows what they make it hold.
     #[arg(long, default_value_t = 0)]
     stuck: usize,
+    /// Publishers ask for uplink confirmations (ConfirmTelemetry): the report's
+    /// hub CPU per published message shows what confirming costs.
+    #[arg(long)]
+    confirm: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -97,6 +101,12 @@ struct FanoutReport {
     hub_cpu: Option<f64>,
     /// Hub CPU µs per delivery (with --hub-pid).
     hub_cpu_us_per_delivery: Option<f64>,
+    /// Hub CPU µs per published message (with --hub-pid).
+    hub_cpu_us_per_published: Option<f64>,
+    /// Publishers asked for uplink confirmations; what they received (whole run).
+    confirm: bool,
+    confirmations: u64,
+    confirmed: u64,
     publisher_errors: u64,
     stuck_dashboards: usize,
     /// Hub RSS before the publishers start and its peak until the window ends
@@ -219,7 +229,9 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
                 .connect("/v1/device", &format!("bench-pub-{i}"), Role::Device)
                 .await?
         };
-        pubs.spawn(publisher(conn, category, payload, per_pub, counters, stop));
+        pubs.spawn(publisher(
+            conn, category, payload, per_pub, a.confirm, counters, stop,
+        ));
     }
     tokio::time::sleep(a.warmup).await;
 
@@ -308,6 +320,12 @@ pub async fn fanout(a: FanoutArgs) -> anyhow::Result<()> {
         hub_cpu_us_per_delivery: hub_cpu
             .filter(|_| deliveries > 0)
             .map(|c| round(c.as_secs_f64() * 1e6 / deliveries as f64, 3)),
+        hub_cpu_us_per_published: hub_cpu
+            .filter(|_| published > 0)
+            .map(|c| round(c.as_secs_f64() * 1e6 / published as f64, 3)),
+        confirm: a.confirm,
+        confirmations: counters.confirmations.load(Relaxed),
+        confirmed: counters.confirmed.load(Relaxed),
         publisher_errors: counters.publisher_errors.load(Relaxed),
         stuck_dashboards: a.stuck,
         hub_rss_start_kib: rss_start,

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use prost::Message as _;
 use telehub::{
-    proto::{envelope::Body, reading::Value, Envelope, Reading, Telemetry},
+    proto::{envelope::Body, reading::Value, ConfirmTelemetry, Envelope, Reading, Telemetry},
     sim::SimStream,
     ws,
 };
@@ -40,6 +40,10 @@ pub(crate) struct Counters {
     pub(crate) publisher_errors: AtomicU64,
     /// Message bytes (after inflation) subscribers received in the window.
     pub(crate) received_bytes: AtomicU64,
+    /// `TelemetryConfirmed` envelopes publishers received (whole run)...
+    pub(crate) confirmations: AtomicU64,
+    /// ...and the messages they confirmed.
+    pub(crate) confirmed: AtomicU64,
 }
 
 /// A telemetry envelope of `size` encoded bytes whose first reading is the raw
@@ -109,29 +113,54 @@ fn filler(len: usize) -> Vec<u8> {
     out
 }
 
+/// Publishes `size`-byte telemetry on `category` until `stop`; with `confirm`,
+/// asks for uplink confirmations first and counts them (nothing is resent: the
+/// bench measures what confirming costs the hub).
 pub(crate) async fn publisher(
     conn: ws::Connection<SimStream>,
     category: String,
     size: usize,
     rate: Option<f64>,
+    confirm: bool,
     counters: Arc<Counters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (mut reader, mut writer) = conn.split();
-    // Drain what the hub sends (errors, pings) so its writes never block.
+    if confirm {
+        let ask = Envelope {
+            body: Some(Body::ConfirmTelemetry(ConfirmTelemetry {
+                boot_id: rand::random::<u64>().max(1),
+            })),
+        };
+        let msg = ws::Message::Binary(Bytes::from(ask.encode_to_vec()));
+        if writer.send(&msg).await.is_err() {
+            return;
+        }
+    }
+    // Drain what the hub sends (errors, confirmations, pings) so its writes never block.
     let drain = {
         let counters = counters.clone();
         tokio::spawn(async move {
+            let mut through = 0;
             while let Ok(m) = reader.next().await {
                 match m {
-                    ws::Incoming::Message(ws::Message::Binary(b)) => {
-                        if let Ok(Envelope {
+                    ws::Incoming::Message(ws::Message::Binary(b)) => match Envelope::decode(b) {
+                        Ok(Envelope {
                             body: Some(Body::Error(_)),
-                        }) = Envelope::decode(b)
-                        {
+                        }) => {
                             counters.publisher_errors.fetch_add(1, Relaxed);
                         }
-                    }
+                        Ok(Envelope {
+                            body: Some(Body::TelemetryConfirmed(c)),
+                        }) => {
+                            counters.confirmations.fetch_add(1, Relaxed);
+                            counters
+                                .confirmed
+                                .fetch_add(c.through_seq.saturating_sub(through), Relaxed);
+                            through = through.max(c.through_seq);
+                        }
+                        _ => {}
+                    },
                     ws::Incoming::Close(_) => break,
                     _ => {}
                 }
@@ -141,7 +170,9 @@ pub(crate) async fn publisher(
     let fill = filler(size);
     let mut template = bench_envelope(&category, 0, size, &fill);
     let mut buf = Vec::with_capacity(size + 16);
-    let mut seq = 0u64;
+    // Confirmations need seqs from 1.
+    let mut seq = u64::from(confirm);
+    let first = seq;
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,7 +191,7 @@ pub(crate) async fn publisher(
                     _ = stop.wait_for(|&s| s) => break,
                 }
                 let owed = (start.elapsed().as_secs_f64() * r) as u64;
-                owed.saturating_sub(seq).min(10_000)
+                owed.saturating_sub(seq - first).min(10_000)
             }
         };
         for _ in 0..due {
