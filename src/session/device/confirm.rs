@@ -160,7 +160,7 @@ impl Device {
             retry_after_ms: 0,
         };
         let reply = confirmations.take();
-        self.confirm = Some(confirmations);
+        self.confirm = Some(Box::new(confirmations));
         self.app.metrics.confirmations.inc();
         Reply::send(reply)
     }

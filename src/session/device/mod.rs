@@ -84,8 +84,9 @@ pub(super) struct Device {
     credential: Credential,
     /// What its token lets it publish.
     scope: Scope,
-    /// Uplink confirmations, once the device asked for them.
-    confirm: Option<confirm::Confirmations>,
+    /// Uplink confirmations, once the device asked for them (boxed: most devices
+    /// never do, and every idle connection holds this struct).
+    confirm: Option<Box<confirm::Confirmations>>,
 }
 
 /// What a device may send, parsed.
