@@ -174,6 +174,11 @@ pub struct RoleMeters {
 }
 
 impl Metrics {
+    /// Open WebSocket connections of `role` (`device`, `viewer`, `operator`).
+    pub fn open_connections(&self, role: &'static str) -> i64 {
+        self.connections.get_or_create(&RoleLabel { role }).get()
+    }
+
     pub fn new() -> Self {
         let mut m = Self::default();
         let r = &mut m.registry;

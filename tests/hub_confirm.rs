@@ -53,13 +53,12 @@ async fn confirming_device(hub: &Hub, id: &str, boot: u64) -> (Client, Telemetry
 async fn seqs_seen(dashboard: &mut Client, device_id: &str, quiet: Duration) -> Vec<u64> {
     let mut seqs = Vec::new();
     while let Some(event) = dashboard.next_event_within(quiet).await {
-        if let Event::Envelope(Envelope {
-            body: Some(Body::Telemetry(t)),
-        }) = event
-        {
-            if t.device_id == device_id {
-                seqs.push(t.seq);
-            }
+        match event {
+            Event::Envelope(Envelope {
+                body: Some(Body::Telemetry(t)),
+            }) if t.device_id == device_id => seqs.push(t.seq),
+            Event::Close(_) | Event::Gone(_) => break,
+            _ => {}
         }
     }
     seqs
@@ -258,4 +257,40 @@ async fn confirming_needs_a_boot_id_and_seqs_above_zero() {
     let e = device.expect_error().await;
     assert_eq!(code(&e), Code::Malformed);
     assert!(e.message.contains("seq"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_delivers_to_dashboards_everything_it_confirmed() {
+    let hub = Hub::with(|c| {
+        c.rate.per_second = 1_000_000;
+        c.rate.burst = 1_000_000;
+    })
+    .await;
+    let mut dashboard = hub.dashboard().await;
+    dashboard.subscribe(&["env.*"]).await;
+    let (mut device, _) = confirming_device(&hub, "s1", 5).await;
+    // A stream still being read when the hub stops.
+    for _ in 0..2000 {
+        device
+            .send_telemetry("env.t", vec![number("t", 1.0, "")])
+            .await;
+    }
+    let stopping = tokio::spawn(async move { hub.stop().await });
+
+    let mut through = 0;
+    while let Some(Event::Envelope(env)) = device.next_event_within(T).await {
+        if let Some(Body::TelemetryConfirmed(c)) = env.body {
+            through = through.max(c.through_seq);
+        }
+    }
+    let seen = seqs_seen(&mut dashboard, "s1", Duration::from_secs(3)).await;
+    stopping.await.expect("the hub stops");
+    assert!(through > 0, "something was confirmed before the stop");
+    let missing: Vec<u64> = (1..=through).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "confirmed through {through}, but the dashboard never got {} of them (first {:?})",
+        missing.len(),
+        missing.first()
+    );
 }

@@ -16,7 +16,7 @@ pub mod notification;
 pub mod subscribe;
 pub mod watch;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,6 +38,9 @@ use crate::{
     shutdown::Shutdown,
     ws,
 };
+
+/// Longest a dashboard waits at shutdown for the devices' last telemetry.
+const LAST_FLUSH: Duration = Duration::from_secs(1);
 
 /// Runs one dashboard connection to its end.
 pub async fn run<S>(
@@ -190,6 +193,77 @@ fn json_request_id(text: &str) -> String {
 }
 
 impl Dashboard {
+    /// Sends what the outbox holds (and a `Dropped` notice if it dropped some).
+    /// `Err` ends the session with that close (`None`: the socket is gone).
+    async fn flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut ws::Writer<W>,
+        queued: &mut Vec<Arc<Encoded>>,
+        batch: &mut Vec<ws::SharedMessage>,
+    ) -> Result<(), Option<Close>> {
+        let drained = self.handle.outbox.drain(queued);
+        if drained.overflowed {
+            self.app.metrics.closed_slow.inc();
+            return Err(Some(Close::new(
+                close::POLICY_VIOLATION,
+                "too slow: control messages overflowed the queue",
+            )));
+        }
+        batch.clear();
+        if drained.dropped > 0 {
+            let notice = Encoded::new(Envelope {
+                body: Some(Body::Dropped(Dropped {
+                    count: drained.dropped,
+                    total: drained.dropped_total,
+                })),
+            });
+            batch.push(notice.message(self.format).clone());
+        }
+        let mut payload = 0u64;
+        for m in queued.iter() {
+            let msg = m.message(self.format);
+            payload += msg.payload().len() as u64;
+            batch.push(msg.clone());
+        }
+        queued.clear();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if timed(writer.send_shared(batch)).await.is_err() {
+            return Err(None);
+        }
+        self.meters.frames_out.inc_by(batch.len() as u64);
+        self.meters.payload_out.inc_by(payload);
+        Ok(())
+    }
+
+    /// Shutting down: devices are closing at the same moment, and what they
+    /// published first is in the outbox or about to be. It is delivered before the
+    /// close (for at most [`LAST_FLUSH`]), so a graceful restart loses none of the
+    /// telemetry the hub confirmed to devices.
+    async fn last_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut ws::Writer<W>,
+        queued: &mut Vec<Arc<Encoded>>,
+        batch: &mut Vec<ws::SharedMessage>,
+    ) -> Result<(), Option<Close>> {
+        let deadline = tokio::time::Instant::now() + LAST_FLUSH;
+        loop {
+            // Read before the drain: a device whose connection is counted out has
+            // published its last message already.
+            let devices_gone = self.app.metrics.open_connections("device") == 0;
+            self.flush(writer, queued, batch).await?;
+            if devices_gone {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = self.handle.outbox.ready() => {}
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+            }
+        }
+    }
+
     async fn serve<R, W>(
         &mut self,
         reader: &mut ws::Reader<R>,
@@ -212,6 +286,9 @@ impl Dashboard {
         loop {
             tokio::select! {
                 _ = shutdown.recv() => {
+                    if let Err(end) = self.last_flush(writer, &mut queued, &mut batch).await {
+                        return end;
+                    }
                     return Some(Close::new(close::GOING_AWAY, "server shutting down"));
                 }
                 Ok(()) = revocations.changed() => {
@@ -220,33 +297,9 @@ impl Dashboard {
                     }
                 }
                 _ = self.handle.outbox.ready() => {
-                    let drained = self.handle.outbox.drain(&mut queued);
-                    if drained.overflowed {
-                        self.app.metrics.closed_slow.inc();
-                        return Some(Close::new(close::POLICY_VIOLATION, "too slow: control messages overflowed the queue"));
+                    if let Err(end) = self.flush(writer, &mut queued, &mut batch).await {
+                        return end;
                     }
-                    batch.clear();
-                    if drained.dropped > 0 {
-                        let notice = Encoded::new(Envelope {
-                            body: Some(Body::Dropped(Dropped { count: drained.dropped, total: drained.dropped_total })),
-                        });
-                        batch.push(notice.message(self.format).clone());
-                    }
-                    let mut payload = 0u64;
-                    for m in &queued {
-                        let msg = m.message(self.format);
-                        payload += msg.payload().len() as u64;
-                        batch.push(msg.clone());
-                    }
-                    queued.clear();
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    if timed(writer.send_shared(&batch)).await.is_err() {
-                        return None;
-                    }
-                    self.meters.frames_out.inc_by(batch.len() as u64);
-                    self.meters.payload_out.inc_by(payload);
                 }
                 _ = keepalive.ticker.tick() => {
                     if let Err(end) = keepalive.on_tick(writer).await {
