@@ -294,3 +294,29 @@ async fn a_graceful_shutdown_delivers_to_dashboards_everything_it_confirmed() {
         missing.first()
     );
 }
+
+#[tokio::test]
+async fn a_reconnecting_device_is_told_which_refused_seqs_the_hub_still_awaits() {
+    let hub = Hub::with(|c| {
+        c.rate.per_second = 1;
+        c.rate.burst = 2;
+        c.rate.abuse_seconds = 30;
+    })
+    .await;
+    let (mut device, _) = confirming_device(&hub, "c6", 11).await;
+    for _ in 0..4 {
+        device.send_telemetry("env.t", vec![]).await;
+    }
+    let mut refused = Vec::new();
+    while refused.len() < 2 {
+        if let Some(Body::TelemetryConfirmed(c)) = device.next_envelope().await.body {
+            refused.extend(c.rate_limited);
+        }
+    }
+    assert_eq!(refused, [3, 4]);
+    drop(device);
+
+    let (_device, first) = confirming_device(&hub, "c6", 11).await;
+    assert_eq!(first.through_seq, 2);
+    assert_eq!(first.rate_limited, [3, 4], "still awaited, with their seqs");
+}

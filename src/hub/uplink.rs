@@ -96,6 +96,11 @@ impl Boot {
         self.high = self.high.max(seq);
     }
 
+    /// The refused seqs still waited for, oldest first (at most `n`).
+    pub fn awaited(&self, n: usize) -> Vec<u64> {
+        self.refused.iter().take(n).copied().collect()
+    }
+
     /// The rate limiter refused `seq`: confirmations stop below it until it is
     /// resent and accepted. Returns how many refusals were given up to make room
     /// (0 or 1).
@@ -210,6 +215,7 @@ mod tests {
         let given_up: u64 = (3..3 + MAX_REFUSED as u64 + 2).map(|s| b.refuse(s)).sum();
         assert_eq!(given_up, 2);
         assert_eq!(b.through(), 4, "3 and 4 were given up");
+        assert_eq!(b.awaited(2), [5, 6]);
     }
 
     #[test]

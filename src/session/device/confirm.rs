@@ -151,12 +151,15 @@ impl Device {
             .app
             .uplinks
             .open(&self.session.info.id, c.boot_id, window);
+        // A device that reconnects learns which refused seqs the hub still awaits
+        // (confirmations stay below the first of them until it arrives).
+        let awaited = uplink::lock(&boot).awaited(MAX_LISTED);
         let mut confirmations = Confirmations {
             boot,
             boot_id: c.boot_id,
             unsent: 0,
             due: None,
-            rate_limited: Vec::new(),
+            rate_limited: awaited,
             retry_after_ms: 0,
         };
         let reply = confirmations.take();
