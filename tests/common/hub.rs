@@ -223,6 +223,9 @@ impl Hub {
         let welcome = device.expect_welcome().await;
         assert_eq!(welcome.subject, id);
         assert_eq!(welcome.role, "device");
+        assert!(welcome.confirmations);
+        let max_readings = self.app().config.limits.max_readings;
+        assert_eq!(welcome.max_readings as usize, max_readings);
         device
     }
 

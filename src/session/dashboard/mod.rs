@@ -80,6 +80,7 @@ pub async fn run<S>(
             burst: 0,
             server_version: env!("CARGO_PKG_VERSION").into(),
             confirmations: false,
+            max_readings: 0,
         })),
     };
     let close = match send(&mut writer, &encode(format, &welcome), &dashboard.meters).await {

@@ -153,6 +153,12 @@ impl Device {
                 burst: live.rate.burst,
                 server_version: env!("CARGO_PKG_VERSION").into(),
                 confirmations: true,
+                max_readings: app
+                    .config
+                    .limits
+                    .max_readings
+                    .try_into()
+                    .unwrap_or(u32::MAX),
             })),
         };
         send(writer, &binary(&welcome), &meters).await.ok()?;
