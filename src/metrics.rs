@@ -83,8 +83,6 @@ pub struct Metrics {
     pub telemetry_duplicates: Counter,
     /// TelemetryConfirmed messages sent.
     pub confirmations: Counter,
-    /// Rate-limited seqs given up waiting for their resend (see `hub::uplink`).
-    pub confirm_given_up: Counter,
     pub deliveries: Counter,
     pub dropped_deliveries: Counter,
     pub batches_built: Family<KindLabel, Counter>,
@@ -174,11 +172,6 @@ pub struct RoleMeters {
 }
 
 impl Metrics {
-    /// Open WebSocket connections of `role` (`device`, `viewer`, `operator`).
-    pub fn open_connections(&self, role: &'static str) -> i64 {
-        self.connections.get_or_create(&RoleLabel { role }).get()
-    }
-
     pub fn new() -> Self {
         let mut m = Self::default();
         let r = &mut m.registry;
@@ -269,11 +262,6 @@ impl Metrics {
             "telehub_telemetry_confirmations",
             "TelemetryConfirmed messages sent to devices",
             m.confirmations.clone(),
-        );
-        r.register(
-            "telehub_telemetry_confirm_given_up",
-            "Rate-limited telemetry seqs no longer awaited for a resend (over 256 pending per device)",
-            m.confirm_given_up.clone(),
         );
         r.register(
             "telehub_deliveries",

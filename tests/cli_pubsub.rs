@@ -237,3 +237,47 @@ async fn a_refused_token_is_one_line_naming_the_hub() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn pub_refuses_what_the_hub_would_and_sub_ends_quietly_when_its_reader_goes() {
+    let hub = Hub::start().await;
+    let out = publish(
+        &hub,
+        &["--category", "bad category", "--reading", "x=1"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("message 1: category \"bad category\""),
+        "{stderr}"
+    );
+
+    // `telehub sub | head -1`: the reader leaves after one line.
+    let mut sub = start_sub(&hub, &["--no-presence"]).await;
+    let stdout = sub.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    });
+    let sent = publish(&hub, &["--category", "x", "--reading", "n=1"], None).await;
+    assert!(sent.status.success());
+    assert!(first.await.unwrap().unwrap().contains(" x #1 n=1"));
+    // Its stdout is closed now: the next message ends it, without a panic.
+    let sent = publish(
+        &hub,
+        &["--category", "x", "--reading", "n=2", "--count", "3"],
+        None,
+    )
+    .await;
+    assert!(sent.status.success());
+    let out = finish(sub).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}

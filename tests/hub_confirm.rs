@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use prost::Message as _;
 use telehub::proto::{envelope::Body, error::Code, ConfirmTelemetry, Envelope, TelemetryConfirmed};
 
 fn confirm(boot_id: u64) -> Envelope {
@@ -319,4 +320,53 @@ async fn a_reconnecting_device_is_told_which_refused_seqs_the_hub_still_awaits()
     let (_device, first) = confirming_device(&hub, "c6", 11).await;
     assert_eq!(first.through_seq, 2);
     assert_eq!(first.rate_limited, [3, 4], "still awaited, with their seqs");
+}
+
+#[tokio::test]
+async fn past_256_awaited_refusals_the_connection_closes_and_nothing_unaccepted_is_confirmed() {
+    let hub = Hub::with(|c| {
+        c.rate.per_second = 1;
+        c.rate.burst = 2;
+        c.rate.abuse_seconds = 60;
+    })
+    .await;
+    let mut dashboard = hub.dashboard().await;
+    dashboard.subscribe(&["env.*"]).await;
+    let (mut device, _) = confirming_device(&hub, "c7", 3).await;
+    for _ in 0..300 {
+        if device
+            .try_send_raw(telehub::ws::Message::Binary(
+                telemetry("env.t", device.seq + 1, vec![])
+                    .encode_to_vec()
+                    .into(),
+            ))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        device.seq += 1;
+    }
+    let mut through = 0;
+    let mut refused = Vec::new();
+    let code = loop {
+        match device.next_event().await {
+            Event::Envelope(Envelope {
+                body: Some(Body::TelemetryConfirmed(c)),
+            }) => {
+                through = through.max(c.through_seq);
+                refused.extend(c.rate_limited);
+            }
+            Event::Close(frame) => break frame.map_or(0, |f| f.code),
+            Event::Gone(e) => panic!("no close frame: {e}"),
+            _ => {}
+        }
+    };
+    assert_eq!(code, 1008);
+    assert_eq!(through, 2, "the burst, and nothing refused");
+    assert_eq!(refused, (3..=258).collect::<Vec<u64>>());
+    assert_eq!(
+        seqs_seen(&mut dashboard, "c7", Duration::from_millis(300)).await,
+        [1, 2]
+    );
 }

@@ -9,6 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::Write,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,6 +26,7 @@ use tokio::{
 use super::notify::HubArgs;
 use telehub::{
     auth::{parse_tag, Role},
+    hub::category,
     proto::{
         envelope::Body, error::Code, reading::Value, ConfirmTelemetry, Envelope, Presence, Reading,
         Subscribe, Telemetry,
@@ -35,6 +37,8 @@ use telehub::{
 
 /// Bound on connecting, and on each reply the commands wait for.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one write to the hub.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args, Debug)]
 pub struct PubArgs {
@@ -56,7 +60,7 @@ pub struct PubArgs {
     #[arg(long, default_value_t = 1, conflicts_with = "stdin")]
     count: u64,
     /// Wait between repeated messages, e.g. 1s.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, conflicts_with = "stdin")]
     interval: Duration,
     /// With --data-dir: the device id of the minted token.
     #[arg(long, default_value = "cli")]
@@ -132,6 +136,7 @@ pub async fn publish(a: PubArgs) -> anyhow::Result<i32> {
     let mut sent_all_at: Option<Instant> = None;
     let mut next: Option<Telemetry> = None;
     let mut through = 0;
+    let mut invalid = 0u64;
     loop {
         if sent_all_at.is_some() && unconfirmed.is_empty() {
             break;
@@ -146,7 +151,10 @@ pub async fn publish(a: PubArgs) -> anyhow::Result<i32> {
         let deadline = sent_all_at.map(|at| at + a.wait);
         tokio::select! {
             m = messages.recv(), if next.is_none() && sent_all_at.is_none() => match m {
-                Some(t) => next = Some(t),
+                Some(t) => {
+                    check(&t, &welcome).with_context(|| format!("message {}", seq + 1))?;
+                    next = Some(t);
+                }
                 None => {
                     (&mut source).await.context("reading the messages")??;
                     sent_all_at = Some(Instant::now());
@@ -185,8 +193,9 @@ pub async fn publish(a: PubArgs) -> anyhow::Result<i32> {
                 link.close().await;
                 return Ok(1);
             }
-            body = link.next() => match body? {
-                Body::TelemetryConfirmed(c) if c.boot_id == boot_id => {
+            incoming = link.next() => match incoming? {
+                In::Ping(p) => link.pong(&p).await?,
+                In::Body(Body::TelemetryConfirmed(c)) if c.boot_id == boot_id => {
                     through = c.through_seq;
                     unconfirmed.retain(|&s, _| s > c.through_seq);
                     if !c.rate_limited.is_empty() {
@@ -194,14 +203,22 @@ pub async fn publish(a: PubArgs) -> anyhow::Result<i32> {
                         resend_at = Some(Instant::now() + Duration::from_millis(c.retry_after_ms.into()));
                     }
                 }
-                Body::Error(e) if e.code == Code::RateLimited as i32 => {}
-                Body::Error(e) => eprintln!("hub: {:?}: {}", e.code(), e.message),
-                Body::Notification(n) => eprintln!("notification {} for this device (not acknowledged): {}", n.id, n.title),
-                _ => {}
+                In::Body(Body::Error(e)) if e.code == Code::RateLimited as i32 => {}
+                In::Body(Body::Error(e)) => {
+                    // Invalid or forbidden: never accepted (the confirmations pass over it).
+                    invalid += 1;
+                    eprintln!("hub: {:?}: {}", e.code(), e.message);
+                }
+                In::Body(Body::Notification(n)) => eprintln!("notification {} for this device (not acknowledged): {}", n.id, n.title),
+                In::Body(_) => {}
             },
         }
     }
     link.close().await;
+    if invalid > 0 {
+        eprintln!("{invalid} of {seq} messages refused by the hub (see above)");
+        return Ok(1);
+    }
     eprintln!("{seq} messages published and confirmed");
     Ok(0)
 }
@@ -222,56 +239,90 @@ pub async fn subscribe(a: SubArgs) -> anyhow::Result<i32> {
     }))
     .await?;
     let mut printed = 0u64;
+    // Line-buffered, as a terminal or a pipe reader expects each message at once.
+    let mut out = std::io::LineWriter::new(std::io::stdout().lock());
     let done = |printed: u64| a.count.is_some_and(|n| printed >= n);
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     while !done(printed) {
-        let body = tokio::select! {
+        let body = match tokio::select! {
             _ = &mut interrupted => break,
-            body = link.next() => body?,
+            incoming = link.next() => incoming?,
+        } {
+            In::Ping(p) => {
+                link.pong(&p).await?;
+                continue;
+            }
+            In::Body(body) => body,
         };
-        match body {
+        let shown = match body {
             Body::Telemetry(t) => {
-                print_telemetry(&t, a.json)?;
                 printed += 1;
+                print_telemetry(&mut out, &t, a.json)
             }
             Body::History(h) => {
+                let mut shown = Ok(());
                 for t in h.telemetry {
-                    if done(printed) {
+                    if done(printed) || shown.is_err() {
                         break;
                     }
-                    print_telemetry(&t, a.json)?;
                     printed += 1;
+                    shown = print_telemetry(&mut out, &t, a.json);
                 }
+                shown
             }
             // The hub sends every device's presence; the filter applies here.
             Body::Presence(p) if !a.no_presence && a.wants(&p) => {
                 if a.json {
-                    print_json(Body::Presence(p))?;
+                    print_json(&mut out, Body::Presence(p))
                 } else {
                     let state = if p.online { "online" } else { "offline" };
-                    println!("{} {} {state}", time(p.at_ms), p.device_id);
+                    writeln!(out, "{} {} {state}", time(p.at_ms), p.device_id)
                 }
             }
-            Body::Dropped(d) => eprintln!(
-                "{} messages dropped: this terminal reads too slowly",
-                d.count
-            ),
+            Body::Dropped(d) => {
+                eprintln!(
+                    "{} messages dropped: this terminal reads too slowly",
+                    d.count
+                );
+                Ok(())
+            }
             Body::Error(e) => bail!(
                 "the hub refused the subscription: {:?}: {}",
                 e.code(),
                 e.message
             ),
-            _ => {}
+            _ => Ok(()),
+        };
+        match shown {
+            Ok(()) => {}
+            // Whoever reads stdout is gone (`telehub sub | head -3`): done.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(e).context("writing to stdout"),
         }
     }
     link.close().await;
     Ok(0)
 }
 
-fn print_telemetry(t: &Telemetry, json: bool) -> anyhow::Result<()> {
+/// Telemetry as it will be checked by the hub: refused here with a clear message
+/// rather than sent and answered with an `Error`.
+fn check(t: &Telemetry, welcome: &telehub::proto::Welcome) -> anyhow::Result<()> {
+    category::validate(&t.category)
+        .map_err(|e| anyhow::anyhow!("category {:?}: {e}", t.category))?;
+    let max = welcome.max_readings as usize;
+    if max > 0 && t.readings.len() > max {
+        bail!(
+            "{} readings; the hub takes at most {max} per message",
+            t.readings.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_telemetry(out: &mut impl Write, t: &Telemetry, json: bool) -> std::io::Result<()> {
     if json {
-        return print_json(Body::Telemetry(t.clone()));
+        return print_json(out, Body::Telemetry(t.clone()));
     }
     let mut line = format!(
         "{} {} {} #{}",
@@ -284,14 +335,12 @@ fn print_telemetry(t: &Telemetry, json: bool) -> anyhow::Result<()> {
         line.push(' ');
         line.push_str(&format_reading(r));
     }
-    println!("{line}");
-    Ok(())
+    writeln!(out, "{line}")
 }
 
-fn print_json(body: Body) -> anyhow::Result<()> {
+fn print_json(out: &mut impl Write, body: Body) -> std::io::Result<()> {
     let env = Envelope { body: Some(body) };
-    println!("{}", serde_json::to_string(&env)?);
-    Ok(())
+    writeln!(out, "{}", serde_json::to_string(&env)?)
 }
 
 fn time(ms: u64) -> String {
@@ -425,7 +474,15 @@ async fn read_stdin(category: Option<String>, tx: mpsc::Sender<Telemetry>) -> an
     Ok(())
 }
 
-/// A WebSocket to the hub that answers pings and yields envelope bodies.
+/// What [`Link::next`] read.
+enum In {
+    Body(Body),
+    /// Answer with [`Link::pong`] (not inside `next`, which a `select!` may cancel:
+    /// a write cut short would corrupt the stream).
+    Ping(Bytes),
+}
+
+/// A WebSocket to the hub that yields envelope bodies and pings.
 struct Link<S> {
     reader: ws::Reader<tokio::io::ReadHalf<S>>,
     writer: ws::Writer<tokio::io::WriteHalf<S>>,
@@ -461,8 +518,9 @@ impl Link<SimStream> {
             .await
             .context("no Welcome from the hub")??;
         match welcome {
-            Body::Welcome(w) => Ok((link, w)),
-            other => bail!("the hub's first message is not a Welcome: {other:?}"),
+            In::Body(Body::Welcome(w)) => Ok((link, w)),
+            In::Body(other) => bail!("the hub's first message is not a Welcome: {other:?}"),
+            In::Ping(_) => bail!("the hub's first message is not a Welcome"),
         }
     }
 }
@@ -477,23 +535,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
 
     async fn send_envelope(&mut self, env: &Envelope) -> anyhow::Result<()> {
         let msg = ws::Message::Binary(Bytes::from(env.encode_to_vec()));
-        self.writer.send(&msg).await.context("sending to the hub")
+        tokio::time::timeout(SEND_TIMEOUT, self.writer.send(&msg))
+            .await
+            .context("the hub stopped reading")?
+            .context("sending to the hub")
     }
 
-    /// The next envelope's body; a close or a lost connection is an error.
-    async fn next(&mut self) -> anyhow::Result<Body> {
+    async fn pong(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        tokio::time::timeout(SEND_TIMEOUT, self.writer.pong(payload))
+            .await
+            .context("the hub stopped reading")?
+            .context("answering a ping")
+    }
+
+    /// The next envelope's body, or a ping; a close or a lost connection is an
+    /// error. Cancel-safe: it only reads.
+    async fn next(&mut self) -> anyhow::Result<In> {
         loop {
             match self.reader.next().await.context("reading from the hub")? {
                 ws::Incoming::Message(ws::Message::Binary(b)) => {
                     let env = Envelope::decode(b).context("the hub sent an invalid envelope")?;
                     if let Some(body) = env.body {
-                        return Ok(body);
+                        return Ok(In::Body(body));
                     }
                 }
                 ws::Incoming::Message(ws::Message::Text(_)) | ws::Incoming::Pong(_) => {}
-                ws::Incoming::Ping(p) => {
-                    self.writer.pong(&p).await.context("answering a ping")?;
-                }
+                ws::Incoming::Ping(p) => return Ok(In::Ping(p)),
                 ws::Incoming::Close(frame) => {
                     let _ = self
                         .writer

@@ -118,6 +118,9 @@ pub struct Hub {
     /// (and so one stream).
     filters: index::Filters,
     next_dashboard: AtomicU64,
+    /// Device sessions on this node between `device_online` and `device_offline`
+    /// (see `device_sessions`).
+    device_sessions: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
     /// While the cluster link is down: the notice a dashboard gets when it joins.
     link_notice: std::sync::Mutex<Option<Arc<Encoded>>>,
@@ -144,6 +147,7 @@ impl Hub {
             streams: stream::Streams::default(),
             filters: index::Filters::default(),
             next_dashboard: AtomicU64::new(1),
+            device_sessions: Default::default(),
             metrics,
             link_notice: std::sync::Mutex::default(),
             notifications: tokio::sync::Notify::new(),
@@ -441,6 +445,15 @@ impl Hub {
     /// Bytes the history holds, as its budget counts them.
     pub fn history_bytes(&self) -> usize {
         self.history.bytes()
+    }
+
+    /// Device sessions on this node that may still publish. A session counts from
+    /// `device_online` to `device_offline`, which it calls after its last
+    /// publication: read 0 (Acquire, paired with the Release there), every
+    /// publication of this node's devices is in the outboxes.
+    pub fn device_sessions(&self) -> usize {
+        self.device_sessions
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn online_devices(&self) -> usize {

@@ -22,6 +22,8 @@ impl Hub {
     }
 
     pub(super) fn device_online_at(&self, info: Arc<DeviceInfo>, now: u64) -> Connected {
+        self.device_sessions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // Under the directory lock, like going offline: announcements and bus
         // events leave in the order the changes happened (see `register_dashboard`).
         self.directory
@@ -52,6 +54,8 @@ impl Hub {
     /// A device session on this node ended: the device goes offline unless a newer
     /// connection (on any node) took it over.
     pub fn device_offline(&self, session: &DeviceSession) {
+        self.device_sessions
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
         let now = now_ms();
         self.directory.disconnect(session, now, |info| {
             self.announce(info, false, now);

@@ -11,8 +11,12 @@
 //! - `through()` never passes a refused seq: a confirmation covers only messages
 //!   that were accepted or can never be (invalid ones).
 //! - A seq at or below `high` that is not a pending refusal is a duplicate.
-//! - At most [`MAX_REFUSED`] refusals are pending per device; beyond, the oldest is
-//!   given up (counted), so a device that never resends cannot grow the state.
+//! - Seqs arrive in increasing order within a boot, except resends of refusals: a
+//!   seq at or below `high` that is not awaited is a duplicate.
+//! - At most [`MAX_REFUSED`] refusals are awaited per device: a refusal that would
+//!   make one more is not recorded, and the session closes the connection (1008)
+//!   instead, so nothing is ever confirmed that was not accepted, and a device
+//!   that never resends cannot grow the state.
 //! - Entries live while a session holds them and for `limits.confirm_window` after
 //!   the last one let go; the table is swept at most once a minute, on an open.
 //!
@@ -25,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Refused seqs kept per device, waiting for their resend.
+/// Refused seqs awaited per device, at most.
 pub const MAX_REFUSED: usize = 256;
 
 /// How often the table is swept of expired entries.
@@ -41,6 +45,19 @@ pub struct Boot {
     refused: BTreeSet<u64>,
     /// When a session last let go of it (or opened it).
     touched: Instant,
+}
+
+/// What [`Boot::refuse`] did with a rate-limited seq.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Awaited from now on (or already was): list it for the device.
+    Awaited,
+    /// Accepted meanwhile (by another session of the device): nothing to await.
+    Accepted,
+    /// [`MAX_REFUSED`] are awaited already: not recorded; the connection must end.
+    Full,
+    /// The device's boot changed under this session: nothing recorded.
+    Stale,
 }
 
 /// What to do with a message of a confirming session.
@@ -101,17 +118,20 @@ impl Boot {
         self.refused.iter().take(n).copied().collect()
     }
 
-    /// The rate limiter refused `seq`: confirmations stop below it until it is
-    /// resent and accepted. Returns how many refusals were given up to make room
-    /// (0 or 1).
-    pub fn refuse(&mut self, seq: u64) -> u64 {
-        self.high = self.high.max(seq);
-        self.refused.insert(seq);
-        if self.refused.len() > MAX_REFUSED {
-            self.refused.pop_first();
-            return 1;
+    /// The rate limiter refused `seq` of boot `boot`: confirmations stop below it
+    /// until it is resent and accepted.
+    pub fn refuse(&mut self, boot: u64, seq: u64) -> Refusal {
+        match self.judge(boot, seq) {
+            Verdict::Stale => Refusal::Stale,
+            Verdict::Duplicate => Refusal::Accepted,
+            Verdict::New if self.refused.contains(&seq) => Refusal::Awaited,
+            Verdict::New if self.refused.len() >= MAX_REFUSED => Refusal::Full,
+            Verdict::New => {
+                self.high = self.high.max(seq);
+                self.refused.insert(seq);
+                Refusal::Awaited
+            }
         }
-        0
     }
 }
 
@@ -190,7 +210,7 @@ mod tests {
             assert_eq!(b.judge(7, seq), Verdict::New);
             b.settle(seq);
         }
-        b.refuse(4);
+        assert_eq!(b.refuse(7, 4), Refusal::Awaited);
         b.settle(5);
         assert_eq!(b.through(), 3, "4 was refused: not confirmed");
         assert_eq!(b.judge(7, 5), Verdict::Duplicate);
@@ -204,6 +224,12 @@ mod tests {
         assert_eq!(b.judge(7, 4), Verdict::Duplicate);
         assert_eq!(b.judge(7, 6), Verdict::New);
         assert_eq!(b.judge(8, 1), Verdict::Stale);
+        assert_eq!(
+            b.refuse(7, 4),
+            Refusal::Accepted,
+            "accepted by another session"
+        );
+        assert_eq!(b.through(), 5, "and not awaited again");
     }
 
     #[test]
@@ -212,10 +238,19 @@ mod tests {
         b.settle(1);
         b.settle(2); // say, refused as MALFORMED
         assert_eq!(b.through(), 2);
-        let given_up: u64 = (3..3 + MAX_REFUSED as u64 + 2).map(|s| b.refuse(s)).sum();
-        assert_eq!(given_up, 2);
-        assert_eq!(b.through(), 4, "3 and 4 were given up");
-        assert_eq!(b.awaited(2), [5, 6]);
+        let last = 2 + MAX_REFUSED as u64;
+        for s in 3..=last {
+            assert_eq!(b.refuse(1, s), Refusal::Awaited);
+        }
+        assert_eq!(b.refuse(1, last + 1), Refusal::Full);
+        assert_eq!(b.refuse(1, 3), Refusal::Awaited, "awaited already");
+        assert_eq!(b.through(), 2, "nothing given up");
+        assert_eq!(
+            b.judge(1, last + 1),
+            Verdict::New,
+            "not recorded: still new"
+        );
+        assert_eq!(b.awaited(2), [3, 4]);
     }
 
     #[test]

@@ -73,13 +73,20 @@ impl Inflight {
         let n = self.sent.iter().take_while(|t| t.seq <= through).count();
         self.sent.drain(..n);
         self.resend_from = self.resend_from.saturating_sub(n);
-        self.refused = self.refused.split_off(&(through + 1));
+        self.refused.retain(|&s| s > through);
         n
     }
 
-    /// The hub refused `seqs` and will accept them after `retry_after`.
+    /// The hub refused `seqs` and will accept them after `retry_after`. Only those
+    /// still held and already sent since the reconnect count: the unsent tail goes
+    /// out anyway, and a seq no longer held cannot be sent again.
     pub fn rate_limited(&mut self, seqs: &[u64], retry_after: Duration, now: Instant) {
-        self.refused.extend(seqs);
+        let sent = &self.sent;
+        let resend_from = self.resend_from;
+        self.refused.extend(seqs.iter().filter(|&&s| {
+            sent.binary_search_by_key(&s, |t| t.seq)
+                .is_ok_and(|i| i < resend_from)
+        }));
         let at = now + retry_after;
         self.retry_at = Some(self.retry_at.map_or(at, |r| r.max(at)));
     }
@@ -91,8 +98,8 @@ impl Inflight {
         }
         if let Some(&seq) = self.refused.first() {
             if self.retry_at.is_none_or(|at| at <= now) {
-                if let Some(t) = self.sent.iter().find(|t| t.seq == seq) {
-                    return Next::Resend(t);
+                if let Ok(i) = self.sent.binary_search_by_key(&seq, |t| t.seq) {
+                    return Next::Resend(&self.sent[i]);
                 }
             } else {
                 return Next::Wait(self.retry_at);
@@ -148,12 +155,15 @@ mod tests {
         assert_eq!(i.confirm(2), 2);
         i.reconnected();
         assert_eq!(i.confirm(3), 1, "the hub had 3");
+        // Listed as awaited, but still in the unsent tail: sent once, with the tail.
+        i.rate_limited(&[4], Duration::ZERO, now);
         for s in 4..=5 {
             assert_eq!(next_seq(&i, now), Some(s));
             i.resent(s);
         }
         assert!(matches!(i.next(now), Next::New));
         assert_eq!(i.len(), 2);
+        assert_eq!(i.confirm(u64::MAX), 2, "a hub's largest seq");
     }
 
     #[test]
@@ -164,14 +174,17 @@ mod tests {
             i.push(t(s));
         }
         assert!(matches!(i.next(now), Next::Wait(None)), "full");
-        i.rate_limited(&[2, 3], Duration::from_millis(100), now);
+        i.rate_limited(&[2, 3, 9], Duration::from_millis(100), now);
         assert!(matches!(i.next(now), Next::Wait(Some(_))));
         let later = now + Duration::from_millis(100);
         assert_eq!(next_seq(&i, later), Some(2));
         i.resent(2);
         assert_eq!(next_seq(&i, later), Some(3));
         i.resent(3);
-        assert!(matches!(i.next(later), Next::Wait(None)));
+        assert!(
+            matches!(i.next(later), Next::Wait(None)),
+            "9 was never held"
+        );
         assert_eq!(i.confirm(3), 3);
         assert!(matches!(i.next(later), Next::New));
     }

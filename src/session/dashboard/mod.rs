@@ -240,8 +240,9 @@ impl Dashboard {
 
     /// Shutting down: devices are closing at the same moment, and what they
     /// published first is in the outbox or about to be. It is delivered before the
-    /// close (for at most [`LAST_FLUSH`]), so a graceful restart loses none of the
-    /// telemetry the hub confirmed to devices.
+    /// close (waiting for more at most [`LAST_FLUSH`], then sending what is
+    /// there), so a graceful restart loses none of the telemetry the hub
+    /// confirmed to devices.
     async fn last_flush<W: AsyncWrite + Unpin>(
         &mut self,
         writer: &mut ws::Writer<W>,
@@ -250,17 +251,18 @@ impl Dashboard {
     ) -> Result<(), Option<Close>> {
         let deadline = tokio::time::Instant::now() + LAST_FLUSH;
         loop {
-            // Read before the drain: a device whose connection is counted out has
-            // published its last message already.
-            let devices_gone = self.app.metrics.open_connections("device") == 0;
+            // Read before the drain: a device session counted out has published
+            // its last message already.
+            let devices_gone = self.app.hub.device_sessions() == 0;
+            let late = tokio::time::Instant::now() >= deadline;
             self.flush(writer, queued, batch).await?;
-            if devices_gone {
+            if devices_gone || late {
                 return Ok(());
             }
             tokio::select! {
                 _ = self.handle.outbox.ready() => {}
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                _ = tokio::time::sleep_until(deadline) => {}
             }
         }
     }

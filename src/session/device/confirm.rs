@@ -1,10 +1,11 @@
 //! Uplink confirmations on one device connection (`ConfirmTelemetry` in the
 //! proto): which telemetry the hub accepted, sent back cumulatively.
 //!
-//! The session asks [`Confirmations::judge`] before the rate limiter, so a resend
-//! of an accepted message costs neither a rate token nor a publication, and
-//! records each outcome (accepted, invalid, rate-limited) in the device's shared
-//! [`Boot`](crate::hub::uplink::Boot). A `TelemetryConfirmed` goes out when
+//! The session asks [`Confirmations::judge`] after the rate limiter (a flood of
+//! resends is a flood like any other: refused, and closed past
+//! `rate.abuse_seconds`), so a resend of an accepted message costs a rate token but
+//! no publication, and records each outcome (accepted, invalid, rate-limited) in
+//! the device's shared [`Boot`](crate::hub::uplink::Boot). A `TelemetryConfirmed` goes out when
 //! [`BATCH`] messages are unconfirmed or [`DELAY`] after the oldest of them,
 //! whichever comes first: one small envelope per 32 messages under load, and a
 //! sensor that sends one reading a minute hears back within 100 ms.
@@ -18,11 +19,11 @@ use tokio::time::Instant;
 
 use super::Device;
 use crate::{
-    hub::uplink::{self, Boot, Verdict},
+    hub::uplink::{self, Boot, Refusal, Verdict},
     proto::{envelope::Body, error::Code, ConfirmTelemetry, Envelope, TelemetryConfirmed},
     session::{
         close,
-        reply::{Refusal, Reply},
+        reply::{self, Reply},
     },
 };
 
@@ -67,22 +68,18 @@ impl Confirmations {
         self.count();
     }
 
-    /// The rate limiter refused `seq`; returns refusals given up to make room.
-    pub fn rate_limited(&mut self, seq: u64, retry_after_ms: u32) -> u64 {
-        let given_up = {
-            let mut boot = uplink::lock(&self.boot);
-            if boot.id() == self.boot_id {
-                boot.refuse(seq)
-            } else {
-                0
+    /// The rate limiter refused `seq`: listed in the next confirmation if it is
+    /// awaited from now on. [`Refusal::Full`]: the connection must end.
+    pub fn rate_limited(&mut self, seq: u64, retry_after_ms: u32) -> Refusal {
+        let refusal = uplink::lock(&self.boot).refuse(self.boot_id, seq);
+        if refusal == Refusal::Awaited {
+            if self.rate_limited.len() < MAX_LISTED {
+                self.rate_limited.push(seq);
             }
-        };
-        if self.rate_limited.len() < MAX_LISTED {
-            self.rate_limited.push(seq);
+            self.retry_after_ms = self.retry_after_ms.max(retry_after_ms);
         }
-        self.retry_after_ms = self.retry_after_ms.max(retry_after_ms);
         self.count();
-        given_up
+        refusal
     }
 
     fn count(&mut self) {
@@ -139,10 +136,25 @@ impl Device {
     /// what the hub already has of that boot.
     pub(super) fn on_confirm(&mut self, c: ConfirmTelemetry) -> Reply {
         if c.boot_id == 0 {
-            return Refusal::new(
+            return reply::Refusal::new(
                 close::POLICY_VIOLATION,
                 Code::Malformed,
                 "ConfirmTelemetry needs a non-zero boot_id",
+            )
+            .into();
+        }
+        // Another boot on a live connection would leave this one's last messages
+        // unconfirmed, or turn back a newer session's state: one boot per
+        // connection.
+        if self
+            .confirm
+            .as_ref()
+            .is_some_and(|k| k.boot_id != c.boot_id)
+        {
+            return reply::Refusal::new(
+                close::POLICY_VIOLATION,
+                Code::Malformed,
+                "a connection confirms under one boot_id: reconnect to start another",
             )
             .into();
         }

@@ -59,11 +59,6 @@ pub async fn run<S>(
     };
     let close = device.serve(&mut reader, &mut writer, shutdown).await;
     device.app.hub.device_offline(&device.session);
-    // Closing on purpose (shutdown, takeover, revocation): what was accepted is
-    // confirmed first, so the device need not send it again.
-    if close.is_some() && device.confirm.as_ref().is_some_and(|c| c.due().is_some()) {
-        let _ = device.send_confirmation(&mut writer).await;
-    }
     if let Some(c) = &close {
         tracing::debug!(device = %device.session.info.id, code = c.code, reason = %c.reason, "device session closing");
     }
@@ -218,14 +213,14 @@ impl Device {
                     }
                 }
                 _ = shutdown.recv() => {
-                    return Some(Close::new(close::GOING_AWAY, "server shutting down"));
+                    return self.closing(writer, Close::new(close::GOING_AWAY, "server shutting down")).await;
                 }
                 _ = kick.notified() => {
-                    return Some(Close::new(close::TAKEN_OVER, "a newer connection took this device over"));
+                    return self.closing(writer, Close::new(close::TAKEN_OVER, "a newer connection took this device over")).await;
                 }
                 Ok(()) = revocations.changed() => {
                     if self.app.auth.is_revoked(&self.credential) {
-                        return Some(Close::new(close::REVOKED, "token revoked"));
+                        return self.closing(writer, Close::new(close::REVOKED, "token revoked")).await;
                     }
                 }
                 _ = keepalive.ticker.tick() => {
@@ -250,7 +245,10 @@ impl Device {
                         Err(refusal) => refusal.into(),
                     };
                     if let Err(end) = self.strikes.answer(reply, writer, binary, &self.meters).await {
-                        return end;
+                        return match end {
+                            Some(close) => self.closing(writer, close).await,
+                            None => None,
+                        };
                     }
                     if self.confirm.as_ref().is_some_and(|c| c.due_now())
                         && self.send_confirmation(writer).await.is_err()
@@ -268,6 +266,22 @@ impl Device {
             Command::Ack(a) => Box::pin(self.on_ack(a)).await,
             Command::Confirm(c) => self.on_confirm(c),
         }
+    }
+
+    /// The hub ends a live connection on purpose (shutdown, takeover, revocation,
+    /// repeated invalid messages): what it accepted (and what it awaits) is
+    /// confirmed first, so the device need not send it again.
+    async fn closing<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut ws::Writer<W>,
+        close: Close,
+    ) -> Option<Close> {
+        if self.confirm.as_ref().is_some_and(|c| c.due().is_some())
+            && self.send_confirmation(writer).await.is_err()
+        {
+            return None;
+        }
+        Some(close)
     }
 
     /// Sends the due `TelemetryConfirmed`. Boxed like every rare write (see `run`).

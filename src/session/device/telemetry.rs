@@ -9,7 +9,7 @@
 //! itself: its frames are refused in its own task, never queued anywhere shared.
 //!
 //! With uplink confirmations (see `confirm`), a resend of an accepted message is
-//! dropped before the rate limiter, and every outcome is recorded for the next
+//! dropped after the rate limiter, and every outcome is recorded for the next
 //! `TelemetryConfirmed`.
 //!
 //! An accepted message is stamped (the device id from the token, `received_ms`
@@ -24,7 +24,11 @@ use tokio::time::Instant;
 use super::Device;
 use crate::{
     config::RateLimit,
-    hub::{category, now_ms, uplink::Verdict, Publication},
+    hub::{
+        category, now_ms,
+        uplink::{self, Verdict},
+        Publication,
+    },
     proto::{error::Code, Telemetry as TelemetryMsg},
     session::{
         close, error_envelope,
@@ -103,6 +107,9 @@ impl Refusals {
 impl Device {
     pub(super) fn on_telemetry(&mut self, t: TelemetryMsg) -> Reply {
         let seq = t.seq;
+        if let Err(not_until) = self.telemetry.limiter.check() {
+            return self.rate_limited(seq, not_until);
+        }
         if let Some(confirm) = &mut self.confirm {
             if seq == 0 {
                 return Refusal::new(
@@ -117,9 +124,6 @@ impl Device {
                 confirm.duplicate();
                 return Reply::none();
             }
-        }
-        if let Err(not_until) = self.telemetry.limiter.check() {
-            return self.rate_limited(seq, not_until);
         }
         let reply = self.accept(t);
         // Accepted, or invalid (never accepted): settled either way.
@@ -178,8 +182,15 @@ impl Device {
         let wait = not_until.wait_time_from(crate::session::limiter_clock().now());
         let retry_after_ms = wait.as_millis().clamp(1, u32::MAX as u128) as u32;
         if let Some(confirm) = &mut self.confirm {
-            let given_up = confirm.rate_limited(seq, retry_after_ms);
-            self.app.metrics.confirm_given_up.inc_by(given_up);
+            if confirm.rate_limited(seq, retry_after_ms) == uplink::Refusal::Full {
+                return Reply::Close(Close::new(
+                    close::POLICY_VIOLATION,
+                    format!(
+                        "{} rate-limited messages not sent again: send them before new ones",
+                        uplink::MAX_REFUSED
+                    ),
+                ));
+            }
         }
         let now = Instant::now();
         let seconds = self.telemetry.limited.record(now);
