@@ -6,6 +6,8 @@
 //! (the backlog), and every peer-controlled input (envelopes, close frames, upgrade
 //! answers) is handled as data: the worst a hub can do is end the session.
 
+mod confirm;
+
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -474,75 +476,6 @@ impl Device {
 }
 
 impl Device {
-    /// Stopping: waits (at most [`CLOSE_TIMEOUT`]) for the hub to confirm what is
-    /// in flight, as a device that powers down cleanly would.
-    async fn await_confirmations<R, W>(
-        &mut self,
-        reader: &mut ws::Reader<R>,
-        writer: &mut ws::Writer<W>,
-    ) where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        while !self.inflight.is_empty() {
-            let Ok(incoming) = tokio::time::timeout_at(deadline, reader.next()).await else {
-                return;
-            };
-            match incoming {
-                Ok(ws::Incoming::Message(ws::Message::Binary(data))) => {
-                    if let Ok(Some(Body::TelemetryConfirmed(c))) =
-                        Envelope::decode(data).map(|e| e.body)
-                    {
-                        if c.boot_id == self.boot_id {
-                            self.on_confirmed(&c);
-                        }
-                    }
-                }
-                Ok(ws::Incoming::Ping(p)) => {
-                    let _ = writer.pong(&p).await;
-                }
-                Ok(ws::Incoming::Close(_)) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// A message went out: a resend of `resend`, or the backlog's oldest.
-    fn sent(&mut self, resend: Option<u64>, confirming: bool) {
-        let stats = &self.shared.stats;
-        if let Some(seq) = resend {
-            self.inflight.resent(seq);
-            FleetStats::inc(&stats.resent);
-            return;
-        }
-        let Some(t) = self.backlog.pop() else {
-            return;
-        };
-        FleetStats::dec(&stats.buffered);
-        FleetStats::inc(&stats.sent);
-        if confirming {
-            self.inflight.push(t);
-            FleetStats::inc(&stats.unconfirmed);
-        }
-    }
-
-    fn on_confirmed(&mut self, c: &crate::proto::TelemetryConfirmed) {
-        let stats = &self.shared.stats;
-        let n = self.inflight.confirm(c.through_seq) as u64;
-        stats
-            .confirmed
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .unconfirmed
-            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
-        if !c.rate_limited.is_empty() {
-            let retry = Duration::from_millis(c.retry_after_ms.into()).min(MAX_PAUSE);
-            self.inflight
-                .rate_limited(&c.rate_limited, retry, Instant::now());
-        }
-    }
-
     /// De-duplicates a received notification, hands a new one to the application,
     /// and returns the id to acknowledge unless this ack is to be withheld.
     fn on_notification(&mut self, device_id: &str, n: Notification) -> Option<String> {
