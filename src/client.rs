@@ -27,8 +27,13 @@ pub enum ApiError {
     /// The hub answered with an error status; `message` is its one-line reason.
     #[error("HTTP {status}: {message}")]
     Status { status: StatusCode, message: String },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    /// No connection: refused, unreachable, or TLS failed (a wrong `--ca`).
+    #[error("cannot reach the hub at {addr} (is it running there, and is this its CA?)")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("HTTP: {0}")]
     Http(String),
     #[error("unexpected answer: {0}")]
@@ -185,7 +190,13 @@ async fn request(
     limit: usize,
 ) -> Result<Bytes, ApiError> {
     let http = |e: hyper::Error| ApiError::Http(e.to_string());
-    let stream = endpoint.stream(TIMEOUT).await?;
+    let stream = endpoint
+        .stream(TIMEOUT)
+        .await
+        .map_err(|source| ApiError::Unreachable {
+            addr: endpoint.addr().to_owned(),
+            source,
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(http)?;

@@ -75,10 +75,16 @@ struct ServeArgs {
     /// TOML configuration file (see README, "Configuration").
     #[arg(long, env = "TELEHUB_CONFIG")]
     config: Option<PathBuf>,
+    /// Address and port to serve on, e.g. 0.0.0.0:8443 [default: the config
+    /// file's `listen`, else 127.0.0.1:8443]
     #[arg(long, env = "TELEHUB_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Where the token key and the SQLite store live [default: the config file's
+    /// `data_dir`, else ./data]
     #[arg(long, env = "TELEHUB_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The server certificate and key (development ones are made here on first
+    /// start) [default: the config file's `certs_dir`, else ./certs]
     #[arg(long, env = "TELEHUB_CERTS_DIR")]
     certs_dir: Option<PathBuf>,
     /// Serve ws:// and http:// without TLS (behind a TLS-terminating proxy, benchmarks).
@@ -324,6 +330,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "https"
     };
     tracing::info!(%addr, "telehub listening: {scheme}://{addr}/ (devices: /v1/device, dashboards: /v1/dashboard)");
+    // The dashboard asks for a token: say how to make one.
+    let data_dir = &server.app().config.data_dir;
+    tracing::info!(
+        "dashboard: open {scheme}://localhost:{}/ with a viewer token from `telehub token --data-dir {} --role viewer --subject $USER --ttl 12h`",
+        addr.port(),
+        data_dir.display()
+    );
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(args, server.app().clone()));
     server.run(shutdown_signal()).await

@@ -248,7 +248,12 @@ pub async fn devices(cmd: DevicesCommand) -> anyhow::Result<i32> {
                     },
                 )
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&d)?);
+            if a.api.json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                let tags: Vec<String> = d.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("registered {} {}", d.id, tags.join(","));
+            }
             Ok(0)
         }
         DevicesCommand::List(a) => {
