@@ -403,7 +403,42 @@ impl Metrics {
             "Bytes of telemetry queued for dashboards, as accounted (bound: dashboard.queued_bytes_max)",
             m.queued_bytes.clone(),
         );
+        m.init_labels();
         m
+    }
+
+    /// Why a connection can be refused before its session starts
+    /// (`telehub_connections_refused{reason}`).
+    pub const REFUSAL_REASONS: [&'static str; 5] = [
+        "bad_handshake",
+        "conflict",
+        "handshake_timeout",
+        "origin",
+        "tls_handshake",
+    ];
+
+    /// Creates every known series at zero, so each family is in `/metrics` from
+    /// start: a query such as `rate(...)` then has a series before the first event.
+    fn init_labels(&self) {
+        for role in [Role::Device, Role::Viewer, Role::Operator] {
+            let _ = self.role(role);
+            let role = role.as_str();
+            let _ = self.connections_accepted.get_or_create(&RoleLabel { role });
+        }
+        for kind in ["batched", "conflated"] {
+            let _ = self.batches(kind);
+            let _ = self.batch_deliveries(kind);
+        }
+        for severity in ["info", "warning", "critical"] {
+            let _ = self
+                .notifications_accepted
+                .get_or_create(&SeverityLabel { severity });
+        }
+        for reason in Self::REFUSAL_REASONS {
+            let _ = self
+                .connections_refused
+                .get_or_create(&ReasonLabel { reason });
+        }
     }
 
     pub fn role(&self, role: Role) -> RoleMeters {
@@ -455,5 +490,38 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exported_from_start_with_its_known_labels() {
+        let text = Metrics::new().encode();
+        for family in [
+            "telehub_connections",
+            "telehub_connections_accepted",
+            "telehub_connections_refused",
+            "telehub_frames_in",
+            "telehub_frames_out",
+            "telehub_bytes_in",
+            "telehub_bytes_out",
+            "telehub_batches_built",
+            "telehub_batches_queued",
+            "telehub_notifications_accepted",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing"
+            );
+        }
+        for reason in Metrics::REFUSAL_REASONS {
+            let series = format!("telehub_connections_refused_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&series), "{series} missing");
+        }
+        assert!(text.contains("telehub_bytes_in_total{role=\"viewer\",kind=\"payload\"} 0"));
+        assert!(text.contains("telehub_notifications_accepted_total{severity=\"critical\"} 0"));
     }
 }
