@@ -62,6 +62,18 @@ async fn metrics_expose_traffic_in_prometheus_text() {
         );
     }
     let m = Metrics::parse(&body);
+    // What every Prometheus exporter has: the build and the process.
+    let build = format!(
+        "telehub_build_info{{version=\"{}\",arch=\"{}\",os=\"{}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    assert_eq!(m.get(&build), 1.0, "{body}");
+    assert!(m.get("process_open_fds") >= 4.0, "{body}");
+    assert!(m.get("process_max_fds") >= m.get("process_open_fds"));
+    assert!(m.get("process_resident_memory_bytes") > 1e6);
+    assert!(m.get("process_cpu_seconds_total") > 0.0);
     assert_eq!(m.get("telehub_connections{role=\"device\"}"), 1.0, "{body}");
     assert_eq!(m.get("telehub_connections{role=\"viewer\"}"), 1.0);
     assert_eq!(m.get("telehub_frames_in_total{role=\"device\"}"), 4.0);

@@ -3,6 +3,8 @@
 //! Hot paths never look a labelled series up per message: a session resolves its
 //! [`RoleMeters`] once at connect and then only bumps atomics.
 
+mod process;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -402,6 +404,16 @@ impl Metrics {
             "telehub_queued_bytes",
             "Bytes of telemetry queued for dashboards, as accounted (bound: dashboard.queued_bytes_max)",
             m.queued_bytes.clone(),
+        );
+        r.register_collector(Box::new(process::ProcessCollector));
+        r.register(
+            "telehub_build",
+            "The running build: version, target architecture and OS",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("arch", std::env::consts::ARCH),
+                ("os", std::env::consts::OS),
+            ]),
         );
         m.init_labels();
         m
