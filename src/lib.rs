@@ -24,5 +24,7 @@ pub mod session;
 pub mod shutdown;
 pub mod sim;
 pub mod store;
+#[cfg(unix)]
+pub mod systemd;
 pub mod tls;
 pub mod ws;

@@ -339,7 +339,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(args, server.app().clone()));
-    server.run(shutdown_signal()).await
+    // A `Type=notify` service: ready now that the port accepts, stopping when the
+    // signal comes, alive while the watchdog is fed.
+    #[cfg(unix)]
+    let manager = telehub::systemd::Notifier::from_env().map(Arc::new);
+    #[cfg(unix)]
+    if let Some(m) = &manager {
+        m.send(&format!("READY=1\nSTATUS=listening on {addr}"));
+        if let Some(every) = telehub::systemd::Notifier::watchdog_interval() {
+            let m = m.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    m.send("WATCHDOG=1");
+                }
+            });
+        }
+    }
+    let signal = async move {
+        shutdown_signal().await;
+        #[cfg(unix)]
+        if let Some(m) = &manager {
+            m.send("STOPPING=1\nSTATUS=closing every connection");
+        }
+    };
+    server.run(signal).await
 }
 
 /// On each SIGHUP: reads the configuration again and reloads what can be (see
