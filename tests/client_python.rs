@@ -13,14 +13,17 @@
 //! The venv (`target/interop-venv`, with pytest and the library installed from
 //! this tree) is made by `.ci/run`; without it the suite fails, never skips.
 
+mod common;
+
 use std::{
-    io::Read,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use common::{drain, Dir};
 
 /// Bound on the whole pytest run (it takes some 20 s; each test bounds its waits).
 const PYTEST_TIMEOUT: Duration = Duration::from_secs(240);
@@ -72,7 +75,8 @@ fn the_pytest_suite_passes_against_real_hubs() {
         String::from_utf8_lossy(&probe.stderr)
     );
 
-    let scratch = Scratch::new();
+    // pytest's files: hubs' data and certificates, spools.
+    let scratch = Dir::new("client-python");
     let mut cmd = Command::new(&python);
     cmd.args(["-m", "pytest", "clients/python/tests", "-q", "-rfEs"])
         // Nothing written into the source tree: no .pytest_cache, no __pycache__.
@@ -135,38 +139,4 @@ impl Drop for Group {
         }
         let _ = self.0.wait();
     }
-}
-
-/// A temp dir for pytest's files (hubs' data and certificates, spools), removed
-/// when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "telehub-client-python-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir).expect("creating a temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    let mut pipe = pipe.expect("a piped stdio stream");
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = pipe.read_to_string(&mut out);
-        out
-    })
 }

@@ -20,7 +20,6 @@ mod common;
 use std::{
     collections::BTreeSet,
     ffi::OsString,
-    io::Read,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::JoinHandle,
@@ -490,13 +489,4 @@ async fn run_bounded(
     drop(script);
     let join = |h: JoinHandle<String>| h.join().expect("pipe reader panicked");
     (status, join(stdout), join(stderr))
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    let mut pipe = pipe.expect("a piped stdio stream");
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = pipe.read_to_string(&mut out);
-        out
-    })
 }

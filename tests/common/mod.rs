@@ -32,6 +32,7 @@ mod hub;
 mod nodes;
 mod notify;
 mod postgres;
+mod process;
 mod redis;
 
 // Test files name everything through these re-exports, each only what it uses.
@@ -47,6 +48,7 @@ pub use self::{
         notification, row, status_of, tag_map, to_devices, to_tags, wait_registered, wait_status,
     },
     postgres::Postgres,
+    process::drain,
     redis::Redis,
 };
 
