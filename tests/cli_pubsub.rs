@@ -209,7 +209,12 @@ async fn sub_json_filters_by_device_and_pub_waits_out_the_rate_limit() {
         })
         .collect();
     assert_eq!(seqs, (1..=30).collect::<Vec<u64>>(), "paced: none refused");
-    assert_eq!(hub.scrape().await.get("telehub_rate_limited_total"), 0.0);
+    assert_eq!(
+        hub.scrape()
+            .await
+            .get("telehub_telemetry_rate_limited_total"),
+        0.0
+    );
 }
 
 #[tokio::test]

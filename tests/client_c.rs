@@ -474,7 +474,11 @@ async fn rate_limited_telemetry_is_resent_with_its_seq_and_published_once() {
         "each message published once"
     );
     let m = hub.metrics();
-    assert!(m.get("telehub_rate_limited_total") > 0.0, "{}", m.text);
+    assert!(
+        m.get("telehub_telemetry_rate_limited_total") > 0.0,
+        "{}",
+        m.text
+    );
     listening.abort();
 }
 

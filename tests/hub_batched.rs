@@ -118,7 +118,7 @@ async fn one_batch_per_interval_carries_every_message_in_order_for_every_dashboa
         3.0 * built
     );
     // Deliveries count telemetry messages, whichever way they went.
-    assert_eq!(m.get("telehub_deliveries_total"), 4.0 * 40.0);
+    assert_eq!(m.get("telehub_telemetry_delivered_total"), 4.0 * 40.0);
 }
 
 #[tokio::test]

@@ -45,10 +45,10 @@ async fn devices_compress_with_a_small_window_that_is_accounted_and_released() {
     }
 
     let m = hub.scrape().await;
-    let wire = m.get("telehub_bytes_in_total{role=\"device\",kind=\"wire\"}")
-        - before.get("telehub_bytes_in_total{role=\"device\",kind=\"wire\"}");
-    let payload = m.get("telehub_bytes_in_total{role=\"device\",kind=\"payload\"}")
-        - before.get("telehub_bytes_in_total{role=\"device\",kind=\"payload\"}");
+    let wire = m.get("telehub_wire_received_bytes_total{role=\"device\"}")
+        - before.get("telehub_wire_received_bytes_total{role=\"device\"}");
+    let payload = m.get("telehub_payload_received_bytes_total{role=\"device\"}")
+        - before.get("telehub_payload_received_bytes_total{role=\"device\"}");
     // Repeated readings compress well against the previous messages' window.
     assert!(
         wire < payload / 3.0,

@@ -49,11 +49,13 @@ async fn metrics_expose_traffic_in_prometheus_text() {
     );
     for family in [
         "telehub_connections",
-        "telehub_frames_in",
-        "telehub_bytes_in",
-        "telehub_bytes_out",
-        "telehub_rate_limited",
-        "telehub_dropped_deliveries",
+        "telehub_frames_received",
+        "telehub_wire_received_bytes",
+        "telehub_wire_sent_bytes",
+        "telehub_payload_received_bytes",
+        "telehub_payload_sent_bytes",
+        "telehub_telemetry_rate_limited",
+        "telehub_telemetry_dropped",
         "telehub_decode_errors",
     ] {
         assert!(
@@ -76,31 +78,31 @@ async fn metrics_expose_traffic_in_prometheus_text() {
     assert!(m.get("process_cpu_seconds_total") > 0.0);
     assert_eq!(m.get("telehub_connections{role=\"device\"}"), 1.0, "{body}");
     assert_eq!(m.get("telehub_connections{role=\"viewer\"}"), 1.0);
-    assert_eq!(m.get("telehub_frames_in_total{role=\"device\"}"), 4.0);
-    assert_eq!(m.get("telehub_frames_in_total{role=\"viewer\"}"), 1.0);
+    assert_eq!(m.get("telehub_frames_received_total{role=\"device\"}"), 4.0);
+    assert_eq!(m.get("telehub_frames_received_total{role=\"viewer\"}"), 1.0);
     // Every data message sent counts: the device's Welcome and Error; the
     // dashboard's Welcome, Subscribed, the device's presence and 3 telemetry.
     assert_eq!(
-        m.get("telehub_frames_out_total{role=\"device\"}"),
+        m.get("telehub_frames_sent_total{role=\"device\"}"),
         2.0,
         "{body}"
     );
     assert_eq!(
-        m.get("telehub_frames_out_total{role=\"viewer\"}"),
+        m.get("telehub_frames_sent_total{role=\"viewer\"}"),
         6.0,
         "{body}"
     );
     assert_eq!(m.get("telehub_decode_errors_total"), 1.0);
-    assert_eq!(m.get("telehub_rate_limited_total"), 0.0);
-    assert!(m.has("telehub_rate_limited_total"));
-    assert!(m.has("telehub_dropped_deliveries_total"));
-    for dir in ["in", "out"] {
+    assert_eq!(m.get("telehub_telemetry_rate_limited_total"), 0.0);
+    assert!(m.has("telehub_telemetry_rate_limited_total"));
+    assert!(m.has("telehub_telemetry_dropped_total"));
+    for dir in ["received", "sent"] {
         for role in ["device", "viewer"] {
             let wire = m.get(&format!(
-                "telehub_bytes_{dir}_total{{role=\"{role}\",kind=\"wire\"}}"
+                "telehub_wire_{dir}_bytes_total{{role=\"{role}\"}}"
             ));
             let payload = m.get(&format!(
-                "telehub_bytes_{dir}_total{{role=\"{role}\",kind=\"payload\"}}"
+                "telehub_payload_{dir}_bytes_total{{role=\"{role}\"}}"
             ));
             assert!(wire > 0.0, "{dir} wire bytes for {role}:\n{body}");
             assert!(payload > 0.0, "{dir} payload bytes for {role}:\n{body}");
@@ -108,8 +110,8 @@ async fn metrics_expose_traffic_in_prometheus_text() {
     }
     // The dashboard received 3 telemetry messages of the same payload size the device sent.
     assert!(
-        m.get("telehub_bytes_out_total{role=\"viewer\",kind=\"payload\"}")
-            >= m.get("telehub_bytes_in_total{role=\"device\",kind=\"payload\"}") - 1.0,
+        m.get("telehub_payload_sent_bytes_total{role=\"viewer\"}")
+            >= m.get("telehub_payload_received_bytes_total{role=\"device\"}") - 1.0,
         "{body}"
     );
 }

@@ -99,7 +99,7 @@ async fn stuck_dashboards_and_large_messages_stay_within_the_byte_bounds() {
     eprintln!(
         "sent {sent} messages ({} MB); peak queued {peak_queued} bytes; dropped {}; RSS grew {} MB",
         sent_bytes >> 20,
-        m.get("telehub_dropped_deliveries_total"),
+        m.get("telehub_telemetry_dropped_total"),
         grown >> 20
     );
     assert!(
@@ -111,7 +111,7 @@ async fn stuck_dashboards_and_large_messages_stay_within_the_byte_bounds() {
         "queued {peak_queued} bytes, bound {bound}"
     );
     assert!(
-        m.get("telehub_dropped_deliveries_total") > 0.0,
+        m.get("telehub_telemetry_dropped_total") > 0.0,
         "the bound made the stuck dashboards drop"
     );
     // What the hub holds besides the queues (socket buffers, TLS, allocator slack)

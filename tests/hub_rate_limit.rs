@@ -105,7 +105,10 @@ async fn excess_is_refused_and_counted_while_other_devices_flow() {
         }
         flood_seen += 1;
     }
-    let refused = hub.scrape().await.get("telehub_rate_limited_total") as u64;
+    let refused = hub
+        .scrape()
+        .await
+        .get("telehub_telemetry_rate_limited_total") as u64;
     assert!(refused >= 10, "most of the 20 were refused, got {refused}");
     assert_eq!(
         flood_seen + refused,

@@ -66,7 +66,7 @@ async fn a_slow_dashboard_does_not_stall_others_and_is_told_what_it_missed() {
     );
 
     let m = hub.scrape().await;
-    let dropped = m.get("telehub_dropped_deliveries_total");
+    let dropped = m.get("telehub_telemetry_dropped_total");
     assert!(
         dropped > 0.0,
         "the slow dashboard's queue dropped telemetry"

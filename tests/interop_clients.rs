@@ -257,9 +257,8 @@ async fn device_sends_dashboard_receives(case: Case) {
         })
         .sum();
     let m = hub.scrape().await;
-    for (direction, role) in [("in", "device"), ("out", "viewer")] {
-        let series =
-            |kind| format!("telehub_bytes_{direction}_total{{role=\"{role}\",kind=\"{kind}\"}}");
+    for (direction, role) in [("received", "device"), ("sent", "viewer")] {
+        let series = |kind| format!("telehub_{kind}_{direction}_bytes_total{{role=\"{role}\"}}");
         let (wire, payload) = (m.get(&series("wire")), m.get(&series("payload")));
         assert!(
             payload >= sent_bytes as f64,

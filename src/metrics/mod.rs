@@ -13,7 +13,7 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{exponential_buckets, Histogram},
     },
-    registry::Registry,
+    registry::{Registry, Unit},
 };
 
 use crate::auth::Role;
@@ -56,14 +56,6 @@ impl Default for AckLatency {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BytesLabel {
-    pub role: &'static str,
-    /// `wire`: bytes on the WebSocket (compressed, framed); `payload`: message bytes
-    /// before compression and framing.
-    pub kind: &'static str,
-}
-
 /// Every series the hub exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -77,8 +69,14 @@ pub struct Metrics {
     pub auth: crate::auth::Meters,
     pub frames_in: Family<RoleLabel, Counter>,
     pub frames_out: Family<RoleLabel, Counter>,
-    pub bytes_in: Family<BytesLabel, Counter>,
-    pub bytes_out: Family<BytesLabel, Counter>,
+    /// WebSocket bytes as the transport read them (after TLS, still compressed).
+    pub wire_in: Family<RoleLabel, Counter>,
+    /// WebSocket bytes as the transport wrote them (framed, compressed, before TLS).
+    pub wire_out: Family<RoleLabel, Counter>,
+    /// Message bytes received, after inflation.
+    pub payload_in: Family<RoleLabel, Counter>,
+    /// Message bytes sent, before compression and framing.
+    pub payload_out: Family<RoleLabel, Counter>,
     pub telemetry_accepted: Counter,
     pub rate_limited: Counter,
     /// Resent telemetry already accepted (uplink confirmations), dropped.
@@ -226,32 +224,48 @@ impl Metrics {
             m.auth.revocations.clone(),
         );
         r.register(
-            "telehub_frames_in",
+            "telehub_frames_received",
             "WebSocket data messages received",
             m.frames_in.clone(),
         );
         r.register(
-            "telehub_frames_out",
+            "telehub_frames_sent",
             "WebSocket data messages sent",
             m.frames_out.clone(),
         );
-        r.register(
-            "telehub_bytes_in",
-            "Bytes received (wire: WebSocket bytes after TLS; payload: message bytes after inflation)",
-            m.bytes_in.clone(),
-        );
-        r.register(
-            "telehub_bytes_out",
-            "Bytes sent (wire: WebSocket bytes before TLS; payload: message bytes before compression)",
-            m.bytes_out.clone(),
-        );
+        // Wire and payload bytes are separate families, not one with a `kind` label:
+        // a sum across such a label would add compressed to uncompressed bytes.
+        for (name, help, family) in [
+            (
+                "telehub_wire_received",
+                "WebSocket bytes received, as read after TLS (compressed, framed)",
+                &m.wire_in,
+            ),
+            (
+                "telehub_wire_sent",
+                "WebSocket bytes sent, as written before TLS (compressed, framed)",
+                &m.wire_out,
+            ),
+            (
+                "telehub_payload_received",
+                "Message bytes received, after inflation",
+                &m.payload_in,
+            ),
+            (
+                "telehub_payload_sent",
+                "Message bytes sent, before compression and framing",
+                &m.payload_out,
+            ),
+        ] {
+            r.register_with_unit(name, help, Unit::Bytes, family.clone());
+        }
         r.register(
             "telehub_telemetry_accepted",
             "Telemetry messages accepted for fan-out",
             m.telemetry_accepted.clone(),
         );
         r.register(
-            "telehub_rate_limited",
+            "telehub_telemetry_rate_limited",
             "Telemetry messages refused by a device's rate limit",
             m.rate_limited.clone(),
         );
@@ -266,12 +280,12 @@ impl Metrics {
             m.confirmations.clone(),
         );
         r.register(
-            "telehub_deliveries",
+            "telehub_telemetry_delivered",
             "Telemetry messages queued to dashboards",
             m.deliveries.clone(),
         );
         r.register(
-            "telehub_dropped_deliveries",
+            "telehub_telemetry_dropped",
             "Telemetry messages dropped from full dashboard queues (oldest first)",
             m.dropped_deliveries.clone(),
         );
@@ -382,7 +396,7 @@ impl Metrics {
         r.register_with_unit(
             "telehub_cluster_redis_rtt",
             "Round trip of the heartbeat to Redis",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             c.rtt.clone(),
         );
         r.register(
@@ -455,17 +469,15 @@ impl Metrics {
 
     pub fn role(&self, role: Role) -> RoleMeters {
         let role = role.as_str();
-        let bytes = |f: &Family<BytesLabel, Counter>, kind| {
-            f.get_or_create(&BytesLabel { role, kind }).clone()
-        };
+        let of = |f: &Family<RoleLabel, Counter>| f.get_or_create(&RoleLabel { role }).clone();
         RoleMeters {
             connections: self.connections.get_or_create(&RoleLabel { role }).clone(),
-            frames_in: self.frames_in.get_or_create(&RoleLabel { role }).clone(),
-            frames_out: self.frames_out.get_or_create(&RoleLabel { role }).clone(),
-            wire_in: bytes(&self.bytes_in, "wire"),
-            wire_out: bytes(&self.bytes_out, "wire"),
-            payload_in: bytes(&self.bytes_in, "payload"),
-            payload_out: bytes(&self.bytes_out, "payload"),
+            frames_in: of(&self.frames_in),
+            frames_out: of(&self.frames_out),
+            wire_in: of(&self.wire_in),
+            wire_out: of(&self.wire_out),
+            payload_in: of(&self.payload_in),
+            payload_out: of(&self.payload_out),
         }
     }
 
@@ -516,10 +528,12 @@ mod tests {
             "telehub_connections",
             "telehub_connections_accepted",
             "telehub_connections_refused",
-            "telehub_frames_in",
-            "telehub_frames_out",
-            "telehub_bytes_in",
-            "telehub_bytes_out",
+            "telehub_frames_received",
+            "telehub_frames_sent",
+            "telehub_wire_received_bytes",
+            "telehub_wire_sent_bytes",
+            "telehub_payload_received_bytes",
+            "telehub_payload_sent_bytes",
             "telehub_batches_built",
             "telehub_batches_queued",
             "telehub_notifications_accepted",
@@ -533,7 +547,7 @@ mod tests {
             let series = format!("telehub_connections_refused_total{{reason=\"{reason}\"}} 0");
             assert!(text.contains(&series), "{series} missing");
         }
-        assert!(text.contains("telehub_bytes_in_total{role=\"viewer\",kind=\"payload\"} 0"));
+        assert!(text.contains("telehub_payload_received_bytes_total{role=\"viewer\"} 0"));
         assert!(text.contains("telehub_notifications_accepted_total{severity=\"critical\"} 0"));
     }
 }

@@ -1,5 +1,5 @@
-//! An I/O wrapper that counts the WebSocket bytes crossing it (the `wire` series of
-//! `telehub_bytes_in`/`telehub_bytes_out`): what the transport read and wrote,
+//! An I/O wrapper that counts the WebSocket bytes crossing it (the
+//! `telehub_wire_received_bytes_total`/`telehub_wire_sent_bytes_total` series): what the transport read and wrote,
 //! compressed and framed, after TLS decryption / before encryption.
 
 use std::{

@@ -25,7 +25,7 @@ impl Metrics {
         }
     }
 
-    /// The value of one series, e.g. `telehub_rate_limited_total` or
+    /// The value of one series, e.g. `telehub_telemetry_rate_limited_total` or
     /// `telehub_connections{role="device"}`; 0 when absent.
     pub fn get(&self, series: &str) -> f64 {
         self.values.get(series).copied().unwrap_or(0.0)
