@@ -3,8 +3,8 @@
 //
 // Module map: connection.js (WebSocket, token, reconnect) -> app.js (routing) ->
 // series.js (buffers) -> charts.js / latest.js; fleet.js; subscriptions.js (with
-// delivery.js: batched or conflated); notifications.js. frame.js batches all DOM
-// work into one animation frame.
+// delivery.js: batched or conflated); notifications.js; registry.js (REST). frame.js
+// batches all DOM work into one animation frame.
 
 import { Charts } from "./charts.js";
 import { Connection, adoptFragment } from "./connection.js";
@@ -13,6 +13,7 @@ import { byId, num, setAttr, setText, showMessage } from "./dom.js";
 import { FleetView } from "./fleet.js";
 import { LatestTable } from "./latest.js";
 import { Notifications } from "./notifications.js";
+import { Registry } from "./registry.js";
 import { SeriesStore } from "./series.js";
 import { Subscriptions } from "./subscriptions.js";
 
@@ -70,7 +71,10 @@ const conn = new Connection({
     document.body.dataset.state = state;
     byId("login-card").hidden = state !== "login";
     logoutButton.hidden = state === "login";
-    if (state === "login") setText(roleText, "–");
+    if (state === "login") {
+      setText(roleText, "–");
+      registry.clear();
+    }
   },
   onWelcome(welcome) {
     setText(roleText, welcome.role || "viewer");
@@ -83,6 +87,7 @@ const conn = new Connection({
     subscriptions.resend();
     conn.send({ watchFleet: { watch: true } });
     notifications.welcomed(welcome.role);
+    registry.welcomed(welcome.role);
   },
   onEnvelope: route,
   onClose() {
@@ -117,6 +122,7 @@ const fleet = new FleetView({
   },
 });
 const notifications = new Notifications({ conn });
+const registry = new Registry({ conn });
 
 function addTelemetry(telemetry) {
   // Sent before an Unsubscribe reached the hub: its series are being pruned, and
@@ -213,6 +219,7 @@ logoutButton.addEventListener("click", () => {
   subscriptions.clear();
   delivery.clear();
   notifications.clear();
+  registry.clear();
   droppedEarlier = droppedThisConnection = 0;
   setText(droppedText, 0);
   showMessage(hubError, "");

@@ -9,7 +9,8 @@
 // SELECT_MS rather than in every frame in which a series appeared (a History replay
 // or a churning fleet creates series in most frames).
 
-import { byId, el, formatValue, setAttr, showMessage } from "./dom.js";
+import { chartOptions, legendLatest } from "./axes.js";
+import { byId, el, setAttr, showMessage } from "./dom.js";
 import { schedule, scheduleAtMost } from "./frame.js";
 import { MAX_COLUMNS, firstSeries } from "./series.js";
 
@@ -23,50 +24,6 @@ const SELECT_MS = 250;
 const STALE_MS = 60_000;
 const RESELECT_EVERY_MS = 5_000;
 const PLOT_HEIGHT = 170;
-const PALETTE = ["#2563eb", "#e8590c", "#2f9e44", "#ae3ec9", "#d6336c", "#0c8599", "#74b816", "#f59f00"];
-const AXIS = { stroke: "#5b6475", grid: { stroke: "#eceff3", width: 1 }, ticks: { stroke: "#d5dae1", width: 1 } };
-
-// Tick formatters by number of decimals (Intl formatters are costly to create).
-const tickFormats = new Map();
-
-/** Decimals a tick step has: 0.0005 -> 4, 2.5 -> 1, 50 -> 0. */
-function stepDecimals(step) {
-  const text = String(Number(step.toPrecision(3)));
-  const exp = text.indexOf("e-");
-  if (exp >= 0) return Number(text.slice(exp + 2)) + (text.slice(0, exp).split(".")[1] || "").length;
-  return (text.split(".")[1] || "").length;
-}
-
-/**
- * Y tick labels with exactly the decimals the tick step needs: uPlot's default
- * keeps at most three, which prints 59.865 twice for ticks 59.8645 and 59.865.
- */
-function tickValues(self, splits, axisIndex, space, step) {
-  const decimals = Math.min(20, stepDecimals(step));
-  let format = tickFormats.get(decimals);
-  if (!format) {
-    format = new Intl.NumberFormat(undefined, { maximumFractionDigits: decimals, useGrouping: false });
-    tickFormats.set(decimals, format);
-  }
-  return splits.map((v) => (v == null ? "" : format.format(v)));
-}
-
-// Time ticks as a 24-hour clock on one row. uPlot's default adds a second row with
-// the date whose labels run into each other on narrow charts; a live chart spans
-// minutes, and the date is not in doubt.
-const clockSeconds = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
-const clockMinutes = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", hour12: false });
-
-function timeTicks(self, splits, axisIndex, space, step) {
-  const format = step >= 60 ? clockMinutes : clockSeconds;
-  return splits.map((v) => (v == null ? "" : format.format(v * 1000)));
-}
-
-/** Width of a y axis from its tick labels, so long values are not clipped. */
-function axisSize(self, values) {
-  const longest = (values || []).reduce((n, v) => Math.max(n, String(v ?? "").length), 3);
-  return 14 + longest * 7;
-}
 
 export class Charts {
   constructor({ store }) {
@@ -244,51 +201,33 @@ export class Charts {
   build(chart) {
     const { series } = chart;
     chart.plot?.destroy();
-    chart.plot = null;
+    chart.plot = chart.root.uplot = null;
     chart.layout = series.layout;
     chart.placeholder.hidden = series.columns.length > 0;
     chart.capNote.hidden = !series.columnsCapped;
     if (!series.columns.length) return; // text-only series: nothing to plot
 
-    // Every reading gets its own y scale, so each line shows its own movement
-    // (latitude next to longitude, volts next to percent); the first two readings
-    // get an axis each, drawn in their line's colour so it is clear which is which.
-    const lines = series.columns.map((column, i) => ({
-      label: column.unit ? `${column.name} (${column.unit})` : column.name,
-      scale: `y${i}`,
-      stroke: PALETTE[i % PALETTE.length],
-      width: 1.5,
-      spanGaps: true,
-      points: { show: false },
-      value: (u, v) => (v == null ? "–" : formatValue(v) + (column.unit ? " " + column.unit : "")),
-    }));
-    const axes = [{ ...AXIS, values: timeTicks, space: 70, size: 32 }];
-    for (let i = 0; i < Math.min(2, lines.length); i++) {
-      axes.push({
-        ...AXIS,
-        scale: `y${i}`,
-        side: i === 0 ? 3 : 1,
-        stroke: PALETTE[i],
-        size: axisSize,
-        values: tickValues,
-        grid: { ...AXIS.grid, show: i === 0 },
-      });
-    }
+    // One y scale and (up to MAX_AXES) one axis per reading: see axes.js.
+    const { series: lines, scales, axes } = chartOptions(series.columns);
 
     chart.width = chart.wantWidth || chart.plotBox.clientWidth || 320;
     chart.plot = new uPlot(
       {
         width: chart.width,
         height: PLOT_HEIGHT,
-        scales: { x: { time: true } },
+        scales,
         series: [{ label: "time" }, ...lines],
         axes,
         legend: { live: true },
+        // The latest values while the pointer is elsewhere (uPlot would show "–").
+        hooks: { setLegend: [legendLatest] },
         // Drag-to-zoom fights with live data (every setData rescales), so it is off.
         cursor: { drag: { x: false, y: false, setScale: false } },
       },
       [series.xs, ...series.ys],
       chart.plotBox,
     );
+    // For the end-to-end test: what uPlot really drew (axis sizes, tick labels).
+    chart.root.uplot = chart.plot;
   }
 }

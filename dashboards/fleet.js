@@ -1,5 +1,6 @@
 // The fleet table: every device the hub knows, from FleetStats (counters, every
-// second) and Presence (online/offline the moment it happens).
+// second) and Presence (online/offline the moment it happens); and its counts in
+// the header (#fleet-summary, a link down to the table).
 //
 // Messages only update the `devices` map; the table is rebuilt at most once per
 // frame, sorted online first then by id, and capped at MAX_ROWS rows. Only the
@@ -21,6 +22,8 @@ export class FleetView {
     this.onForgotten = onForgotten;
     this.tbody = byId("fleet").tBodies[0];
     this.count = byId("fleet-count");
+    // The header's summary: in the first screen, however far down the table is.
+    this.summary = { online: byId("fleet-online"), offline: byId("fleet-offline"), total: byId("fleet-total") };
     this.note = byId("fleet-note");
     this.filterInput = byId("fleet-filter");
     this.devices = new Map(); // device id -> stats (DeviceStats fields, normalised)
@@ -94,6 +97,9 @@ export class FleetView {
     let online = 0;
     for (const d of this.devices.values()) if (d.online) online++;
     setText(this.count, `${online} online / ${this.devices.size} devices`);
+    setText(this.summary.online, online);
+    setText(this.summary.offline, this.devices.size - online);
+    setText(this.summary.total, this.devices.size);
 
     const matching = [...this.devices.values()]
       .filter((d) => this.matches(d))

@@ -3,11 +3,14 @@
 //! puts markup in everything it controls (its id, a tag, a reading's name and text),
 //! and `tests/interop/dashboard_e2e.mjs` driving Debian's headless Chromium with
 //! playwright-core through the served dashboard: login by `#token=`, History replay
-//! and live charts, the fleet table, XSS, a CRITICAL notification to 100 %
-//! acknowledged, a phone-width layout, a hub restart mid-run (the script prints
+//! and live charts, the fleet table and its summary in a laptop's first screen, the
+//! registry (listed, paged, and a device registered through the operator's form),
+//! XSS, a CRITICAL notification to 100 % acknowledged, a phone-width layout whose
+//! tables scroll in their own boxes, a hub restart mid-run (the script prints
 //! `RESTART-HUB`; this test restarts the demo on the same port and answers
-//! `RESTARTED`), and a viewer without the notification form. Screenshots go to
-//! `target/dashboard-e2e/`.
+//! `RESTARTED`), and a viewer without the notification and registration forms whose
+//! charts can be read (tick labels that fit, an axis per line, latest values in the
+//! legends). Screenshots go to `target/dashboard-e2e/`.
 //!
 //! Chromium (`/usr/bin/chromium`, or `$TELEHUB_CHROMIUM`) and playwright-core
 //! (`npm ci` in `tests/interop/`) are installed by `.ci/run`; without them this test
@@ -94,7 +97,13 @@ async fn dashboard_in_headless_chromium() {
     let root = TempDir::new();
     let out_dir = manifest.join("target/dashboard-e2e");
     std::fs::create_dir_all(&out_dir).expect("creating target/dashboard-e2e");
-    for stale in ["laptop.png", "phone.png", "failure.png"] {
+    for stale in [
+        "laptop.png",
+        "laptop-first-screen.png",
+        "phone.png",
+        "viewer.png",
+        "failure.png",
+    ] {
         let _ = std::fs::remove_file(out_dir.join(stale));
     }
 
@@ -185,7 +194,12 @@ async fn dashboard_in_headless_chromium() {
         out_dir.join("failure.png").display()
     );
     assert_eq!(restarts, 1, "the script asked for one hub restart");
-    for shot in ["laptop.png", "phone.png"] {
+    for shot in [
+        "laptop.png",
+        "laptop-first-screen.png",
+        "phone.png",
+        "viewer.png",
+    ] {
         assert!(out_dir.join(shot).exists(), "no screenshot {shot}");
     }
 }

@@ -8,23 +8,38 @@
 // URL is the demo's `https://127.0.0.1:PORT/#token=<operator>`; SERVER_PEM the hub's
 // certificate, the only one the browser trusts (by its SPKI hash: no CA is installed
 // and certificate errors are not ignored wholesale); OUT_DIR receives laptop.png,
-// phone.png, and failure.png when a step fails.
+// laptop-first-screen.png (1366x768), phone.png, viewer.png (the viewer's charts at
+// 1366x768), and failure.png when a step fails.
 //
 // Steps (each wait bounded, each failure names what was expected and what was seen):
 //   b. log in through #token= in the URL; the token leaves the address bar
 //   c. subscribe env.* after ~6 s of fleet traffic: within 1 s of the hub's
 //      confirmation a chart holds more points than live data could have brought
 //      (the History replay), then live points follow
-//   d. the fleet table: every demo device online, the hostile device's tags as text
+//   d. the fleet table: every demo device online, the hostile device's tags as text;
+//      at 1366x768 the header's fleet summary is in the first screen, counts what the
+//      table shows, and its link brings the fleet table into view
+//   k. the registry lists every device of the fleet with the same tags (the hostile
+//      one as text), pages by id (page size 5: "Load more" until complete), and an
+//      operator registers a device through form#register: it is listed, GET
+//      /v1/devices returns it with its tags, and a refusal shows the hub's own line
 //   e. XSS: the hostile device's markup is shown as text, never run or rendered
 //   f. a CRITICAL notification to fleet=north reaches 100 % acknowledged
-//   g. a phone-width viewport has no horizontal page scroll
+//   g. a phone-width viewport has no horizontal page scroll; each table (fleet,
+//      latest, registry) reflows inside the screen: every cell of every row is
+//      within its box, nothing is left past the right edge to scroll to
 //   h. the hub restarts (the Rust test does it when we print RESTART-HUB and answers
 //      RESTARTED on stdin): the page reconnects, resubscribes, and charts grow again
-//   i. a viewer token: the notifications section stays hidden, and the demo URL's
-//      `subscribe=*` fills a chart from History within 1 s of the page connecting
+//   i. a viewer token: the notifications section and the registration form stay
+//      hidden (the registry is listed, the registered device included), and the demo
+//      URL's `subscribe=*` fills a chart from History within 1 s of the page connecting
+//   j. the viewer's charts (env, gps, battery) are readable: every y tick label fits
+//      its axis (measured in the axis font), every line has an axis of its scale (or
+//      its legend shows the scale's range), and each legend shows a number, not "–",
+//      without hovering, while hovering, and after the pointer has left
 //   a. (throughout) no console error or warning and no uncaught exception, except the
-//      browser's own connection-failure messages while the hub is down in step h.
+//      browser's own connection-failure messages while the hub is down in step h, and
+//      its own log line of the 400 that step k provokes on purpose.
 //
 // Exit 0 when everything held; non-zero (after saving failure.png) otherwise.
 //
@@ -82,6 +97,11 @@ const HISTORY_POINTS = 8;
 const HISTORY_WINDOW_MS = 1_000;
 // Fleet traffic before a History check: 12 points per series at the demo's rate.
 const TRAFFIC_MS = 6_000;
+// The demo's devices (tests/dashboard_browser.rs), the hostile one not counted.
+const DEMO_DEVICES = 12;
+// The hub's longest device id (src/notify/request.rs MAX_ID), and its refusal of a longer one.
+const MAX_ID = 128;
+const LONG_ID_REFUSAL = `device ids are 1..=${MAX_ID} bytes`;
 
 const HOSTILE_ID = 'evil<script>window.__pwned=1</script>';
 const HOSTILE_TAG = '<img src=x onerror="window.__pwned=2">';
@@ -122,12 +142,19 @@ async function waitForStdin(word, timeoutMs) {
 // down on purpose (step h): the browser itself then logs each refused reconnect.
 const problems = [];
 let allowNetworkErrors = false;
+// Set while step (k) has the hub refuse a registration on purpose: the browser itself
+// logs every 4xx answer to a fetch, which a page cannot suppress.
+let allowRefusal = null;
 let tolerated = 0;
 function watch(page, label) {
   page.on('console', (msg) => {
     if (msg.type() !== 'error' && msg.type() !== 'warning') return;
     const loc = msg.location();
     const text = `${label} console.${msg.type()}: ${msg.text()}${loc?.url ? ` (${loc.url}:${loc.lineNumber})` : ''}`;
+    if (allowRefusal && allowRefusal.test(msg.text()) && loc?.url?.includes('/v1/devices/')) {
+      tolerated++;
+      return;
+    }
     if (allowNetworkErrors && /WebSocket connection to 'wss:\/\/127\.0\.0\.1:\d+\/v1\/dashboard' failed|net::ERR_CONNECTION_(REFUSED|RESET|CLOSED)/.test(msg.text())) {
       tolerated++;
       return;
@@ -176,6 +203,61 @@ const charts = () =>
     category: c.getAttribute('data-category'),
     points: Number(c.getAttribute('data-points') || 0),
   }));
+
+/** The registry's rows; the header's fleet summary. */
+const registryRows = () =>
+  [...document.querySelectorAll('table#registry tbody tr[data-device]')]
+    .map((tr) => ({ id: tr.getAttribute('data-device'), cell: tr.querySelector('td.device')?.textContent, tags: tr.querySelector('td.tags')?.textContent.trim() }));
+const fleetSummary = () => {
+  const a = document.querySelector('#fleet-summary');
+  const n = (id) => Number(document.querySelector(id)?.textContent);
+  const r = a?.getBoundingClientRect();
+  return a && {
+    online: n('#fleet-online'), offline: n('#fleet-offline'), total: n('#fleet-total'),
+    top: r.top, bottom: r.bottom, left: r.left, right: r.right, visible: r.width > 0 && r.height > 0 && getComputedStyle(a).visibility === 'visible',
+    href: a.getAttribute('href'),
+  };
+};
+
+/**
+ * Whether each chart can be read, from its uPlot instance (div.chart's `uplot`):
+ * per chart, what is wrong (nothing, when all is well), and its tick labels and
+ * legend values for the log.
+ */
+const chartReadability = () => {
+  const ctx = document.createElement('canvas').getContext('2d');
+  return [...document.querySelectorAll('#charts div.chart')].filter((c) => c.uplot).map((c) => {
+    const u = c.uplot;
+    const problems = [];
+    const labels = [];
+    // Every y tick label fits in its axis: tick + gap + the label's width, measured
+    // in the font uPlot draws it with (its font string is scaled by the pixel ratio).
+    u.axes.forEach((axis, i) => {
+      if (i === 0 || !axis.show || !axis._values) return;
+      ctx.font = axis.font[0];
+      const room = axis._size - axis.ticks.size - axis.gap;
+      for (const label of axis._values) {
+        const width = ctx.measureText(String(label)).width / devicePixelRatio;
+        labels.push(String(label));
+        if (width > room + 0.5) problems.push(`${axis.scale} tick "${label}" is ${width.toFixed(1)} px wide, its axis leaves ${room} px`);
+        if (String(label) !== '' && !Number.isFinite(Number(String(label).replace('\u2212', '-')))) problems.push(`${axis.scale} tick "${label}" is not a number`);
+      }
+    });
+    if (!(u.bbox.width > 0)) problems.push(`no room left for the plot (${u.bbox.width} px)`);
+    // Every line can be read against something: an axis of its scale, or a legend
+    // value that gives the scale's range; and its legend shows a number.
+    const rows = c.querySelectorAll('.u-legend .u-series');
+    const values = [];
+    for (let s = 1; s < u.series.length; s++) {
+      const value = rows[s]?.querySelector('.u-value')?.textContent ?? '(no legend row)';
+      values.push(`${u.series[s].label}: ${value}`);
+      const axis = u.axes.some((a) => a.show && a.scale === u.series[s].scale);
+      if (!axis && !/\(.*\d.*\u2026.*\d.*\)/.test(value)) problems.push(`${u.series[s].label} has no axis and its legend (${value}) shows no range`);
+      if (!/\d/.test(value)) problems.push(`${u.series[s].label}'s legend shows ${JSON.stringify(value)}, not a number`);
+    }
+    return { device: c.getAttribute('data-device'), category: c.getAttribute('data-category'), problems, labels, values };
+  });
+};
 
 /**
  * Installed in every page before its scripts run: page-side timestamps
@@ -279,6 +361,109 @@ try {
   const fleetCount = await page.evaluate(() => document.querySelector('#fleet-count')?.textContent ?? null);
   log(`d: fleet table complete (#fleet-count: ${JSON.stringify(fleetCount)})`);
 
+  // (d) A laptop's first screen has the fleet's summary, counting what the table
+  // shows; its link brings the table (far below the charts) into view.
+  await page.setViewportSize({ width: 1366, height: 768 });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.waitForTimeout(300);
+  await until(page, '#fleet-summary inside the first 1366x768 screen, counting the fleet table\'s rows',
+    ([devices]) => {
+      const a = document.querySelector('#fleet-summary');
+      const r = a?.getBoundingClientRect();
+      if (!r || !(r.width > 0) || r.top < 0 || r.bottom > innerHeight || r.right > innerWidth) return false;
+      const rows = [...document.querySelectorAll('table#fleet tbody tr[data-device]')];
+      const online = rows.filter((tr) => tr.querySelector('td.state')?.textContent.trim() === 'online').length;
+      const n = (id) => Number(document.querySelector(id)?.textContent);
+      return rows.length >= devices && n('#fleet-online') === online && n('#fleet-offline') === rows.length - online && n('#fleet-total') === rows.length;
+    },
+    [DEMO_DEVICES + 1], 5_000,
+    () => ({ summary: (() => {
+      const a = document.querySelector('#fleet-summary');
+      const r = a?.getBoundingClientRect();
+      return a && { text: a.textContent.replace(/\s+/g, ' ').trim(), top: r.top, bottom: r.bottom, right: r.right, viewport: [innerWidth, innerHeight] };
+    })(), rows: document.querySelectorAll('table#fleet tbody tr[data-device]').length }));
+  const summary = await page.evaluate(fleetSummary);
+  await page.screenshot({ path: join(outDir, 'laptop-first-screen.png'), timeout: bounded(10_000), animations: 'disabled' });
+  await page.click('#fleet-summary', { timeout: bounded(5_000) });
+  await until(page, 'after clicking #fleet-summary, the fleet table\'s card is in view below the header', () => {
+    const card = document.querySelector('table#fleet')?.closest('section');
+    const head = document.querySelector('header')?.getBoundingClientRect();
+    const r = card?.getBoundingClientRect();
+    return r && head && r.top >= head.bottom - 1 && r.top < innerHeight - 100;
+  }, null, 5_000, () => ({ card: document.querySelector('table#fleet')?.closest('section')?.getBoundingClientRect().top, scrollY }));
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.setViewportSize({ width: 1280, height: 800 });
+  log(`d: fleet summary in the first screen (${summary.online} online, ${summary.offline} offline, ${summary.total} devices, bottom at ${Math.round(summary.bottom)} px); its link scrolls to the table`);
+
+  // (k) The registry: every device of the fleet, with the same tags, as text.
+  await until(page, 'table#registry lists every device of the fleet table, with the same tags',
+    () => {
+      const fleet = Object.entries(Object.fromEntries([...document.querySelectorAll('table#fleet tbody tr[data-device]')]
+        .map((tr) => [tr.getAttribute('data-device'), tr.querySelector('td.tags')?.textContent.trim()])));
+      const registry = new Map([...document.querySelectorAll('table#registry tbody tr[data-device]')]
+        .map((tr) => [tr.getAttribute('data-device'), { cell: tr.querySelector('td.device')?.textContent, tags: tr.querySelector('td.tags')?.textContent.trim() }]));
+      return fleet.length > 0 && fleet.every(([id, tags]) => registry.get(id)?.cell === id && registry.get(id)?.tags === tags);
+    },
+    null, 20_000, () => ({ fleet: Object.keys(Object.fromEntries([...document.querySelectorAll('table#fleet tbody tr[data-device]')].map((tr) => [tr.getAttribute('data-device'), 1]))), registry: [...document.querySelectorAll('table#registry tbody tr[data-device]')].map((tr) => [tr.getAttribute('data-device'), tr.querySelector('td.tags')?.textContent]), note: document.querySelector('#registry-note')?.textContent }));
+  const listed = await page.evaluate(registryRows);
+  const hostileRow = listed.find((r) => r.id === HOSTILE_ID);
+  check(hostileRow && hostileRow.cell === HOSTILE_ID && hostileRow.tags.includes(HOSTILE_TAG),
+    `table#registry does not show the hostile device's id and tag as text: ${JSON.stringify(hostileRow)}`);
+  check(listed.length >= DEMO_DEVICES + 1, `table#registry lists ${listed.length} devices, not at least ${DEMO_DEVICES + 1}`);
+  // Paging: with 5 a page, "Load more" fetches the next ones (after the last id
+  // shown) until the hub has no more; the result is the same list, in id order.
+  await page.evaluate(() => { document.querySelector('table#registry').dataset.pageSize = '5'; });
+  await page.click('#registry-refresh', { timeout: bounded(5_000) });
+  await until(page, 'table#registry shows 5 rows and #registry-more after a refresh with data-page-size=5',
+    () => document.querySelectorAll('table#registry tbody tr[data-device]').length === 5 && !document.querySelector('#registry-more').hidden,
+    null, 5_000, () => ({ rows: document.querySelectorAll('table#registry tbody tr[data-device]').length, more: !document.querySelector('#registry-more')?.hidden }));
+  for (let pages = 1; await page.evaluate(() => !document.querySelector('#registry-more').hidden); pages++) {
+    check(pages < 20, 'table#registry still offers "Load more" after 20 pages');
+    const shown = await page.evaluate(() => document.querySelectorAll('table#registry tbody tr[data-device]').length);
+    await page.click('#registry-more', { timeout: bounded(5_000) });
+    await until(page, `"Load more" adds the next page to table#registry (${shown} rows so far)`,
+      (shown) => document.querySelectorAll('table#registry tbody tr[data-device]').length > shown || document.querySelector('#registry-more').hidden,
+      shown, 5_000, () => document.querySelector('#registry-note')?.textContent);
+  }
+  const paged = (await page.evaluate(registryRows)).map((r) => r.id);
+  const ids = listed.map((r) => r.id);
+  check(JSON.stringify(paged) === JSON.stringify(ids),
+    `paging through table#registry 5 at a time gave ${JSON.stringify(paged)}, not ${JSON.stringify(ids)}`);
+  await page.evaluate(() => { document.querySelector('table#registry').dataset.pageSize = '100'; });
+  log(`k: the registry lists the ${listed.length} devices of the fleet with their tags, also paged 5 at a time`);
+
+  // (k) An operator registers a device ahead of its first connection.
+  const NEW_DEVICE = `e2e-registered-${Date.now().toString(36)}`;
+  const NEW_TAGS = { site: 'lab', note: '<i>pre</i>' };
+  await page.fill('form#register input#register-id', NEW_DEVICE, { timeout: bounded(5_000) });
+  await page.fill('form#register input#register-tags', 'site=lab, note=<i>pre</i>', { timeout: bounded(5_000) });
+  await submit(page, 'form#register');
+  await until(page, '#register-result[data-state=accepted]', () => document.querySelector('#register-result')?.getAttribute('data-state') === 'accepted',
+    null, 5_000, () => ({ state: document.querySelector('#register-result')?.getAttribute('data-state'), text: document.querySelector('#register-result')?.textContent }));
+  await until(page, `table#registry lists ${NEW_DEVICE} with its tags as text`, ([id]) => {
+    const tr = [...document.querySelectorAll('table#registry tbody tr[data-device]')].find((r) => r.getAttribute('data-device') === id);
+    return tr && tr.querySelector('td.tags')?.textContent.trim() === 'note=<i>pre</i> site=lab' && tr.querySelector('td.last-seen')?.textContent === 'never';
+  }, [NEW_DEVICE], 5_000, registryRows);
+  const rest = await page.evaluate(async (id) => {
+    const response = await fetch('/v1/devices?limit=1000', { headers: { Authorization: 'Bearer ' + sessionStorage.getItem('telehub_token') } });
+    return { status: response.status, device: (await response.json()).devices.find((d) => d.id === id) };
+  }, NEW_DEVICE);
+  check(rest.status === 200 && rest.device && JSON.stringify(rest.device.tags) === JSON.stringify({ note: NEW_TAGS.note, site: NEW_TAGS.site }) && rest.device.last_seen_ms == null,
+    `GET /v1/devices after registering ${NEW_DEVICE}: ${JSON.stringify(rest)}`);
+  check(await page.evaluate(() => document.querySelectorAll('i').length) === 0, 'an <i> element in the document: a registered tag was rendered as HTML');
+  // A refusal is the hub's own line.
+  allowRefusal = /^Failed to load resource: the server responded with a status of 400/;
+  await page.fill('form#register input#register-id', 'x'.repeat(MAX_ID + 1), { timeout: bounded(5_000) });
+  await page.fill('form#register input#register-tags', '', { timeout: bounded(5_000) });
+  await submit(page, 'form#register');
+  await until(page, `#register-result[data-state=error] saying "${LONG_ID_REFUSAL}"`, (text) => {
+    const r = document.querySelector('#register-result');
+    return r?.getAttribute('data-state') === 'error' && r.textContent === text;
+  }, LONG_ID_REFUSAL, 5_000, () => ({ state: document.querySelector('#register-result')?.getAttribute('data-state'), text: document.querySelector('#register-result')?.textContent }));
+  allowRefusal = null;
+  await page.fill('form#register input#register-id', '', { timeout: bounded(5_000) });
+  log(`k: ${NEW_DEVICE} registered through the form, listed, returned by GET /v1/devices; a ${MAX_ID + 1}-byte id refused with the hub's line`);
+
   // (e) XSS: the hostile device's telemetry is text only.
   await page.fill('form#subscribe input#pattern', 'env.evil', { timeout: bounded(5_000) });
   await submit(page, 'form#subscribe');
@@ -363,7 +548,34 @@ try {
   }));
   await page.screenshot({ path: join(outDir, 'phone.png'), fullPage: true, timeout: bounded(10_000), animations: 'disabled' });
   check(widths.scroll <= 391, `at 390 px wide the page scrolls horizontally: scrollWidth ${widths.scroll}; widest: ${widths.wide.join(', ')}`);
-  log(`g: phone width ok (scrollWidth ${widths.scroll})`);
+  // Each table inside the screen: every cell of every row within the table's box,
+  // the box within the screen (a phone shows no scroll bar to say there is more).
+  const tables = await page.evaluate(() => ['fleet', 'latest', 'registry'].map((id) => {
+    const table = document.getElementById(id);
+    const box = table?.parentElement?.getBoundingClientRect();
+    if (!table || !box) return { id, problem: 'missing' };
+    const outside = [...table.querySelectorAll('tbody td')].filter((td) => {
+      const r = td.getBoundingClientRect();
+      return r.width > 0 && (r.left < box.left - 1 || r.right > box.right + 1);
+    });
+    return {
+      id,
+      rows: table.tBodies[0].rows.length,
+      box: [Math.round(box.left), Math.round(box.right)],
+      card: Math.round(table.closest('section').getBoundingClientRect().right),
+      outside: outside.length,
+      first: outside.slice(0, 3).map((td) => `td.${td.className} "${td.textContent.slice(0, 30)}" ${Math.round(td.getBoundingClientRect().left)}..${Math.round(td.getBoundingClientRect().right)}`),
+    };
+  }));
+  for (const t of tables) {
+    check(!t.problem, `table#${t.id}: ${t.problem}`);
+    check(t.rows > 0, `table#${t.id} has no rows at phone width: nothing was tested`);
+    check(t.box[0] >= 0 && t.box[1] <= 390 && t.card <= 390, `at 390 px table#${t.id}'s box or card reaches past the screen: ${JSON.stringify(t)}`);
+    check(t.outside === 0, `at 390 px table#${t.id} has ${t.outside} cell(s) cut off past its box: ${t.first.join(', ')}`);
+  }
+  const phoneSummary = await page.evaluate(fleetSummary);
+  check(phoneSummary?.visible && phoneSummary.right <= 390.5 && phoneSummary.bottom <= 844, `at 390x844 #fleet-summary is not in the first screen: ${JSON.stringify(phoneSummary)}`);
+  log(`g: phone width ok (scrollWidth ${widths.scroll}); tables reflow within the screen: ${tables.map((t) => `${t.id} ${t.rows} rows`).join(', ')}`);
   await page.setViewportSize({ width: 1280, height: 800 });
 
   // (h) The hub restarts; the page reconnects and catches up.
@@ -411,6 +623,16 @@ try {
     null, 5_000, () => document.querySelector('#role')?.textContent ?? null);
   const hidden = await viewer.evaluate(() => document.querySelector('section#notifications')?.hasAttribute('hidden') ?? 'missing');
   check(hidden === true, `viewer: section#notifications hidden attribute: ${hidden}`);
+  // The registry, without the form; the device registered before the restart is kept.
+  await until(viewer, `viewer: table#registry lists the fleet and ${NEW_DEVICE}`, ([id, n]) => {
+    const ids = [...document.querySelectorAll('table#registry tbody tr[data-device]')].map((tr) => tr.getAttribute('data-device'));
+    return ids.includes(id) && ids.length >= n;
+  }, [NEW_DEVICE, DEMO_DEVICES + 2], 5_000, () => ({ rows: [...document.querySelectorAll('table#registry tbody tr[data-device]')].map((tr) => tr.getAttribute('data-device')), note: document.querySelector('#registry-note')?.textContent }));
+  const form = await viewer.evaluate(() => {
+    const f = document.querySelector('form#register');
+    return f ? { hidden: f.hasAttribute('hidden'), shown: f.getBoundingClientRect().height > 0 } : 'missing';
+  });
+  check(form.hidden === true && form.shown === false, `viewer: form#register is not hidden: ${JSON.stringify(form)}`);
   check(!viewer.url().includes('token='), `viewer: the token is still in the address bar: ${viewer.url()}`);
   // The demo URL's `subscribe=*`: a fresh tab is subscribed to everything, and the
   // History replay fills its charts at once.
@@ -422,7 +644,41 @@ try {
   const viewerFillMs = Math.round(v['env.temperature charted'] - v.open);
   check(viewerFillMs <= HISTORY_WINDOW_MS,
     `viewer: an env.temperature chart reached ${HISTORY_POINTS} points ${viewerFillMs} ms after the page connected, not within ${HISTORY_WINDOW_MS} ms: History did not fill it`);
-  log(`i: viewer logged in; notifications section hidden; subscribe=* filled a chart from History ${viewerFillMs} ms after connecting`);
+  log(`i: viewer logged in; notifications section and registration form hidden; subscribe=* filled a chart from History ${viewerFillMs} ms after connecting`);
+
+  // (j) The viewer's charts can be read: every kind of the demo's, each drawn.
+  await viewer.mouse.move(1, 1);
+  const kinds = ['env.temperature', 'power.battery', 'gps.position'];
+  await until(viewer, `viewer: charts of ${kinds.join(', ')} drawn by uPlot`, (kinds) =>
+    kinds.every((k) => [...document.querySelectorAll('#charts div.chart')].some((c) => c.getAttribute('data-category') === k && c.uplot && Number(c.getAttribute('data-points')) > 1)),
+  kinds, 10_000, charts);
+  // Stated once more after a frame or two: the legend must hold through redraws.
+  await viewer.waitForTimeout(500);
+  const readable = await viewer.evaluate(chartReadability);
+  const wrong = readable.filter((c) => c.problems.length);
+  check(!wrong.length, `viewer: charts that cannot be read without hovering:\n  ${wrong.map((c) => `${c.device} ${c.category}: ${c.problems.join('; ')}`).join('\n  ')}`);
+  const longest = readable.flatMap((c) => c.labels).reduce((a, b) => (b.length > a.length ? b : a), '');
+  check(longest.length >= 6, `viewer: the longest y tick label is ${JSON.stringify(longest)}: no long label was tested (gps latitudes have 6 or more characters)`);
+  const threeLines = readable.filter((c) => c.values.length >= 3);
+  check(threeLines.length > 0, 'viewer: no chart with three or more lines (gps, battery): a third axis was not tested');
+  // Hovering shows the value under the pointer; leaving goes back to the latest.
+  const gps = viewer.locator('#charts div.chart[data-category="gps.position"] .u-over').first();
+  await gps.scrollIntoViewIfNeeded({ timeout: bounded(5_000) });
+  await gps.hover({ position: { x: 20, y: 20 }, timeout: bounded(5_000) });
+  await viewer.waitForTimeout(200);
+  const hovered = await viewer.evaluate(chartReadability);
+  await viewer.mouse.move(1, 1);
+  await viewer.waitForTimeout(300);
+  const left = await viewer.evaluate(chartReadability);
+  for (const [when, list] of [['while hovering a gps chart', hovered], ['after the pointer left', left]]) {
+    const bad = list.filter((c) => c.problems.length);
+    check(!bad.length, `viewer: ${when}: ${bad.map((c) => `${c.device} ${c.category}: ${c.problems.join('; ')}`).join('; ')}`);
+  }
+  await viewer.setViewportSize({ width: 1366, height: 768 });
+  await viewer.waitForTimeout(300);
+  await viewer.screenshot({ path: join(outDir, 'viewer.png'), timeout: bounded(10_000), animations: 'disabled' });
+  const sample = readable.find((c) => c.category === 'gps.position');
+  log(`j: ${readable.length} charts readable (longest y tick ${JSON.stringify(longest)}; ${sample.device} legend: ${sample.values.join(', ')})`);
   await viewer.close();
 
   // (a) Nothing complained along the way.
