@@ -1,5 +1,8 @@
-//! HTTP routes on the one listener: the dashboard (see [`assets`]), `/healthz`, `/readyz`, `/metrics`,
-//! the two WebSocket endpoints (see [`upgrade`]) and the REST API (see [`api`]).
+//! HTTP routes on the one listener: the dashboard (see [`assets`]), `/healthz`,
+//! `/readyz`, `/metrics` (see [`status`]), the two WebSocket endpoints (see
+//! [`upgrade`]), the REST API (see [`api`], [`revocations`]) and its OpenAPI
+//! description at `/v1/openapi.json` (see [`openapi`]), generated from the same
+//! handler list the router is built from.
 //!
 //! Every refusal is a plain-text body with a status that says what went wrong:
 //! 400 malformed upgrade, 401 missing/invalid/expired token, 403 wrong role or
@@ -7,18 +10,21 @@
 
 pub mod api;
 pub mod assets;
+pub mod openapi;
 pub mod revocations;
+pub mod status;
 pub mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, put},
+    routing::get,
     Router,
 };
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::App, shutdown::Shutdown};
 
@@ -48,83 +54,77 @@ impl ConnInfo {
     }
 }
 
+/// Routes served but deliberately not described in `/v1/openapi.json`, each as
+/// (method, path, why). Every other route is described: `tests/openapi.rs` reads
+/// every `.route("PATH", ...)` in `src/` and fails on a path not listed here (write
+/// paths there as literals).
+pub const UNDESCRIBED: &[(&str, &str, &str)] = &[(
+    "GET",
+    "/{*file}",
+    "the dashboard's scripts, styles and images: the files of the page at `GET /` \
+     (which is described), not an API; a catch-all no OpenAPI path template can express",
+)];
+
+/// The described routes and their description, built from one list of handlers:
+/// `routes!` serves each handler at the method and path of its `#[utoipa::path]`
+/// and adds that operation (and the schemas it names) to the document.
+fn described() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(assets::index))
+        .routes(routes!(status::healthz))
+        .routes(routes!(status::readyz))
+        .routes(routes!(status::metrics))
+        .routes(routes!(upgrade::device))
+        .routes(routes!(upgrade::dashboard))
+        .routes(routes!(
+            api::notifications::list,
+            api::notifications::create
+        ))
+        .routes(routes!(api::notifications::status))
+        .routes(routes!(api::devices::devices))
+        .routes(routes!(api::devices::put_device))
+        .routes(routes!(api::settings::page_settings))
+        .routes(routes!(revocations::list, revocations::revoke))
+        .routes(routes!(openapi::serve))
+}
+
+/// Every route of the listener: the described ones and [`UNDESCRIBED`].
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/", get(assets::serve))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/device", get(upgrade::device))
-        .route("/v1/dashboard", get(upgrade::dashboard))
-        .route("/v1/notifications", get(api::list).post(api::create))
-        .route("/v1/notifications/{id}", get(api::status))
-        .route("/v1/devices", get(api::devices))
-        .route("/v1/devices/{id}", put(api::put_device))
-        .route("/v1/dashboard/settings", get(api::page_settings))
-        .route(
-            "/v1/revocations",
-            get(revocations::list).post(revocations::revoke),
-        )
+    let (described, _) = described().split_for_parts();
+    described
         .route("/{*file}", get(assets::serve))
         .with_state(app)
 }
 
-async fn healthz(State(app): State<Arc<App>>) -> Response {
-    let body = serde_json::json!({
-        "status": if app.draining.is_set() { "shutting_down" } else { "ok" },
-        "devices_online": app.hub.online_devices(),
-        "dashboards": app.hub.dashboards(),
-    });
-    let status = if app.draining.is_set() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (status, axum::Json(body)).into_response()
+/// The OpenAPI document of every described route (served at `/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    described().into_openapi()
 }
 
-/// Readiness: 503 while the node cannot serve fully (shutting down, its store
-/// cannot write, or a cluster node whose link to Redis is down), so a load balancer sends new connections
-/// elsewhere. `/healthz` stays liveness.
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let draining = app.draining.is_set();
-    let linked = app.hub.bus().ready();
-    let stored = app.notifier.store().healthy();
-    let clustered = app.config.cluster.url.is_some();
-    let status = if draining {
-        "shutting_down"
-    } else if !stored {
-        "store_unavailable"
-    } else if !linked {
-        "cluster_link_down"
-    } else {
-        "ready"
-    };
-    let body = serde_json::json!({
-        "status": status,
-        "store": { "kind": app.notifier.store().kind(), "writing": stored },
-        "cluster": clustered.then(|| serde_json::json!({ "linked": linked })),
-    });
-    let code = if status == "ready" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, axum::Json(body)).into_response()
-}
-
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    app.metrics
-        .queued_bytes
-        .set(i64::try_from(app.hub.queued_bytes()).unwrap_or(i64::MAX));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
-        .into_response()
+/// Every route [`router`] serves, as (METHOD, path template), sorted: the described
+/// ones, read from [`openapi`], and [`UNDESCRIBED`].
+pub fn routes() -> Vec<(String, String)> {
+    const METHODS: &[&str] = &[
+        "get", "put", "post", "delete", "options", "head", "patch", "trace", "query",
+    ];
+    let document = serde_json::to_value(openapi()).unwrap_or_default();
+    let paths = document["paths"].as_object().cloned().unwrap_or_default();
+    let mut out: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            METHODS
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .map(|m| (m.to_ascii_uppercase(), path.clone()))
+        })
+        .chain(
+            UNDESCRIBED
+                .iter()
+                .map(|(method, path, _)| (method.to_string(), path.to_string())),
+        )
+        .collect();
+    out.sort();
+    out
 }
 
 /// A refusal: status plus a one-line explanation.
@@ -139,4 +139,91 @@ pub fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Response {
         format!("{message}\n"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    const METHODS: &[&str] = &["get", "put", "post", "delete", "patch"];
+
+    fn document() -> Value {
+        serde_json::to_value(openapi()).unwrap()
+    }
+
+    /// Every operation of the document, as (METHOD path, operation).
+    fn operations(doc: &Value) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for m in METHODS {
+                if let Some(op) = item.get(*m) {
+                    out.push((format!("{} {path}", m.to_ascii_uppercase()), op.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_document_names_the_hub_and_its_version() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["title"], "telehub");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn every_operation_is_complete() {
+        let doc = document();
+        let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+        let mut ids = std::collections::BTreeSet::new();
+        for (op_name, op) in operations(&doc) {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_owned()),
+                "{op_name}: operationId {id:?} twice"
+            );
+            assert!(op["summary"].is_string(), "{op_name}: no summary");
+            assert!(
+                op["tags"].as_array().is_some_and(|t| !t.is_empty()),
+                "{op_name}"
+            );
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            for requirement in op["security"].as_array().into_iter().flatten() {
+                for name in requirement.as_object().unwrap().keys() {
+                    assert!(schemes.contains_key(name), "{op_name}: no scheme {name}");
+                }
+            }
+            let responses = op["responses"].as_object().unwrap();
+            assert_eq!(secured, responses.contains_key("401"), "{op_name}: 401");
+            assert_eq!(secured, responses.contains_key("403"), "{op_name}: 403");
+            // Every refusal is a one-line text/plain body.
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let content = response["content"].as_object();
+                    let types: Vec<_> = content.into_iter().flat_map(|c| c.keys()).collect();
+                    // Health and readiness answer 503 with their JSON state.
+                    let json = status == "503"
+                        && matches!(op_name.as_str(), "GET /healthz" | "GET /readyz");
+                    assert!(
+                        json || types == ["text/plain"],
+                        "{op_name} {status}: {types:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn routes_are_the_described_ones_and_the_listed_exclusions() {
+        let routes = routes();
+        let described = operations(&document()).len();
+        assert_eq!(routes.len(), described + UNDESCRIBED.len());
+        for (method, path, _) in UNDESCRIBED {
+            assert!(routes.contains(&(method.to_string(), path.to_string())));
+        }
+        assert!(routes.contains(&("GET".into(), "/v1/openapi.json".into())));
+    }
 }

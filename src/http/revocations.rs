@@ -8,6 +8,7 @@
 //! frame was lost). Refusals: 400 (a body that is not exactly one of `jti`,
 //! `token`, `subject`, or bad times), 422 (a `token` the hub does not accept, or
 //! that has no `jti`), 503 (the store cannot write: nothing was revoked).
+//! Each handler's `#[utoipa::path]` says exactly which it answers.
 
 use std::sync::Arc;
 
@@ -18,10 +19,11 @@ use axum::{
     Json,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     api::{authorize, operator_body, unauthorized, unavailable, OPERATORS},
-    refuse,
+    openapi as doc, refuse,
 };
 use crate::{
     app::App,
@@ -34,7 +36,7 @@ use crate::{
 const MAX_VALUE: usize = 256;
 
 /// `POST /v1/revocations` body: exactly one of `jti`, `token`, `subject`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     /// One token, by its id.
@@ -57,11 +59,81 @@ pub struct RevokeBody {
 }
 
 /// `GET /v1/revocations` answer: those in force, oldest first.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RevocationsBody {
+    #[schema(value_type = Vec<RevocationDoc>)]
     pub revocations: Vec<Revocation>,
 }
 
+/// How a `store::Revocation` reads on the wire: its schema in the API description
+/// (the store's type stays free of it; a test keeps the two the same).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Revocation)]
+pub struct RevocationDoc {
+    pub kind: RevocationKindDoc,
+    /// The `jti` (kind `token`) or the subject (kind `subject`).
+    pub value: String,
+    /// Kind `subject`: tokens issued (`iat`) before this instant are covered; 0 for
+    /// kind `token`.
+    pub issued_before_ms: u64,
+    /// When it may be forgotten: what it covers has expired by then.
+    pub expires_ms: u64,
+    pub created_ms: u64,
+    /// The operator who revoked.
+    pub created_by: String,
+}
+
+/// What a revocation covers: one token (by `jti`) or every token of a subject
+/// issued before an instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = RevocationKind)]
+pub enum RevocationKindDoc {
+    Token,
+    Subject,
+}
+
+impl From<Revocation> for RevocationDoc {
+    fn from(r: Revocation) -> Self {
+        RevocationDoc {
+            kind: match r.kind {
+                RevocationKind::Token => RevocationKindDoc::Token,
+                RevocationKind::Subject => RevocationKindDoc::Subject,
+            },
+            value: r.value,
+            issued_before_ms: r.issued_before_ms,
+            expires_ms: r.expires_ms,
+            created_ms: r.created_ms,
+            created_by: r.created_by,
+        }
+    }
+}
+
+/// Revoke tokens.
+///
+/// One token (by `jti`, or given whole), or every token of a subject issued before
+/// an instant. Answered `201` once durable and in force on this node; live
+/// connections it covers are closed with 4003 at once (on the other nodes of a
+/// cluster within about a second). Role: operator.
+#[utoipa::path(
+    post,
+    path = "/v1/revocations",
+    operation_id = "revoke",
+    tag = "revocations",
+    security(("bearer" = [])),
+    request_body = RevokeBody,
+    responses(
+        (status = 201, description = "In force.", body = RevocationDoc),
+        (status = 400, description = "Not exactly one of `jti`, `token`, `subject`; an \
+            empty or over-long value; `issued_before_ms` without `subject`; `expires_ms` \
+            in the past; or a body that does not parse.", body = String),
+        (status = 401, description = doc::UNAUTHORIZED, body = String),
+        (status = 403, description = doc::FORBIDDEN_WRITE, body = String),
+        (status = 422, description = "A `token` this hub does not accept (or already \
+            expired), or one without a `jti`.", body = String),
+        (status = 503, description = doc::UNAVAILABLE, body = String),
+    )
+)]
 pub async fn revoke(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -145,6 +217,22 @@ fn revocation(app: &App, b: RevokeBody, by: String) -> Result<Revocation, (Statu
     })
 }
 
+/// The revocations in force.
+///
+/// Oldest first. Role: operator.
+#[utoipa::path(
+    get,
+    path = "/v1/revocations",
+    operation_id = "list_revocations",
+    tag = "revocations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Those in force.", body = RevocationsBody),
+        (status = 401, description = doc::UNAUTHORIZED, body = String),
+        (status = 403, description = doc::FORBIDDEN_WRITE, body = String),
+        (status = 503, description = doc::UNAVAILABLE, body = String),
+    )
+)]
 pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&app, &headers, OPERATORS) {
         return unauthorized(e);
@@ -152,5 +240,29 @@ pub async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     match app.notifier.store().revocations(now_ms()).await {
         Ok(revocations) => Json(RevocationsBody { revocations }).into_response(),
         Err(e) => unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented schema is the store's type as it is sent.
+    #[test]
+    fn revocations_are_sent_as_documented() {
+        for kind in [RevocationKind::Token, RevocationKind::Subject] {
+            let r = Revocation {
+                kind,
+                value: "v".into(),
+                issued_before_ms: 1,
+                expires_ms: 2,
+                created_ms: 3,
+                created_by: "op".into(),
+            };
+            assert_eq!(
+                serde_json::to_value(&r).unwrap(),
+                serde_json::to_value(RevocationDoc::from(r)).unwrap()
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Everything is checked before the `101 Switching Protocols`: the handshake
 //! (RFC 6455 §4.2.1), the token and role, the subprotocol and, for dashboards, the
 //! Origin. Only then is the connection handed to the transport and a session.
+//! Each handler's `#[utoipa::path]` lists every refusal it answers.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use axum::{
 };
 use hyper_util::rt::TokioIo;
 
-use super::{refuse, ConnInfo};
+use super::{openapi as doc, refuse, ConnInfo};
 use crate::{
     app::App,
     auth::{token_from_headers, Claims, Role},
@@ -27,10 +28,110 @@ use crate::{
 pub const PROTOCOL: &str = "telehub.v1";
 pub const PROTOCOL_JSON: &str = "telehub.v1.json";
 
+/// The device WebSocket.
+///
+/// A WebSocket upgrade (RFC 6455; permessage-deflate, RFC 7692, when offered) for
+/// devices. Subprotocol `telehub.v1`: after the `101 Switching Protocols` every
+/// message is one binary Protocol Buffers `telehub.v1.Envelope` (see
+/// `proto/telehub/v1/telehub.proto`): the hub sends `Welcome`, the device sends
+/// `Telemetry` and `Ack`, the hub sends `Notification`s and `Error`s; bad input after
+/// the upgrade is answered with an `Error` envelope or a close code (1002, 1003,
+/// 1007, 1008, 1009, 4003 revoked). Role: device, by a token (`Authorization:
+/// Bearer`) or, without one, by a client certificate the device CA verified.
+#[utoipa::path(
+    get,
+    path = "/v1/device",
+    operation_id = "device_websocket",
+    tag = "websocket",
+    security(("bearer" = []), ("mutualTLS" = [])),
+    params(
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Connection" = String, Header, description = "Includes `Upgrade`."),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64."),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header,
+            description = "`telehub.v1` (the only one offered here)."),
+        ("Sec-WebSocket-Extensions" = Option<String>, Header,
+            description = "`permessage-deflate` with its parameters, if wanted."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol.", headers(
+            ("Upgrade" = String, description = "`websocket`"),
+            ("Sec-WebSocket-Accept" = String, description = "RFC 6455 §4.2.2"),
+            ("Sec-WebSocket-Protocol" = String, description = "`telehub.v1`, if offered"),
+            ("Sec-WebSocket-Extensions" = String,
+                description = "The permessage-deflate parameters agreed, if any"),
+        )),
+        (status = 400, description = "Not a valid WebSocket upgrade (RFC 6455 §4.2.1), or \
+            subprotocols offered and none is `telehub.v1`.", body = String),
+        (status = 401, description = "No token and no client certificate the device CA \
+            verified, or a token or certificate that is refused (malformed, wrongly \
+            signed, expired, revoked, naming no device); the body says which.",
+            body = String),
+        (status = 403, description = "The token's role is not device.", body = String),
+        (status = 409, description = "The device is connected with a token and this \
+            connection presents a certificate, or the reverse: neither may take the \
+            other's place.", body = String),
+        (status = 426, description = "A WebSocket version other than 13.", body = String,
+            headers(("Sec-WebSocket-Version" = String, description = "`13`"))),
+        (status = 500, description = "The connection was not registered by the hub's \
+            listener (never on a hub's own listener).", body = String),
+    )
+)]
 pub async fn device(State(app): State<Arc<App>>, req: Request) -> Response {
     upgrade(app, req, Endpoint::Device).await
 }
 
+/// The dashboard WebSocket.
+///
+/// A WebSocket upgrade (RFC 6455; permessage-deflate, RFC 7692, when offered) for
+/// browsers and tools. Subprotocol `telehub.v1`: every message is one binary
+/// Protocol Buffers `telehub.v1.Envelope` (see `proto/telehub/v1/telehub.proto`);
+/// `telehub.v1.json`: one text message per `Envelope` in the proto3 JSON mapping.
+/// The dashboard sends `Subscribe` (categories, tags, devices) and receives
+/// `Telemetry`, presence and fleet statistics; operators also send
+/// `NotificationRequest`. Role: viewer or operator, by `Authorization: Bearer`, a
+/// `bearer.<token>` entry in `Sec-WebSocket-Protocol` (browsers cannot set headers)
+/// or the `telehub_token` cookie. A browser's `Origin` must be the hub's own, on
+/// localhost, or in `dashboard.allowed_origins`.
+#[utoipa::path(
+    get,
+    path = "/v1/dashboard",
+    operation_id = "dashboard_websocket",
+    tag = "websocket",
+    security(("bearer" = []), ("cookie" = [])),
+    params(
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Connection" = String, Header, description = "Includes `Upgrade`."),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64."),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header,
+            description = "`telehub.v1` or `telehub.v1.json`, and optionally a \
+                `bearer.<token>` entry carrying the token."),
+        ("Sec-WebSocket-Extensions" = Option<String>, Header,
+            description = "`permessage-deflate` with its parameters, if wanted."),
+        ("Origin" = Option<String>, Header, description = "Sent by browsers; checked."),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol.", headers(
+            ("Upgrade" = String, description = "`websocket`"),
+            ("Sec-WebSocket-Accept" = String, description = "RFC 6455 §4.2.2"),
+            ("Sec-WebSocket-Protocol" = String,
+                description = "`telehub.v1` or `telehub.v1.json`, the one chosen"),
+            ("Sec-WebSocket-Extensions" = String,
+                description = "The permessage-deflate parameters agreed, if any"),
+        )),
+        (status = 400, description = "Not a valid WebSocket upgrade (RFC 6455 §4.2.1), or \
+            subprotocols offered and none is supported.", body = String),
+        (status = 401, description = doc::UNAUTHORIZED, body = String),
+        (status = 403, description = "The token's role is neither viewer nor operator, or \
+            the `Origin` is not allowed.", body = String),
+        (status = 426, description = "A WebSocket version other than 13.", body = String,
+            headers(("Sec-WebSocket-Version" = String, description = "`13`"))),
+        (status = 500, description = "The connection was not registered by the hub's \
+            listener (never on a hub's own listener).", body = String),
+    )
+)]
 pub async fn dashboard(State(app): State<Arc<App>>, req: Request) -> Response {
     upgrade(app, req, Endpoint::Dashboard).await
 }

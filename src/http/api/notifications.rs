@@ -1,22 +1,6 @@
-//! The REST API: notifications and the device registry.
-//!
-//! | route | role | what |
-//! |---|---|---|
-//! | `POST /v1/notifications` | operator | create; 201 once durably stored |
-//! | `GET /v1/notifications?limit=N` | viewer, operator | recent ones with counts |
-//! | `GET /v1/notifications/{id}?state=S&after=DEV&limit=N` | viewer, operator | counts and a page of per-device rows |
-//! | `PUT /v1/devices/{id}` | operator | register a device or replace its tags |
-//! | `GET /v1/devices?after=DEV&limit=N` | viewer, operator | the registry, paged |
-//! | `GET /v1/dashboard/settings` | anyone | how the browser page subscribes |
-//! | `POST /v1/revocations`, `GET /v1/revocations` | operator | revoke tokens, list revocations (`revocations`) |
-//!
-//! Only `Authorization: Bearer <token>` authenticates here, never the cookie the
-//! dashboard WebSocket accepts: a cookie would let any web page a logged-in
-//! operator visits push notifications (CSRF). The page settings need no token: they
-//! are configuration the page itself would show, and it reads them before it has
-//! connected (or been given a token). Bodies are JSON; every refusal is a
-//! status with a one-line plain-text reason (400 invalid body, 401/403 token, 404
-//! unknown id, 422 no device matches, 503 store unavailable).
+//! `POST /v1/notifications` (operators), `GET /v1/notifications` and
+//! `GET /v1/notifications/{id}` (viewers and operators): pushing notifications to
+//! devices and following their per-device progress.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -28,66 +12,17 @@ use axum::{
 };
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::refuse;
+use super::{operator_body, page_limit, readable, unavailable};
 use crate::{
     app::App,
-    auth::{AuthError, Claims, Role},
+    auth::Claims,
+    http::{openapi as doc, refuse},
     notify::{request, CreateError, Request},
     proto::Targets,
-    store::{CampaignRow, Counts, DeliveryRow, DeliveryState, DeviceRow},
+    store::{CampaignRow, Counts, DeliveryRow, DeliveryState},
 };
-
-/// Largest page a list may ask for.
-const MAX_PAGE: usize = 1000;
-const DEFAULT_PAGE: usize = 100;
-
-const READERS: &[Role] = &[Role::Viewer, Role::Operator];
-pub(super) const OPERATORS: &[Role] = &[Role::Operator];
-
-pub(super) fn authorize(
-    app: &App,
-    headers: &HeaderMap,
-    roles: &[Role],
-) -> Result<Claims, AuthError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    app.auth.authorize(bearer, roles)
-}
-
-/// What every operator's write does first: checks the token, then reads the JSON
-/// body (400 with its reason when it does not parse). The error is the answer
-/// itself, returned at once: its size does not matter.
-#[allow(clippy::result_large_err)]
-pub(super) fn operator_body<T>(
-    app: &App,
-    headers: &HeaderMap,
-    body: Result<Json<T>, JsonRejection>,
-) -> Result<(Claims, T), Response> {
-    let claims = authorize(app, headers, OPERATORS).map_err(unauthorized)?;
-    match body {
-        Ok(Json(b)) => Ok((claims, b)),
-        Err(e) => Err(refuse(StatusCode::BAD_REQUEST, e.body_text())),
-    }
-}
-
-pub(super) fn unauthorized(e: AuthError) -> Response {
-    refuse(e.status(), e)
-}
-
-/// What every read does first: checks the token is a viewer's or an operator's,
-/// and waits until everything the hub did before this request is in the store.
-/// Returns the caller's claims: a scoped token reads only what concerns its
-/// devices.
-async fn readable(app: &App, headers: &HeaderMap) -> Result<Claims, Response> {
-    let claims = authorize(app, headers, READERS).map_err(unauthorized)?;
-    app.notifier.store().barrier().await.map_err(unavailable)?;
-    Ok(claims)
-}
 
 /// Whether a scoped caller may read about a notification with these targets.
 fn sees_notification(claims: &Claims, targets_json: &str) -> bool {
@@ -98,53 +33,97 @@ fn sees_notification(claims: &Claims, targets_json: &str) -> bool {
     }
 }
 
-pub(super) fn unavailable(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "store");
-    refuse(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the store is unavailable: nothing was stored; try again later",
-    )
-}
-
 /// `POST /v1/notifications` body.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     pub targets: TargetsBody,
-    /// "info", "warning" or "critical".
+    #[schema(value_type = SeverityName)]
     pub severity: String,
     pub title: String,
     #[serde(default)]
     pub body: String,
-    /// Base64 (standard alphabet, padded).
+    /// Bytes for the device, base64 (standard alphabet, padded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(content_encoding = "base64")]
     pub payload: Option<String>,
     /// A duration such as "90s", "15m", "2h"; default `notify.default_ttl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "15m")]
     pub ttl: Option<String>,
 }
 
-/// Exactly one of the three.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Who a notification is for: exactly one of the three.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1, max_properties = 1)]
 pub struct TargetsBody {
+    /// These devices, registered or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_ids: Vec<String>,
+    /// Registered devices carrying every one of these tags.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Every registered device.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
 }
 
+/// A notification's severity, as the REST API names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SeverityName {
+    Info,
+    Warning,
+    /// Delivered at least once until each device acknowledges it or it expires.
+    Critical,
+}
+
+/// A notification's targets in answers: those of the request, as resolved
+/// (`notify::Target`): `{"device_ids": [...]}`, `{"tags": {...}}` or `"all"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetsOut {
+    DeviceIds(Vec<String>),
+    Tags(BTreeMap<String, String>),
+    All,
+}
+
 /// `201 Created` answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedBody {
     pub id: String,
+    /// How many devices it targets.
     pub targets: u32,
     pub created_ms: u64,
     pub expires_ms: u64,
 }
 
+/// Push a notification to devices.
+///
+/// Targets are resolved against the device registry when it is created; it is
+/// answered `201` only once durably stored. CRITICAL ones are delivered until each
+/// device acknowledges them or they expire. Role: operator (a scoped operator's
+/// targets stay within its `device_tags`).
+#[utoipa::path(
+    post,
+    path = "/v1/notifications",
+    operation_id = "create_notification",
+    tag = "notifications",
+    security(("bearer" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Stored; `Location` names its status.", body = CreatedBody,
+            headers(("Location" = String, description = "/v1/notifications/{id}"))),
+        (status = 400, description = doc::BAD_BODY, body = String),
+        (status = 401, description = doc::UNAUTHORIZED, body = String),
+        (status = 403, description = "The token's role is not operator, or the targets \
+            reach outside a scoped operator's `device_tags`.", body = String),
+        (status = 422, description = "No device matches the targets, or too many do \
+            (`notify.max_targets`).", body = String),
+        (status = 503, description = doc::UNAVAILABLE, body = String),
+    )
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -211,7 +190,8 @@ pub async fn create(
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How many target devices are in each state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CountsBody {
     pub pending: u64,
     pub delivered: u64,
@@ -233,14 +213,19 @@ impl From<Counts> for CountsBody {
 }
 
 /// One notification in `GET /v1/notifications` (and the head of the status answer).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct SummaryBody {
     pub id: String,
+    /// info, warning or critical ("unspecified" for a stored value this version
+    /// does not name).
+    #[schema(example = "critical")]
     pub severity: String,
     pub title: String,
     pub body: String,
     /// The request's targets as given.
+    #[schema(value_type = TargetsOut)]
     pub targets: serde_json::Value,
+    /// The subject of the token that created it.
     pub created_by: String,
     pub created_ms: u64,
     pub expires_ms: u64,
@@ -273,10 +258,23 @@ impl SummaryBody {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A delivery's state, as the REST API names it (`store::DeliveryState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStateName {
+    /// Not yet written to the device.
+    Pending,
+    /// Written; for CRITICAL, awaiting the device's ack.
+    Delivered,
+    Acknowledged,
+    Expired,
+}
+
+/// One target device's delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryBody {
     pub device_id: String,
-    /// pending, delivered, acknowledged or expired.
+    #[schema(value_type = DeliveryStateName)]
     pub state: String,
     /// Writes to the device so far (redeliveries included).
     pub attempts: u32,
@@ -297,33 +295,60 @@ impl From<DeliveryRow> for DeliveryBody {
 }
 
 /// `GET /v1/notifications/{id}` answer.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusBody {
     #[serde(flatten)]
     pub summary: SummaryBody,
     /// Base64.
+    #[schema(content_encoding = "base64")]
     pub payload: String,
+    /// A page of the target devices, ordered by id.
     pub devices: Vec<DeliveryBody>,
     /// Pass as `after` for the next page; absent on the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `GET /v1/notifications/{id}` query.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Only the devices in this state.
     #[serde(default)]
+    #[param(value_type = Option<DeliveryStateName>, inline)]
     state: Option<String>,
+    /// The page starts after this device id (the previous page's `next`).
     #[serde(default)]
     after: Option<String>,
+    /// Devices per page: default 100, at most 1000 (larger asks are clamped).
     #[serde(default)]
     limit: Option<usize>,
 }
 
-fn page_limit(limit: Option<usize>) -> usize {
-    limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
-}
-
+/// One notification's progress.
+///
+/// Its counts by state and a page of its target devices, ordered by id. Role:
+/// viewer or operator (a scoped token sees only notifications targeting a tag
+/// selector within its `device_tags`).
+#[utoipa::path(
+    get,
+    path = "/v1/notifications/{id}",
+    operation_id = "notification_status",
+    tag = "notifications",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The notification's id."), PageQuery),
+    responses(
+        (status = 200, description = "The notification.", body = StatusBody),
+        (status = 400, description = "`state` is not a delivery state, or another \
+            query parameter is unknown or does not parse.", body = String),
+        (status = 401, description = doc::UNAUTHORIZED, body = String),
+        (status = 403, description = doc::FORBIDDEN_READ, body = String),
+        (status = 404, description = "No such notification (or none this scoped token \
+            may see).", body = String),
+        (status = 503, description = doc::UNAVAILABLE, body = String),
+    )
+)]
 pub async fn status(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -364,18 +389,43 @@ pub async fn status(
     }
 }
 
-#[derive(Deserialize)]
+/// `GET /v1/notifications` query.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// How many: default 100, at most 1000 (larger asks are clamped).
     #[serde(default)]
     limit: Option<usize>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `GET /v1/notifications` answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ListBody {
+    /// Newest first.
     pub notifications: Vec<SummaryBody>,
 }
 
+/// Recent notifications.
+///
+/// Newest first, each with its counts by state. Role: viewer or operator (a scoped
+/// token sees only notifications targeting a tag selector within its
+/// `device_tags`).
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    operation_id = "list_notifications",
+    tag = "notifications",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Recent notifications.", body = ListBody),
+        (status = 400, description = doc::BAD_QUERY, body = String),
+        (status = 401, description = doc::UNAUTHORIZED, body = String),
+        (status = 403, description = doc::FORBIDDEN_READ, body = String),
+        (status = 503, description = doc::UNAVAILABLE, body = String),
+    )
+)]
 pub async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -398,142 +448,43 @@ pub async fn list(
     }
 }
 
-/// `PUT /v1/devices/{id}` body.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceBody {
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::request::Target;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceOut {
-    pub id: String,
-    pub tags: BTreeMap<String, String>,
-    pub registered_ms: u64,
-    pub last_seen_ms: Option<u64>,
-}
-
-impl From<DeviceRow> for DeviceOut {
-    fn from(d: DeviceRow) -> Self {
-        DeviceOut {
-            id: d.id,
-            tags: d.tags,
-            registered_ms: d.registered_ms,
-            last_seen_ms: d.last_seen_ms,
+    /// The schema-only names serialize exactly as the values the hub sends.
+    #[test]
+    fn documented_names_are_the_sent_ones() {
+        for (state, name) in [
+            (DeliveryState::Pending, DeliveryStateName::Pending),
+            (DeliveryState::Delivered, DeliveryStateName::Delivered),
+            (DeliveryState::Acknowledged, DeliveryStateName::Acknowledged),
+            (DeliveryState::Expired, DeliveryStateName::Expired),
+        ] {
+            assert_eq!(serde_json::json!(state.as_str()), serde_json::json!(name));
         }
-    }
-}
-
-pub async fn put_device(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Result<Json<DeviceBody>, JsonRejection>,
-) -> Response {
-    let (claims, b) = match operator_body(&app, &headers, body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    // A scoped operator registers only its own devices, and keeps them its own.
-    if let Some(scope) = &claims.scope.device_tags {
-        let before = app.hub.registered_tags(&id);
-        let own = |tags: &BTreeMap<String, String>| crate::auth::within(scope, tags);
-        if !own(&b.tags) || !(before.is_empty() || own(&before)) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "this token registers only devices within its device_tags, with those tags",
+        for name in [
+            SeverityName::Info,
+            SeverityName::Warning,
+            SeverityName::Critical,
+        ] {
+            let text = serde_json::to_value(name).unwrap();
+            assert!(request::parse_severity(text.as_str().unwrap()).is_some());
+        }
+        let tags = BTreeMap::from([("fleet".to_owned(), "north".to_owned())]);
+        for (target, out) in [
+            (Target::All, TargetsOut::All),
+            (Target::Tags(tags.clone()), TargetsOut::Tags(tags)),
+            (
+                Target::DeviceIds(["a".to_owned()].into()),
+                TargetsOut::DeviceIds(vec!["a".to_owned()]),
+            ),
+        ] {
+            assert_eq!(
+                serde_json::to_value(target).unwrap(),
+                serde_json::json!(out)
             );
         }
     }
-    if id.is_empty() || id.len() > request::MAX_ID {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!("device ids are 1..={} bytes", request::MAX_ID),
-        );
-    }
-    if b.tags.len() > request::MAX_TAGS {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!("at most {} tags", request::MAX_TAGS),
-        );
-    }
-    match app.notifier.put_device(id, b.tags).await {
-        Ok(row) => Json(DeviceOut::from(row)).into_response(),
-        Err(e) => unavailable(e),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DevicesQuery {
-    #[serde(default)]
-    after: Option<String>,
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DevicesOut {
-    pub devices: Vec<DeviceOut>,
-}
-
-pub async fn devices(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<DevicesQuery>,
-) -> Response {
-    let claims = match readable(&app, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let limit = page_limit(q.limit);
-    let store = app.notifier.store();
-    // A scoped caller's page holds only its devices: read on until it is full.
-    let mut out = Vec::new();
-    let mut after = q.after;
-    loop {
-        let rows = match store.devices(after.clone(), limit).await {
-            Ok(rows) => rows,
-            Err(e) => return unavailable(e),
-        };
-        let exhausted = rows.len() < limit;
-        after = rows.last().map(|r| r.id.clone());
-        out.extend(rows.into_iter().filter(|r| claims.scope.sees(&r.tags)));
-        if exhausted || out.len() >= limit {
-            break;
-        }
-    }
-    out.truncate(limit);
-    Json(DevicesOut {
-        devices: out.into_iter().map(Into::into).collect(),
-    })
-    .into_response()
-}
-
-/// `GET /v1/dashboard/settings` answer: how the browser page subscribes, from the
-/// `dashboard.page_*` configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PageSettingsBody {
-    /// `Subscribe.max_delay_ms` of the page's (default) batched subscriptions.
-    pub max_delay_ms: u32,
-    /// `Subscribe.conflate_ms` while it shows more than `conflate_above` series.
-    pub conflate_ms: u32,
-    pub conflate_above: usize,
-}
-
-pub async fn page_settings(State(app): State<Arc<App>>) -> Response {
-    let d = &app.config.dashboard;
-    // validate() keeps both within what a Subscribe accepts (at most 60,000 ms).
-    let ms = |t: Duration| u32::try_from(t.as_millis()).unwrap_or(u32::MAX);
-    (
-        // A hub restarted with other settings must not be hidden by a cached copy.
-        [(header::CACHE_CONTROL, "no-cache")],
-        Json(PageSettingsBody {
-            max_delay_ms: ms(d.page_max_delay),
-            conflate_ms: ms(d.page_conflate_interval),
-            conflate_above: d.page_conflate_above,
-        }),
-    )
-        .into_response()
 }
