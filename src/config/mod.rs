@@ -559,6 +559,93 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// The configuration file the package installs (`deploy/telehub.toml`).
+    const PACKAGED: &str = include_str!("../../deploy/telehub.toml");
+
+    /// `(section, key) -> value` of a config's pretty `Debug`: top-level keys under
+    /// section "", a nested struct's keys under its field name.
+    fn debug_fields(c: &Config) -> BTreeMap<(String, String), String> {
+        let mut out = BTreeMap::new();
+        let mut section = String::new();
+        for line in format!("{c:#?}").lines() {
+            let indent = line.len() - line.trim_start().len();
+            let Some((key, value)) = line.trim().split_once(": ") else {
+                continue;
+            };
+            let value = value.trim_end_matches(',').to_owned();
+            match indent {
+                4 if value.ends_with(" {") && !value.starts_with('{') => section = key.into(),
+                4 => drop(out.insert((String::new(), key.into()), value)),
+                8 => drop(out.insert((section.clone(), key.into()), value)),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// `(section, key)` of every setting in a TOML text.
+    fn toml_keys(text: &str) -> Vec<(String, String)> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let mut keys = Vec::new();
+        for (key, value) in &table {
+            match value {
+                toml::Value::Table(t) => {
+                    keys.extend(t.keys().map(|k| (key.clone(), k.clone())));
+                }
+                _ => keys.push((String::new(), key.clone())),
+            }
+        }
+        keys
+    }
+
+    /// The packaged file documents every key, each commented-out value is the real
+    /// default (or, for keys without one, an example of the right type), and the
+    /// file as shipped is a valid configuration.
+    #[test]
+    fn the_packaged_config_has_every_key_with_its_default() {
+        let shipped: Config = toml::from_str(PACKAGED).unwrap();
+        shipped.validate().unwrap();
+        assert_eq!(shipped.data_dir, PathBuf::from("/var/lib/telehub"));
+        // `#key = value` is a setting at its default; `# text` is prose.
+        let uncommented: String = PACKAGED
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        // Parsed, not validated: the examples together are not one valid setup (a
+        // PostgreSQL url beside SQLite's max_bytes), but each has the right type.
+        let all: Config = toml::from_str(&uncommented).unwrap();
+
+        let defaults = debug_fields(&Config::default());
+        let documented: Vec<_> = toml_keys(&uncommented);
+        let missing: Vec<_> = defaults
+            .keys()
+            .filter(|k| !documented.contains(k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys not in deploy/telehub.toml: {missing:?}"
+        );
+        assert_eq!(documented.len(), defaults.len(), "{documented:?}");
+
+        let active = toml_keys(PACKAGED);
+        let examples = debug_fields(&all);
+        for (key, default) in &defaults {
+            let is_example = default == "None" || default == "[]" || default == "{}";
+            if is_example || active.contains(key) {
+                continue;
+            }
+            assert_eq!(
+                &examples[key], default,
+                "{key:?}: the file's value is not the default"
+            );
+        }
+    }
 
     #[test]
     fn cluster_urls_are_checked_and_never_shown_with_their_password() {
