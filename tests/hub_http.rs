@@ -93,6 +93,12 @@ async fn metrics_expose_traffic_in_prometheus_text() {
         "{body}"
     );
     assert_eq!(m.get("telehub_decode_errors_total"), 1.0);
+    assert_eq!(m.get("telehub_ready"), 1.0, "{body}");
+    assert_eq!(m.get("telehub_store_writable"), 1.0);
+    // One observation per write to the dashboard; each wait is under the test's length.
+    let writes = m.get("telehub_delivery_delay_seconds_count");
+    assert!(writes >= 1.0, "{body}");
+    assert!(m.get("telehub_delivery_delay_seconds_sum") < writes * 10.0);
     assert_eq!(m.get("telehub_telemetry_rate_limited_total"), 0.0);
     assert!(m.has("telehub_telemetry_rate_limited_total"));
     assert!(m.has("telehub_telemetry_dropped_total"));

@@ -56,6 +56,9 @@ async fn acks_sent_while_the_store_cannot_write_are_committed_when_it_can() {
     let (status, _, body) = hub.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store_unavailable"), "{body}");
+    let m = hub.scrape().await;
+    assert_eq!(m.get("telehub_store_writable"), 0.0);
+    assert_eq!(m.get("telehub_ready"), 0.0);
     // A new notification cannot be made durable: 503, and nothing of it anywhere.
     let refused = api
         .create(&notification("critical", to_devices(&["dev-0"]), "Later"))
@@ -89,6 +92,9 @@ async fn acks_sent_while_the_store_cannot_write_are_committed_when_it_can() {
     assert!(store.healthy());
     let (status, _, _) = hub.get("/readyz").await;
     assert_eq!(status, 200);
+    let m = hub.scrape().await;
+    assert_eq!(m.get("telehub_store_writable"), 1.0);
+    assert_eq!(m.get("telehub_ready"), 1.0);
     assert_eq!(api.list(10).await.expect("list").notifications.len(), 1);
 
     // A full disk: the file may not grow past its size now. Notifications fit in

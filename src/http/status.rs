@@ -115,6 +115,17 @@ pub async fn healthz(State(app): State<Arc<App>>) -> Response {
     )
 )]
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let body = readiness(&app);
+    let code = match body.status {
+        ReadyStatus::Ready => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Json(body)).into_response()
+}
+
+/// What `/readyz` answers (and `/metrics` exports as `telehub_ready` and
+/// `telehub_store_writable`).
+fn readiness(app: &App) -> Readiness {
     let draining = app.draining.is_set();
     let linked = app.hub.bus().ready();
     let store = app.notifier.store();
@@ -128,7 +139,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     } else {
         ReadyStatus::Ready
     };
-    let body = Readiness {
+    Readiness {
         status,
         store: StoreState {
             kind: store.kind().to_owned(),
@@ -140,12 +151,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
             .url
             .is_some()
             .then_some(ClusterState { linked }),
-    };
-    let code = match status {
-        ReadyStatus::Ready => StatusCode::OK,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    (code, Json(body)).into_response()
+    }
 }
 
 /// Metrics for Prometheus.
@@ -166,5 +172,9 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics
         .queued_bytes
         .set(i64::try_from(app.hub.queued_bytes()).unwrap_or(i64::MAX));
+    let ready = readiness(&app);
+    let m = &app.metrics;
+    m.store_writable.set(i64::from(ready.store.writing));
+    m.ready.set(i64::from(ready.status == ReadyStatus::Ready));
     ([(header::CONTENT_TYPE, OPENMETRICS)], app.metrics.encode()).into_response()
 }

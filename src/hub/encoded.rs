@@ -9,9 +9,12 @@
 //! message of many small readings would take tens of times its size decoded). A
 //! JSON dashboard's text is rendered from a decoding that is dropped at once.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, OnceLock,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -44,6 +47,9 @@ pub struct Encoded {
     /// The senders' dropped counters, charged when a slow dashboard's queue evicts
     /// this message (set by the hub as it publishes or batches): no lookup.
     charges: OnceLock<Charges>,
+    /// When the hub built it: what `telehub_delivery_delay_seconds` measures from
+    /// (one clock read per message built, shared by every dashboard it goes to).
+    created: Instant,
 }
 
 /// Who is charged when a message is dropped, and how many of their messages it
@@ -63,6 +69,7 @@ impl Encoded {
             json: OnceLock::new(),
             carries: 1,
             charges: OnceLock::new(),
+            created: Instant::now(),
         })
     }
 
@@ -106,6 +113,7 @@ impl Encoded {
             } else {
                 OnceLock::from(Charges::Many(charges))
             },
+            created: Instant::now(),
         })
     }
 
@@ -119,7 +127,13 @@ impl Encoded {
             json: OnceLock::new(),
             carries: 1,
             charges: OnceLock::new(),
+            created: Instant::now(),
         })
+    }
+
+    /// When the hub built this message.
+    pub fn created(&self) -> Instant {
+        self.created
     }
 
     /// The envelope, decoded (and then kept) if it was built from bytes.

@@ -45,6 +45,25 @@ pub struct SeverityLabel {
     pub severity: &'static str,
 }
 
+/// Seconds from when the hub built a message (accepted telemetry, an assembled
+/// batch, a notice) until the write to a dashboard that carried it ended, for the
+/// oldest message of each write: queueing, batching delay and the socket. Buckets
+/// from 50 µs to ~6.5 s.
+#[derive(Clone)]
+pub struct DeliveryDelay(pub Histogram);
+
+impl Default for DeliveryDelay {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(0.000_05, 2.0, 18)))
+    }
+}
+
+impl DeliveryDelay {
+    pub fn observe(&self, seconds: f64) {
+        self.0.observe(seconds);
+    }
+}
+
 /// Seconds from a notification's first delivery to a device until its ack:
 /// buckets from 1 ms to ~9 hours.
 #[derive(Clone)]
@@ -85,6 +104,12 @@ pub struct Metrics {
     pub confirmations: Counter,
     pub deliveries: Counter,
     pub dropped_deliveries: Counter,
+    /// Age of the oldest message of each dashboard write (see `session::dashboard`).
+    pub delivery_delay: DeliveryDelay,
+    /// 1 while the store accepts writes; set at scrape time (see `http::status`).
+    pub store_writable: Gauge,
+    /// 1 while `/readyz` would answer 200; set at scrape time.
+    pub ready: Gauge,
     pub batches_built: Family<KindLabel, Counter>,
     pub batches_queued: Family<KindLabel, Counter>,
     pub conflated_away: Counter,
@@ -288,6 +313,22 @@ impl Metrics {
             "telehub_telemetry_dropped",
             "Telemetry messages dropped from full dashboard queues (oldest first)",
             m.dropped_deliveries.clone(),
+        );
+        r.register_with_unit(
+            "telehub_delivery_delay",
+            "Age of the oldest message of each write to a dashboard, from when the hub built it (accepted telemetry, an assembled batch, a notice) to the end of the write",
+            Unit::Seconds,
+            m.delivery_delay.0.clone(),
+        );
+        r.register(
+            "telehub_store_writable",
+            "1 while the store accepts writes (0: full disk, database unreachable; see /readyz)",
+            m.store_writable.clone(),
+        );
+        r.register(
+            "telehub_ready",
+            "1 while /readyz answers 200 (not draining, store writable, cluster link up)",
+            m.ready.clone(),
         );
         r.register(
             "telehub_batches_built",
@@ -537,6 +578,9 @@ mod tests {
             "telehub_batches_built",
             "telehub_batches_queued",
             "telehub_notifications_accepted",
+            "telehub_delivery_delay_seconds",
+            "telehub_store_writable",
+            "telehub_ready",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

@@ -14,7 +14,8 @@
 //! - [`notify`]: notification REST bodies, targets and polls;
 //! - [`redis`]: a throwaway `redis-server` for the cluster tests;
 //! - [`postgres`]: a throwaway PostgreSQL, and [`on_both_stores!`], which runs
-//!   each notification test on the embedded store and on PostgreSQL.
+//!   each notification test on the embedded store and on PostgreSQL;
+//! - [`prometheus`]: a throwaway Prometheus and its HTTP API, for the dashboard test.
 //!
 //! Everything is re-exported here: test files use `common::...` as before.
 
@@ -33,6 +34,7 @@ mod nodes;
 mod notify;
 mod postgres;
 mod process;
+mod prometheus;
 mod redis;
 
 // Test files name everything through these re-exports, each only what it uses.
@@ -49,6 +51,7 @@ pub use self::{
     },
     postgres::Postgres,
     process::drain,
+    prometheus::Prometheus,
     redis::Redis,
 };
 

@@ -226,6 +226,7 @@ impl Dashboard {
             payload += msg.payload().len() as u64;
             batch.push(msg.clone());
         }
+        let oldest = queued.iter().map(|m| m.created()).min();
         queued.clear();
         if batch.is_empty() {
             return Ok(());
@@ -235,6 +236,13 @@ impl Dashboard {
         }
         self.meters.frames_out.inc_by(batch.len() as u64);
         self.meters.payload_out.inc_by(payload);
+        // Once per write, not per message: the oldest message's wait is the write's.
+        if let Some(oldest) = oldest {
+            self.app
+                .metrics
+                .delivery_delay
+                .observe(oldest.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
