@@ -3,7 +3,10 @@
 //! Hot paths never look a labelled series up per message: a session resolves its
 //! [`RoleMeters`] once at connect and then only bumps atomics.
 
+mod delay;
 mod process;
+
+pub use delay::DelayHistogram;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -43,25 +46,6 @@ pub struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SeverityLabel {
     pub severity: &'static str,
-}
-
-/// Seconds from when the hub built a message (accepted telemetry, an assembled
-/// batch, a notice) until the write to a dashboard that carried it ended, for the
-/// oldest message of each write: queueing, batching delay and the socket. Buckets
-/// from 50 µs to ~6.5 s.
-#[derive(Clone)]
-pub struct DeliveryDelay(pub Histogram);
-
-impl Default for DeliveryDelay {
-    fn default() -> Self {
-        Self(Histogram::new(exponential_buckets(0.000_05, 2.0, 18)))
-    }
-}
-
-impl DeliveryDelay {
-    pub fn observe(&self, seconds: f64) {
-        self.0.observe(seconds);
-    }
 }
 
 /// Seconds from a notification's first delivery to a device until its ack:
@@ -104,8 +88,11 @@ pub struct Metrics {
     pub confirmations: Counter,
     pub deliveries: Counter,
     pub dropped_deliveries: Counter,
-    /// Age of the oldest message of each dashboard write (see `session::dashboard`).
-    pub delivery_delay: DeliveryDelay,
+    /// Seconds from when the hub built a message (accepted telemetry, an assembled
+    /// batch, a notice) until the write to a dashboard that carried it ended, for
+    /// the oldest message of each write: queueing, batching delay and the socket.
+    /// Fed on every dashboard write, so it is lock-free (see `delay`).
+    pub delivery_delay: DelayHistogram,
     /// 1 while the store accepts writes; set at scrape time (see `http::status`).
     pub store_writable: Gauge,
     /// 1 while `/readyz` would answer 200; set at scrape time.
@@ -318,7 +305,7 @@ impl Metrics {
             "telehub_delivery_delay",
             "Age of the oldest message of each write to a dashboard, from when the hub built it (accepted telemetry, an assembled batch, a notice) to the end of the write",
             Unit::Seconds,
-            m.delivery_delay.0.clone(),
+            m.delivery_delay.clone(),
         );
         r.register(
             "telehub_store_writable",

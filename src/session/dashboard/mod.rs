@@ -238,10 +238,7 @@ impl Dashboard {
         self.meters.payload_out.inc_by(payload);
         // Once per write, not per message: the oldest message's wait is the write's.
         if let Some(oldest) = oldest {
-            self.app
-                .metrics
-                .delivery_delay
-                .observe(oldest.elapsed().as_secs_f64());
+            self.app.metrics.delivery_delay.observe(oldest.elapsed());
         }
         Ok(())
     }
