@@ -17,7 +17,7 @@ mod common;
 
 use std::{
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -59,10 +59,7 @@ fn the_packaged_descriptor_is_the_hubs() {
 
 #[test]
 fn the_pytest_suite_passes_against_real_hubs() {
-    let python = std::env::var_os("TELEHUB_INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest().join("target/interop-venv/bin/python"));
-    assert!(python.exists(), "no {}: {INSTALL_HINT}", python.display());
+    let python = common::interop_python();
     let probe = Command::new(&python)
         .args(["-c", "import pytest, telehub"])
         .env("PYTHONDONTWRITEBYTECODE", "1")

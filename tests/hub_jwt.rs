@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -351,19 +351,6 @@ async fn a_key_set_url_is_fetched_and_follows_key_rotation() {
     }
     assert_eq!(upgrade(&hub, &second.sign(&claims("dev-c"))).await, 101);
     assert_eq!(hub.scrape().await.get("telehub_auth_keys_url"), 1.0);
-}
-
-fn interop_python() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("TELEHUB_INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target/interop-venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no {}: run `bash .ci/run` (it installs tests/interop/requirements.txt into that venv)",
-        python.display()
-    );
-    python
 }
 
 #[tokio::test]

@@ -376,10 +376,7 @@ async fn run_client(hub: &Hub, case: &Case, telemetry: &[Telemetry]) -> Value {
     let mut args: Vec<OsString> = Vec::new();
     let program = match case.peer {
         Peer::PythonWebsockets => {
-            let python = std::env::var_os("TELEHUB_INTEROP_PYTHON")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| manifest.join("target/interop-venv/bin/python"));
-            assert!(python.exists(), "no {}: {INSTALL_HINT}", python.display());
+            let python = common::interop_python();
             let descriptor = inputs.join("telehub_descriptor.bin");
             std::fs::write(&descriptor, telehub::proto::FILE_DESCRIPTOR_SET)
                 .expect("writing the descriptor set");

@@ -11,10 +11,7 @@
 
 mod common;
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, path::Path};
 
 use common::*;
 use serde_json::{json, Value};
@@ -562,18 +559,4 @@ async fn the_description_is_valid_and_real_answers_match_it() {
     );
     assert_eq!(report["samples"], samples.len());
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// The interop venv's Python (`.ci/run` installs tests/interop/requirements.txt).
-fn interop_python() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("TELEHUB_INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target/interop-venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no {}: run `bash .ci/run` (it installs tests/interop/requirements.txt into that venv)",
-        python.display()
-    );
-    python
 }

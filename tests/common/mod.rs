@@ -50,7 +50,7 @@ pub use self::{
         notification, row, status_of, tag_map, to_devices, to_tags, wait_registered, wait_status,
     },
     postgres::Postgres,
-    process::drain,
+    process::{drain, interop_python},
     prometheus::Prometheus,
     redis::Redis,
 };
