@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # telehub in a container: `docker build -t telehub .` then
-#   docker run -p 8443:8443 -v telehub-data:/data -v telehub-certs:/certs telehub
+#   docker run --stop-timeout 30 -p 8443:8443 -v telehub-data:/data -v telehub-certs:/certs telehub
+# (--stop-timeout: the hub drains for up to 10 s, then commits the last acks;
+# Docker's default of 10 s would kill it before that.)
 # (README, "Containers"). Not built in CI: no container engine runs on the CI machine.
 
 # Build stage: the release binaries. protox compiles the proto in Rust (no protoc);
@@ -33,7 +35,8 @@ WORKDIR /data
 VOLUME ["/data", "/certs"]
 EXPOSE 8443
 # /healthz answers 200 while the hub runs and 503 once it is shutting down. -k: the
-# check runs on loopback, whatever certificate the hub was given.
+# check runs on loopback, whatever certificate the hub was given. Port 8443: change
+# it here too if TELEHUB_LISTEN names another.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD curl -fsk https://127.0.0.1:8443/healthz || exit 1
 STOPSIGNAL SIGTERM

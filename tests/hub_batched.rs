@@ -349,3 +349,34 @@ async fn a_dashboard_joining_a_conflated_stream_gets_the_current_value_even_if_u
         [("x".to_string(), 3)]
     );
 }
+
+/// `telehub_delivery_delay_seconds` counts a batch from its oldest telemetry, so a
+/// batched subscription's delay shows in it (and a live one's does not).
+#[tokio::test]
+async fn delivery_delay_includes_the_batching_delay() {
+    let hub = Hub::start().await;
+    let mut d = hub.dashboard().await;
+    assert_eq!(d.subscribe_with(batched(&["env.*"], 300)).await, ["env.*"]);
+    let mut dev = hub.device("a").await;
+    let above_102ms = |m: &common::Metrics| {
+        m.get("telehub_delivery_delay_seconds_count")
+            - m.get("telehub_delivery_delay_seconds_bucket{le=\"0.1024\"}")
+    };
+    assert_eq!(above_102ms(&hub.metrics()), 0.0);
+    dev.send_telemetry("env.t", vec![number("t", 1.0, "Cel")])
+        .await;
+    let batch = expect_batch(&mut d).await;
+    assert_eq!(batch.telemetry.len(), 1);
+    // The write that carried the batch waited for the batch's delay (300 ms, from
+    // the telemetry's arrival), which is above the 102.4 ms bucket. It is observed
+    // just after the write ends, so possibly just after the batch arrived here.
+    let mut m = hub.metrics();
+    for _ in 0..50 {
+        if above_102ms(&m) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = hub.metrics();
+    }
+    assert!(above_102ms(&m) >= 1.0, "{}", m.text);
+}

@@ -169,7 +169,7 @@ rows.append(("Latency", False, [
     timeseries("Notification ack latency", "Time from a notification's first delivery to a device until its ack (telehub_notification_ack_seconds): quantiles and mean over the rate interval. Empty while no ack arrives.",
                quantiles(ack + "_bucket", [0.5, 0.9, 0.99]) +
                [(f"sum({rate(ack + '_sum')}) / sum({rate(ack + '_count')})", "mean")], "s", 8),
-    timeseries("Delivery delay to dashboards", "For each write to a dashboard, the age of its oldest message: from when the hub built it (accepted telemetry, an assembled batch, a notice) to the end of the write (telehub_delivery_delay_seconds). Includes a batched subscription's chosen delay; grows when dashboards or their networks are slow.",
+    timeseries("Delivery delay to dashboards", "For each write to a dashboard, the age of its oldest message: from when the hub accepted the telemetry (or built a notice) to the end of the write (telehub_delivery_delay_seconds). Includes a batched or conflated subscription's chosen delay; telemetry from another node counts from its arrival through Redis. Grows when dashboards or their networks are slow.",
                quantiles("telehub_delivery_delay_seconds_bucket", [0.5, 0.9, 0.99]), "s", 8),
     timeseries("Cluster: Redis round trip", "Round trip of each node's heartbeat to Redis (telehub_cluster_redis_rtt_seconds), by quantile. Empty on a node alone (no heartbeats).",
                quantiles("telehub_cluster_redis_rtt_seconds_bucket", [0.5, 0.99]), "s", 8),

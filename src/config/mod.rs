@@ -311,10 +311,13 @@ pub struct StoreSettings {
 
 impl std::fmt::Debug for StoreSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be left out (the packaged
+        // configuration's test lists keys from this output).
+        let Self { url, ca, max_bytes } = self;
         f.debug_struct("StoreSettings")
-            .field("url", &self.url.as_deref().map(redacted))
-            .field("ca", &self.ca)
-            .field("max_bytes", &self.max_bytes)
+            .field("url", &url.as_deref().map(redacted))
+            .field("ca", ca)
+            .field("max_bytes", max_bytes)
             .finish()
     }
 }
@@ -363,14 +366,24 @@ impl Default for Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, as StoreSettings' is.
+        let Self {
+            url,
+            ca,
+            node_id,
+            prefix,
+            heartbeat,
+            node_timeout,
+            queue_bytes,
+        } = self;
         f.debug_struct("Cluster")
-            .field("url", &self.url.as_deref().map(redacted))
-            .field("ca", &self.ca)
-            .field("node_id", &self.node_id)
-            .field("prefix", &self.prefix)
-            .field("heartbeat", &self.heartbeat)
-            .field("node_timeout", &self.node_timeout)
-            .field("queue_bytes", &self.queue_bytes)
+            .field("url", &url.as_deref().map(redacted))
+            .field("ca", ca)
+            .field("node_id", node_id)
+            .field("prefix", prefix)
+            .field("heartbeat", heartbeat)
+            .field("node_timeout", node_timeout)
+            .field("queue_bytes", queue_bytes)
             .finish()
     }
 }
@@ -565,7 +578,8 @@ mod tests {
     const PACKAGED: &str = include_str!("../../deploy/telehub.toml");
 
     /// `(section, key) -> value` of a config's pretty `Debug`: top-level keys under
-    /// section "", a nested struct's keys under its field name.
+    /// section "", a nested struct's keys under its field name. A value spanning
+    /// lines (a non-empty list or map) is its first line; no default is one today.
     fn debug_fields(c: &Config) -> BTreeMap<(String, String), String> {
         let mut out = BTreeMap::new();
         let mut section = String::new();

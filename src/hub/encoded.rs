@@ -47,8 +47,9 @@ pub struct Encoded {
     /// The senders' dropped counters, charged when a slow dashboard's queue evicts
     /// this message (set by the hub as it publishes or batches): no lookup.
     charges: OnceLock<Charges>,
-    /// When the hub built it: what `telehub_delivery_delay_seconds` measures from
-    /// (one clock read per message built, shared by every dashboard it goes to).
+    /// When the hub built it, or for an assembled batch its oldest message: what
+    /// `telehub_delivery_delay_seconds` measures from (one clock read per message
+    /// built, shared by every dashboard it goes to).
     created: Instant,
 }
 
@@ -92,7 +93,11 @@ impl Encoded {
             out.extend_from_slice(p);
         }
         let mut charges: Vec<(Arc<AtomicU64>, u64)> = Vec::new();
+        // A batch is as old as its oldest message: its delivery delay includes
+        // the time the batch waited to be built.
+        let mut created: Option<Instant> = None;
         for m in charged {
+            created = Some(created.map_or(m.created, |c| c.min(m.created)));
             let Some(Charges::One(c)) = m.charges.get() else {
                 continue;
             };
@@ -113,7 +118,7 @@ impl Encoded {
             } else {
                 OnceLock::from(Charges::Many(charges))
             },
-            created: Instant::now(),
+            created: created.unwrap_or_else(Instant::now),
         })
     }
 

@@ -92,7 +92,7 @@ impl EncodeMetric for DelayHistogram {
                 count += n;
                 let bound = match i {
                     BUCKETS => f64::INFINITY,
-                    i => (inner.base_ns << i) as f64 / 1e9,
+                    i => inner.base_ns.saturating_mul(1 << i) as f64 / 1e9,
                 };
                 (bound, n)
             })

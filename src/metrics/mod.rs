@@ -88,9 +88,10 @@ pub struct Metrics {
     pub confirmations: Counter,
     pub deliveries: Counter,
     pub dropped_deliveries: Counter,
-    /// Seconds from when the hub built a message (accepted telemetry, an assembled
-    /// batch, a notice) until the write to a dashboard that carried it ended, for
-    /// the oldest message of each write: queueing, batching delay and the socket.
+    /// Seconds from when the hub built a message (accepted telemetry, a notice; a
+    /// batch counts from its oldest telemetry) until the write to a dashboard that
+    /// carried it ended, for the oldest message of each write: batching delay,
+    /// queueing and the socket.
     /// Fed on every dashboard write, so it is lock-free (see `delay`).
     pub delivery_delay: DelayHistogram,
     /// 1 while the store accepts writes; set at scrape time (see `http::status`).
@@ -303,7 +304,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "telehub_delivery_delay",
-            "Age of the oldest message of each write to a dashboard, from when the hub built it (accepted telemetry, an assembled batch, a notice) to the end of the write",
+            "Age of the oldest message of each write to a dashboard, from when the hub accepted or built it (a batch: its oldest telemetry) to the end of the write",
             Unit::Seconds,
             m.delivery_delay.clone(),
         );
