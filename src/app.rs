@@ -54,6 +54,7 @@ impl App {
         let store_stats = store::Stats {
             ops: metrics.store_ops.clone(),
             commits: metrics.store_commits.clone(),
+            failures: metrics.store_failures.clone(),
         };
         let url = config.store.url.as_deref();
         let ca = config.store.ca.as_deref();

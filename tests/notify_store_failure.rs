@@ -59,6 +59,9 @@ async fn acks_sent_while_the_store_cannot_write_are_committed_when_it_can() {
     let m = hub.scrape().await;
     assert_eq!(m.get("telehub_store_writable"), 0.0);
     assert_eq!(m.get("telehub_ready"), 0.0);
+    assert!(m.get("telehub_store_commit_failures_total") >= 1.0);
+    // The five acks made while it fails are kept for another attempt.
+    assert!(m.get("telehub_store_kept_ops") >= 1.0, "{}", m.text);
     // A new notification cannot be made durable: 503, and nothing of it anywhere.
     let refused = api
         .create(&notification("critical", to_devices(&["dev-0"]), "Later"))
@@ -95,6 +98,7 @@ async fn acks_sent_while_the_store_cannot_write_are_committed_when_it_can() {
     let m = hub.scrape().await;
     assert_eq!(m.get("telehub_store_writable"), 1.0);
     assert_eq!(m.get("telehub_ready"), 1.0);
+    assert_eq!(m.get("telehub_store_kept_ops"), 0.0);
     assert_eq!(api.list(10).await.expect("list").notifications.len(), 1);
 
     // A full disk: the file may not grow past its size now. Notifications fit in

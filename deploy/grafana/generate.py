@@ -192,9 +192,12 @@ rows.append(("Notifications", False, [
 updown = [{"options": {"0": {"color": "red", "index": 0, "text": "down / alone"},
                        "1": {"color": "green", "index": 1, "text": "up"}}, "type": "value"}]
 rows.append(("Store and cluster", False, [
-    timeseries("Store writes", "Changes applied by the store's writer and transactions committed per second (each commit a group of ops).",
+    timeseries("Store writes", "Changes applied by the store's writer and transactions committed per second (each commit a group of ops), and commits that failed (their changes kept and retried; new notifications refused with 503 meanwhile).",
                [(f"sum({rate('telehub_store_ops_total')})", "ops"),
-                (f"sum({rate('telehub_store_commits_total')})", "commits")], "ops", 8),
+                (f"sum({rate('telehub_store_commits_total')})", "commits"),
+                (f"sum({rate('telehub_store_commit_failures_total')})", "failed commits")], "ops", 8,
+               overrides=[{"matcher": {"id": "byName", "options": "failed commits"},
+                           "properties": [{"id": "color", "value": {"fixedColor": "red", "mode": "fixed"}}]}]),
     stat("Store writable", "1 while the node's store accepts writes; 0 on a full disk or while the database cannot be reached (then /readyz answers 503 and new notifications get 503).",
          [(f"telehub_store_writable{sel()}", "{{instance}}")], "none", 4, h=8, graph="none", mappings=updown,
          thresholds={"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]}),
@@ -206,6 +209,8 @@ rows.append(("Store and cluster", False, [
     stat("Cluster link", "1 while a node is joined to the others through Redis; 0 on a node alone or while its link is down.",
          [(f"telehub_cluster_link_up{sel()}", "{{instance}}")], "none", 4, h=8, graph="none", mappings=updown,
          thresholds={"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]}),
+    timeseries("Store changes kept for retry", "Changes already applied in memory that each node's store writer keeps for another commit attempt while it cannot write (0 while all is well).",
+               [(f"telehub_store_kept_ops{sel()}", "{{instance}}")], "short", 8),
     timeseries("Cluster nodes and subscriptions", "Nodes alive in the cluster as each node sees them (0 alone or while its link is down), and the Redis channels and patterns each node subscribes to.",
                [(f"telehub_cluster_nodes{sel()}", "nodes seen by {{instance}}"),
                 (f"telehub_cluster_subscriptions{sel()}", "subscriptions of {{instance}}")], "short", 8),

@@ -175,6 +175,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let ready = readiness(&app);
     let m = &app.metrics;
     m.store_writable.set(i64::from(ready.store.writing));
+    m.store_kept
+        .set(i64::try_from(app.notifier.store().kept()).unwrap_or(i64::MAX));
     m.ready.set(i64::from(ready.status == ReadyStatus::Ready));
     ([(header::CONTENT_TYPE, OPENMETRICS)], app.metrics.encode()).into_response()
 }

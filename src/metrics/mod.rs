@@ -119,6 +119,10 @@ pub struct Metrics {
     pub ack_latency: AckLatency,
     pub store_ops: Counter,
     pub store_commits: Counter,
+    /// Store transactions that failed (see `store::writer`).
+    pub store_failures: Counter,
+    /// Applied changes kept for another attempt; set at scrape time.
+    pub store_kept: Gauge,
     /// 1 while this node runs the notification sweeps (shared store: the holder of
     /// the lease; alone: always).
     pub sweeper: Gauge,
@@ -307,6 +311,16 @@ impl Metrics {
             "Age of the oldest message of each write to a dashboard, from when the hub accepted or built it (a batch: its oldest telemetry) to the end of the write",
             Unit::Seconds,
             m.delivery_delay.clone(),
+        );
+        r.register(
+            "telehub_store_commit_failures",
+            "Store transactions that failed: changes already applied are kept and retried, new notifications refused (503)",
+            m.store_failures.clone(),
+        );
+        r.register(
+            "telehub_store_kept_ops",
+            "Changes applied in memory and kept for another commit attempt while the store cannot write",
+            m.store_kept.clone(),
         );
         r.register(
             "telehub_store_writable",
@@ -568,6 +582,8 @@ mod tests {
             "telehub_notifications_accepted",
             "telehub_delivery_delay_seconds",
             "telehub_store_writable",
+            "telehub_store_commit_failures",
+            "telehub_store_kept_ops",
             "telehub_ready",
         ] {
             assert!(

@@ -271,6 +271,11 @@ impl Store {
         }
     }
 
+    /// Applied changes the writer keeps for another attempt while it cannot write.
+    pub fn kept(&self) -> usize {
+        self.health.kept.load(Ordering::Relaxed)
+    }
+
     /// Whether an op with a waiter (a new notification) would be tried soon: the
     /// writer can write, or what it keeps for another attempt leaves room for it.
     /// When false, such ops should be refused at once.

@@ -31,6 +31,8 @@ use super::{Done, Health, Job, Op, StoreError, MAX_BATCH};
 pub struct Stats {
     pub ops: Counter,
     pub commits: Counter,
+    /// Batches whose commit failed (their changes kept and retried, or refused).
+    pub failures: Counter,
 }
 
 /// Waits between attempts while the store cannot write.
@@ -131,6 +133,7 @@ pub(super) async fn run<B: Backend>(
                 }
             }
             Err(e) => {
+                stats.failures.inc();
                 if health.ok.swap(false, Ordering::Relaxed) {
                     tracing::error!(error = %e, "the store cannot write: changes already made are kept and retried, new notifications are refused (503) until it can");
                 }
